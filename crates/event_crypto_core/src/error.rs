@@ -1,0 +1,146 @@
+//! The one error type of event_crypto. Every message names key ids and field paths where useful, and never a
+//! plaintext value or key bytes. The SQL layer maps [`ErrorKind`] to a SQLSTATE once (`src/error.rs` of the
+//! extension).
+
+use std::fmt;
+
+/// The classes of failure, each of which has its own SQLSTATE at the SQL boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A required argument was NULL (22004).
+    NullArgument,
+    /// An argument has an invalid value: algorithm, key id, normalisation, policy, payload type (22023).
+    InvalidArgument,
+    /// A field path could not be parsed (42601).
+    InvalidPath,
+    /// The envelope is not well formed: prefix, base64, lengths, reserved bits (22P02).
+    MalformedEnvelope,
+    /// The envelope declares a format version this build does not know (0A000).
+    UnsupportedVersion,
+    /// The envelope's context binding does not match the call (context given / not given) (22023 class, own code).
+    ContextMismatch,
+    /// The AEAD tag did not verify: tampered, moved to another path, or another context (XX001).
+    AuthenticationFailed,
+    /// No key with that id (42704).
+    UnknownKey,
+    /// A key with that id exists already (42710).
+    DuplicateKey,
+    /// The key was shredded (55000).
+    KeyShredded,
+    /// No master key configured or it could not be loaded (F0000).
+    MasterKeyUnavailable,
+    /// The data key was wrapped by a different master key (28000).
+    MasterKeyMismatch,
+    /// A wrapped data key does not unwrap although the master key id matches (XX001).
+    WrappedKeyCorrupt,
+    /// A value is too large for the envelope or for jsonb (54000).
+    TooLarge,
+    /// The operating system's random source failed (58000).
+    RandomSource,
+}
+
+/// The error type of the core. `message` never includes plaintext or key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+
+    // Constructors for the common cases, so messages stay uniform.
+
+    pub fn null_argument(name: &str) -> Self {
+        Error::new(
+            ErrorKind::NullArgument,
+            format!("argument \"{name}\" must not be NULL"),
+        )
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn unknown_key(key_id: &str) -> Self {
+        Error::new(
+            ErrorKind::UnknownKey,
+            format!("encryption key \"{key_id}\" does not exist"),
+        )
+        .with_hint("Create it with event_crypto.create_key().")
+    }
+    pub fn unknown_key_version(key_id: &str, version: u32) -> Self {
+        Error::new(
+            ErrorKind::UnknownKey,
+            format!("version {version} of encryption key \"{key_id}\" does not exist"),
+        )
+    }
+    pub fn key_shredded(key_id: &str) -> Self {
+        Error::new(ErrorKind::KeyShredded, format!("encryption key \"{key_id}\" has been shredded"))
+            .with_detail("A shredded key is destroyed for good; data encrypted under it cannot be read and no new data can be encrypted under its id.")
+    }
+    pub fn malformed(path: &str, reason: &str) -> Self {
+        Error::new(
+            ErrorKind::MalformedEnvelope,
+            format!("malformed envelope at {}", display_path(path)),
+        )
+        .with_detail(reason.to_string())
+    }
+    pub fn too_large(path: &str, what: &str) -> Self {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!("value at {} is too large to encrypt", display_path(path)),
+        )
+        .with_detail(what.to_string())
+    }
+}
+
+/// Renders a path for messages: the document root has an empty path.
+pub fn display_path(path: &str) -> String {
+    if path.is_empty() {
+        "the document root".to_string()
+    } else {
+        format!("path \"{path}\"")
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;

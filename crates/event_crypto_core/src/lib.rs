@@ -1,0 +1,22 @@
+//! event_crypto_core: everything of event_crypto that does not need PostgreSQL.
+//!
+//! - [`aead`]: the two AEAD algorithms behind one cipher type;
+//! - [`envelope`]: the versioned, authenticated envelope that replaces an encrypted JSON field;
+//! - [`master`]: the master key, its fingerprint and the wrapping of data keys;
+//! - [`path`]: field path patterns and concrete locations;
+//! - [`document`]: encrypting and decrypting the fields of a JSON document;
+//! - [`blind`]: the blind index;
+//! - [`random`]: keys and nonces from the OS CSPRNG;
+//! - [`error`]: the one error type.
+
+pub mod aead;
+pub mod blind;
+pub mod document;
+pub mod envelope;
+pub mod error;
+pub mod master;
+pub mod path;
+pub mod random;
+
+pub use aead::{Algorithm, Cipher, SecretKey};
+pub use error::{Error, ErrorKind, Result};

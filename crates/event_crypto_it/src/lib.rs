@@ -1,0 +1,1 @@
+//! Helpers for the integration tests: connection settings come from the environment .ci/test.sh sets.

@@ -1,0 +1,41 @@
+\echo '--- event_crypto demo'
+\set ECHO queries
+CREATE EXTENSION event_crypto;
+
+-- Keys: one per tenant (AES-256-GCM by default), one per subject.
+SELECT event_crypto.create_key('tenant-42');
+SELECT event_crypto.create_key('subject:alice', 'chacha20-poly1305');
+SELECT event_crypto.create_key('subject:bob');
+
+CREATE TABLE events (id bigserial PRIMARY KEY, subject text, payload jsonb, email_idx text);
+
+-- Encrypt the sensitive fields of each event under its subject's key; index the email for lookups.
+INSERT INTO events (subject, payload, email_idx)
+SELECT s, event_crypto.encrypt_fields(p, ARRAY['email', 'address.street', 'cards[*].number'], 'subject:' || s),
+       event_crypto.blind_index(p->>'email', 'tenant-42', 'lower')
+FROM (VALUES
+  ('alice', '{"type":"CustomerCreated","email":"Alice@Example.io","address":{"street":"1 Main","city":"Springfield"},"amount":12.5}'::jsonb),
+  ('bob',   '{"type":"CustomerCreated","email":"bob@example.io","address":{"street":"2 Elm","city":"Shelbyville"},"cards":[{"number":"4111111111111111","exp":"12/29"}]}'::jsonb)
+) AS v(s, p);
+
+\echo '--- stored: sensitive fields are envelopes, the rest is untouched'
+SELECT id, subject, jsonb_pretty(payload) AS stored FROM events;
+
+\echo '--- decrypted: the original documents, types preserved'
+SELECT id, event_crypto.decrypt_fields(payload) AS decrypted FROM events;
+
+\echo '--- equality lookup on the encrypted email through the blind index'
+SELECT id, subject FROM events WHERE email_idx = event_crypto.blind_index('alice@example.io', 'tenant-42', 'lower');
+
+\echo '--- rotation: new encryptions use v2, v1 still decrypts'
+SELECT event_crypto.rotate_key('subject:bob');
+SELECT event_crypto.decrypt_fields(payload) -> 'cards' AS bob_cards FROM events WHERE subject = 'bob';
+
+\echo '--- forget alice: shred her key'
+SELECT event_crypto.shred_key('subject:alice');
+SELECT id, subject, event_crypto.decrypt_fields(payload) AS after_shred FROM events;
+SELECT key_id, version, algorithm, status, has_key_material FROM event_crypto.key_info ORDER BY key_id, version;
+
+\echo '--- a forgotten subject cannot silently get new data (error expected)'
+\set ON_ERROR_STOP 0
+SELECT event_crypto.encrypt_fields('{"email":"again@example.io"}', ARRAY['email'], 'subject:alice');

@@ -1,0 +1,167 @@
+//! The SQL functions. Each converts its arguments, calls the core, and raises core errors through
+//! [`crate::error::raise`]; nothing here does cryptography itself.
+
+use crate::error::{raise, OrRaise};
+use crate::keys::{self, CachedKeys};
+use event_crypto_core::aead::Algorithm;
+use event_crypto_core::blind::Normalize;
+use event_crypto_core::document::{check_context, Decryptor, Encryptor, OnShredded};
+use event_crypto_core::path::FieldPath;
+use event_crypto_core::Error;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::cell::RefCell;
+
+fn required<T>(v: Option<T>, name: &str) -> T {
+    v.unwrap_or_else(|| raise(Error::null_argument(name)))
+}
+
+thread_local! {
+    /// The last `fields` array parsed, so a scan with a constant array parses it once.
+    static PATHS: RefCell<(Vec<String>, Vec<FieldPath>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) -> R {
+    let texts: Vec<&str> = fields
+        .iter()
+        .map(|p| {
+            p.unwrap_or_else(|| {
+                raise(
+                    Error::null_argument("fields")
+                        .with_detail("the fields array contains a NULL element"),
+                )
+            })
+        })
+        .collect();
+    let parsed = PATHS.with(|cell| {
+        let cached = cell.borrow();
+        if cached.0.len() == texts.len() && cached.0.iter().zip(&texts).all(|(a, b)| a == b) {
+            return None;
+        }
+        drop(cached);
+        let paths: Vec<FieldPath> = texts
+            .iter()
+            .map(|t| FieldPath::parse(t).or_raise())
+            .collect();
+        *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), paths);
+        Some(())
+    });
+    let _ = parsed;
+    PATHS.with(|cell| f(&cell.borrow().1))
+}
+
+/// Creates a key id with version 1; returns 1. Algorithm: 'aes-256-gcm' (default) or 'chacha20-poly1305'.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_key(key_id: Option<&str>, algorithm: default!(Option<&str>, "'aes-256-gcm'")) -> i32 {
+    let key_id = required(key_id, "key_id");
+    let algorithm = Algorithm::from_name(required(algorithm, "algorithm")).or_raise();
+    keys::create_key(key_id, algorithm).or_raise()
+}
+
+/// Adds a new active version of a key id (optionally with another algorithm); returns the new version.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rotate_key(key_id: Option<&str>, algorithm: default!(Option<&str>, "NULL")) -> i32 {
+    let key_id = required(key_id, "key_id");
+    let algorithm = algorithm.map(|a| Algorithm::from_name(a).or_raise());
+    keys::rotate_key(key_id, algorithm).or_raise()
+}
+
+/// Destroys every version of a key id; returns how many versions this call destroyed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn shred_key(key_id: Option<&str>) -> i32 {
+    keys::shred_key(required(key_id, "key_id")).or_raise()
+}
+
+/// Encrypts the fields the paths select, each under a fresh nonce, bound to its path and the context.
+#[pg_extern(volatile, parallel_safe)]
+fn encrypt_fields(
+    payload: Option<JsonB>,
+    fields: Option<Array<'_, &str>>,
+    key_id: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+) -> Option<JsonB> {
+    let fields = required(fields, "fields");
+    let key_id = required(key_id, "key_id");
+    let context = check_context(context).or_raise();
+    let JsonB(mut doc) = payload?;
+    let entry = keys::lookup(key_id).or_raise();
+    let (version, cipher) = entry.encryption_key().or_raise();
+    with_paths(&fields, |paths| {
+        Encryptor::new(&cipher, key_id, version, context).encrypt_fields(&mut doc, paths)
+    })
+    .or_raise();
+    Some(JsonB(doc))
+}
+
+/// Decrypts every envelope in the document. on_shredded: 'null' (default), 'keep' or 'error'.
+#[pg_extern(stable, parallel_safe)]
+fn decrypt_fields(
+    payload: Option<JsonB>,
+    context: default!(Option<&str>, "NULL"),
+    on_shredded: default!(Option<&str>, "'null'"),
+) -> Option<JsonB> {
+    let on_shredded = OnShredded::parse(required(on_shredded, "on_shredded")).or_raise();
+    let context = check_context(context).or_raise();
+    let JsonB(mut doc) = payload?;
+    let mut keys = CachedKeys::default();
+    Decryptor::new(&mut keys, context, on_shredded)
+        .decrypt_document(&mut doc)
+        .or_raise();
+    Some(JsonB(doc))
+}
+
+/// Encrypts one JSON value; returns the envelope text.
+#[pg_extern(volatile, parallel_safe)]
+fn encrypt_value(
+    value: Option<JsonB>,
+    key_id: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+) -> Option<String> {
+    let key_id = required(key_id, "key_id");
+    let context = check_context(context).or_raise();
+    let JsonB(v) = value?;
+    let entry = keys::lookup(key_id).or_raise();
+    let (version, cipher) = entry.encryption_key().or_raise();
+    Some(
+        Encryptor::new(&cipher, key_id, version, context)
+            .encrypt_value(&v)
+            .or_raise(),
+    )
+}
+
+/// Decrypts an envelope made by encrypt_value. A shredded key gives NULL ('null'), the envelope ('keep') or an error.
+#[pg_extern(stable, parallel_safe)]
+fn decrypt_value(
+    envelope: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+    on_shredded: default!(Option<&str>, "'null'"),
+) -> Option<JsonB> {
+    let on_shredded = OnShredded::parse(required(on_shredded, "on_shredded")).or_raise();
+    let context = check_context(context).or_raise();
+    let text = envelope?;
+    let mut keys = CachedKeys::default();
+    Decryptor::new(&mut keys, context, on_shredded)
+        .decrypt_value(text)
+        .or_raise()
+        .map(JsonB)
+}
+
+/// Deterministic keyed digest of a value for equality lookups; the same under every version of the key id.
+#[pg_extern(stable, parallel_safe)]
+fn blind_index(
+    value: Option<&str>,
+    key_id: Option<&str>,
+    normalize: default!(Option<&str>, "NULL"),
+) -> Option<String> {
+    let key_id = required(key_id, "key_id");
+    let normalize = Normalize::parse(normalize).or_raise();
+    let value = value?;
+    let entry = keys::lookup(key_id).or_raise();
+    Some(entry.indexer().or_raise().digest(value, normalize))
+}
+
+/// The fingerprint (not the key) of the master key this server has loaded.
+#[pg_extern(stable, parallel_safe)]
+fn master_key_id() -> String {
+    crate::master::get().or_raise().id().to_string()
+}

@@ -1,0 +1,53 @@
+//! The single mapping from the core's error kinds to SQLSTATEs, and the one place errors are raised.
+
+use event_crypto_core::{Error, ErrorKind};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match kind {
+        ErrorKind::NullArgument => ERRCODE_NULL_VALUE_NOT_ALLOWED, // 22004
+        ErrorKind::InvalidArgument => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
+        ErrorKind::InvalidPath => ERRCODE_SYNTAX_ERROR,            // 42601
+        ErrorKind::MalformedEnvelope => ERRCODE_INVALID_TEXT_REPRESENTATION, // 22P02
+        ErrorKind::UnsupportedVersion => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
+        ErrorKind::ContextMismatch => ERRCODE_DATA_EXCEPTION,      // 22000
+        ErrorKind::AuthenticationFailed => ERRCODE_DATA_CORRUPTED, // XX001
+        ErrorKind::UnknownKey => ERRCODE_UNDEFINED_OBJECT,         // 42704
+        ErrorKind::DuplicateKey => ERRCODE_DUPLICATE_OBJECT,       // 42710
+        ErrorKind::KeyShredded => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+        ErrorKind::MasterKeyUnavailable => ERRCODE_CONFIG_FILE_ERROR, // F0000
+        ErrorKind::MasterKeyMismatch => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
+        ErrorKind::WrappedKeyCorrupt => ERRCODE_DATA_CORRUPTED,    // XX001
+        ErrorKind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,     // 54000
+        ErrorKind::RandomSource => ERRCODE_SYSTEM_ERROR,           // 58000
+    }
+}
+
+/// Raises `e` as a PostgreSQL ERROR with its SQLSTATE, message, detail and hint. Never returns.
+pub fn raise(e: Error) -> ! {
+    let mut report = ErrorReport::new(sqlstate(e.kind()), e.message().to_string(), "event_crypto");
+    if let Some(d) = e.detail() {
+        report = report.set_detail(d.to_string());
+    }
+    if let Some(h) = e.hint() {
+        report = report.set_hint(h.to_string());
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) does not return")
+}
+
+/// Unwraps a core result or raises its error.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => raise(e),
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The key catalog `event_crypto.keys`, and the per-backend cache of unwrapped keys.
+//!
+//! The cache is dropped whenever the catalog table gets a relcache invalidation. A statement trigger on the table
+//! (`event_crypto.keys_changed`) sends one on every INSERT, UPDATE, DELETE and TRUNCATE, whoever runs it (our
+//! functions, a superuser by hand, pg_restore), so after a shred commits every backend forgets the key at its
+//! next transaction start at the latest. Catalog reads run as the catalog's owner (privileges are checked on
+//! EXECUTE of our functions), with every operator schema-qualified so the caller's search_path cannot interfere.
+
+use crate::error::raise;
+use crate::master;
+use event_crypto_core::aead::{Algorithm, Cipher};
+use event_crypto_core::blind::BlindIndexer;
+use event_crypto_core::document::{KeyLookup, KeySource};
+use event_crypto_core::envelope::check_key_id;
+use event_crypto_core::master::{KeyPurpose, WrapContext};
+use event_crypto_core::random::random_key;
+use event_crypto_core::{Error, ErrorKind, Result};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What the cache knows of one version of a key.
+enum VersionState {
+    Ready(Rc<Cipher>),
+    /// Unusable for a reason that is raised when the version is needed (e.g. master key mismatch).
+    Broken(Error),
+}
+
+/// Everything about one key id, unwrapped.
+pub struct KeyEntry {
+    pub key_id: String,
+    pub shredded: bool,
+    /// The newest active version, if any.
+    active: Option<u32>,
+    versions: HashMap<u32, VersionState>,
+    indexer: Option<std::result::Result<BlindIndexer, Error>>,
+}
+
+impl KeyEntry {
+    /// The cipher and version that new encryptions use.
+    pub fn encryption_key(&self) -> Result<(u32, Rc<Cipher>)> {
+        if self.shredded {
+            return Err(Error::key_shredded(&self.key_id)
+                .with_hint("A forgotten subject must not silently get a new key; use another key id for new data."));
+        }
+        let v = self.active.ok_or_else(|| {
+            Error::new(
+                ErrorKind::KeyShredded,
+                format!("encryption key \"{}\" has no active version", self.key_id),
+            )
+            .with_hint("Rotate the key with event_crypto.rotate_key() to create an active version.")
+        })?;
+        match self.versions.get(&v) {
+            Some(VersionState::Ready(c)) => Ok((v, c.clone())),
+            Some(VersionState::Broken(e)) => Err(e.clone()),
+            None => Err(Error::unknown_key_version(&self.key_id, v)),
+        }
+    }
+
+    pub fn indexer(&self) -> Result<&BlindIndexer> {
+        if self.shredded {
+            return Err(Error::key_shredded(&self.key_id));
+        }
+        match &self.indexer {
+            Some(Ok(i)) => Ok(i),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::unknown_key(&self.key_id)),
+        }
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, Rc<KeyEntry>>> = RefCell::new(HashMap::new());
+    /// Bumped by every invalidation; a load that straddles one is used but not cached.
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The catalog table's oid and owner, looked up once per backend.
+    static CATALOG: Cell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { Cell::new(None) };
+}
+
+/// Relcache invalidation callback, registered in `_PG_init`.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = CATALOG.with(|c| c.get()).map(|(oid, _)| oid);
+    if relid == pg_sys::InvalidOid || Some(relid) == ours {
+        invalidate_all();
+        if relid != pg_sys::InvalidOid {
+            // The table may have been dropped and re-created (DROP/CREATE EXTENSION): look it up again.
+            CATALOG.with(|c| c.set(None));
+        }
+    }
+}
+
+pub fn register_invalidation() {
+    // SAFETY: called once from _PG_init; the callback only touches this module's thread-local state.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize))
+    };
+}
+
+/// Forgets every cached key of this backend.
+pub fn invalidate_all() {
+    GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    CACHE.with(|c| {
+        if let Ok(mut m) = c.try_borrow_mut() {
+            m.clear();
+        }
+    });
+}
+
+/// Number of key ids cached in this backend (for tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn cached_count() -> usize {
+    CACHE.with(|c| c.borrow().len())
+}
+
+/// Runs `f` with the catalog owner's privileges; restores the caller's identity afterwards, also on error
+/// (and PostgreSQL restores it at transaction abort in any case).
+fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = catalog().1;
+    let mut old_user = pg_sys::InvalidOid;
+    let mut old_ctx = 0;
+    // SAFETY: plain getters/setters of backend-local state.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut old_user, &mut old_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            old_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the values read above.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let _restore = Restore(old_user, old_ctx);
+    f()
+}
+
+/// The oid and owner of `event_crypto.keys`.
+fn catalog() -> (pg_sys::Oid, pg_sys::Oid) {
+    if let Some(c) = CATALOG.with(|c| c.get()) {
+        return c;
+    }
+    let row = Spi::get_two::<pg_sys::Oid, pg_sys::Oid>(
+        "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c \
+         WHERE c.oid OPERATOR(pg_catalog.=) 'event_crypto.keys'::pg_catalog.regclass",
+    );
+    match row {
+        Ok((Some(oid), Some(owner))) => {
+            CATALOG.with(|c| c.set(Some((oid, owner))));
+            (oid, owner)
+        }
+        _ => raise(
+            Error::new(
+                ErrorKind::UnknownKey,
+                "the event_crypto key catalog is missing",
+            )
+            .with_hint("CREATE EXTENSION event_crypto in this database."),
+        ),
+    }
+}
+
+/// The name of the role calling us (recorded in the catalog).
+fn current_role() -> String {
+    // SAFETY: GetUserId is always valid inside a transaction; GetUserNameFromId with noerr=false raises on error.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+struct Row {
+    version: u32,
+    algorithm: String,
+    status: String,
+    wrapped_key: Option<Vec<u8>>,
+    wrapped_index_key: Option<Vec<u8>>,
+    master_key_id: String,
+}
+
+const SELECT_ROWS: &str =
+    "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id \
+     FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version";
+
+fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
+    let table = client
+        .select(query, None, &[key_id.into()])
+        .unwrap_or_else(|e| spi_failed(e));
+    let mut rows = Vec::with_capacity(table.len());
+    for r in table {
+        let get_text = |i: usize| r.get::<String>(i).ok().flatten().unwrap_or_default();
+        rows.push(Row {
+            version: r.get::<i32>(1).ok().flatten().unwrap_or(0) as u32,
+            algorithm: get_text(2),
+            status: get_text(3),
+            wrapped_key: r.get::<Vec<u8>>(4).ok().flatten(),
+            wrapped_index_key: r.get::<Vec<u8>>(5).ok().flatten(),
+            master_key_id: get_text(6),
+        });
+    }
+    rows
+}
+
+fn spi_failed(e: pgrx::spi::SpiError) -> ! {
+    raise(
+        Error::new(
+            ErrorKind::UnknownKey,
+            "reading the event_crypto key catalog failed",
+        )
+        .with_detail(e.to_string()),
+    )
+}
+
+fn mismatch(key_id: &str, version: u32, wrapped_by: &str, loaded: &str) -> Error {
+    Error::new(
+        ErrorKind::MasterKeyMismatch,
+        format!("master key mismatch for encryption key \"{key_id}\" version {version}"),
+    )
+    .with_detail(format!("The key was wrapped by master key {wrapped_by}; this server has master key {loaded}."))
+    .with_hint("Start the server with the master key this key catalog was created with (event_crypto.master_key_file or master_key_command).")
+}
+
+fn unwrap_row(
+    key_id: &str,
+    row: &Row,
+    purpose: KeyPurpose,
+) -> Result<event_crypto_core::SecretKey> {
+    let m = master::get()?;
+    if row.master_key_id != m.id() {
+        return Err(mismatch(key_id, row.version, &row.master_key_id, m.id()));
+    }
+    let algorithm = Algorithm::from_name(&row.algorithm)?;
+    let wrapped = match purpose {
+        KeyPurpose::Data => row.wrapped_key.as_deref(),
+        KeyPurpose::BlindIndex => row.wrapped_index_key.as_deref(),
+    }
+    .ok_or_else(|| Error::key_shredded(key_id))?;
+    m.unwrap(
+        wrapped,
+        &WrapContext {
+            key_id,
+            version: row.version,
+            algorithm,
+            purpose,
+        },
+    )
+}
+
+fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
+    let mut versions = HashMap::with_capacity(rows.len());
+    let mut active = None;
+    let shredded = rows.iter().all(|r| r.status == "shredded");
+    for row in rows.iter().filter(|r| r.status != "shredded") {
+        let state = match unwrap_row(key_id, row, KeyPurpose::Data) {
+            Ok(k) => match Algorithm::from_name(&row.algorithm) {
+                Ok(a) => VersionState::Ready(Rc::new(Cipher::new(a, &k))),
+                Err(e) => VersionState::Broken(e),
+            },
+            Err(e) => VersionState::Broken(e),
+        };
+        versions.insert(row.version, state);
+        if row.status == "active" {
+            active = Some(row.version);
+        }
+    }
+    // The blind-index root of the newest live version (all versions of a key id carry the same root).
+    let indexer = rows
+        .iter()
+        .rev()
+        .find(|r| r.status != "shredded")
+        .map(|row| {
+            unwrap_row(key_id, row, KeyPurpose::BlindIndex)
+                .map(|root| BlindIndexer::new(&root, key_id))
+        });
+    KeyEntry {
+        key_id: key_id.to_string(),
+        shredded,
+        active,
+        versions,
+        indexer,
+    }
+}
+
+/// Looks a key id up: from the cache, or from the catalog (then cached).
+pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
+    if let Some(e) = CACHE.with(|c| c.borrow().get(key_id).cloned()) {
+        return Ok(e);
+    }
+    check_key_id(key_id)?;
+    master::get()?;
+    let generation = GENERATION.with(|g| g.get());
+    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(&client, SELECT_ROWS, key_id)));
+    if rows.is_empty() {
+        return Err(Error::unknown_key(key_id));
+    }
+    let entry = Rc::new(build_entry(key_id, &rows));
+    if GENERATION.with(|g| g.get()) == generation {
+        CACHE.with(|c| {
+            if let Ok(mut m) = c.try_borrow_mut() {
+                m.insert(key_id.to_string(), entry.clone());
+            }
+        });
+    }
+    Ok(entry)
+}
+
+/// A [`KeySource`] over the cache, with a one-entry memo for runs of envelopes under the same key.
+#[derive(Default)]
+pub struct CachedKeys {
+    last: Option<Rc<KeyEntry>>,
+}
+
+impl KeySource for CachedKeys {
+    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
+        let entry = match &self.last {
+            Some(e) if e.key_id == key_id => e.clone(),
+            _ => {
+                let e = lookup(key_id)?;
+                self.last = Some(e.clone());
+                e
+            }
+        };
+        if entry.shredded {
+            return Ok(KeyLookup::Shredded);
+        }
+        match entry.versions.get(&version) {
+            Some(VersionState::Ready(c)) => Ok(KeyLookup::Found(c.clone())),
+            Some(VersionState::Broken(e)) => Err(e.clone()),
+            None => Err(Error::unknown_key_version(key_id, version)),
+        }
+    }
+}
+
+fn check_new_key_id(key_id: &str) -> Result<()> {
+    check_key_id(key_id)?;
+    Ok(())
+}
+
+/// Creates version 1 of a new key id.
+pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
+    check_new_key_id(key_id)?;
+    let m = master::get()?;
+    let role = current_role();
+    let dk = random_key()?;
+    let ik = random_key()?;
+    let ctx = |purpose| WrapContext {
+        key_id,
+        version: 1,
+        algorithm,
+        purpose,
+    };
+    let wrapped = m.wrap(&dk, &ctx(KeyPurpose::Data))?;
+    let wrapped_index = m.wrap(&ik, &ctx(KeyPurpose::BlindIndex))?;
+    let inserted = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let t = client
+                .update(
+                    "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
+                     VALUES ($1, 1, $2, 'active', $3, $4, $5, $6) ON CONFLICT (key_id, version) DO NOTHING RETURNING version",
+                    None,
+                    &[key_id.into(), algorithm.name().into(), wrapped.clone().into(), wrapped_index.clone().into(), m.id().into(), role.as_str().into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            if !t.is_empty() {
+                return None;
+            }
+            let existing = read_rows(client, SELECT_ROWS, key_id);
+            Some(existing.iter().all(|r| r.status == "shredded"))
+        })
+    });
+    match inserted {
+        None => Ok(1),
+        Some(true) => Err(Error::key_shredded(key_id)
+            .with_hint("A shredded key id is never re-created; use a new key id.")),
+        Some(false) => Err(Error::new(
+            ErrorKind::DuplicateKey,
+            format!("encryption key \"{key_id}\" already exists"),
+        )
+        .with_hint("Use event_crypto.rotate_key() to add a new version.")),
+    }
+}
+
+/// Adds a new active version; the previous active version is retired (it still decrypts).
+pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
+    check_key_id(key_id)?;
+    let m = master::get()?;
+    let role = current_role();
+    as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            // Lock the key id's rows so concurrent rotations of one key id serialise.
+            client
+                .update(
+                    "SELECT 1 FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                    None,
+                    &[key_id.into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            let rows = read_rows(client, SELECT_ROWS, key_id);
+            if rows.is_empty() {
+                return Err(Error::unknown_key(key_id));
+            }
+            if rows.iter().all(|r| r.status == "shredded") {
+                return Err(Error::key_shredded(key_id));
+            }
+            let newest = rows.last().expect("not empty");
+            let live = rows
+                .iter()
+                .rev()
+                .find(|r| r.status != "shredded")
+                .expect("some row is live");
+            let root = unwrap_row(key_id, live, KeyPurpose::BlindIndex)?;
+            let version = newest
+                .version
+                .checked_add(1)
+                .filter(|v| *v <= i32::MAX as u32)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::TooLarge,
+                        format!("encryption key \"{key_id}\" has reached the highest version"),
+                    )
+                })?;
+            let algorithm = match algorithm {
+                Some(a) => a,
+                None => Algorithm::from_name(&newest.algorithm)?,
+            };
+            let dk = random_key()?;
+            let ctx = |purpose| WrapContext {
+                key_id,
+                version,
+                algorithm,
+                purpose,
+            };
+            let wrapped = m.wrap(&dk, &ctx(KeyPurpose::Data))?;
+            let wrapped_index = m.wrap(&root, &ctx(KeyPurpose::BlindIndex))?;
+            client
+                .update(
+                    "UPDATE event_crypto.keys SET status = 'retired', retired_at = pg_catalog.now() \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'active'",
+                    None,
+                    &[key_id.into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            client
+                .update(
+                    "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
+                     VALUES ($1, $2, $3, 'active', $4, $5, $6, $7)",
+                    None,
+                    &[key_id.into(), (version as i32).into(), algorithm.name().into(), wrapped.into(), wrapped_index.into(), m.id().into(), role.as_str().into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            invalidate_all();
+            Ok(version as i32)
+        })
+    })
+}
+
+/// Destroys every version of a key id: the wrapped bytes are overwritten with NULL and the rows marked shredded.
+/// Returns how many versions were destroyed by this call (0 when it was shredded already).
+pub fn shred_key(key_id: &str) -> Result<i32> {
+    check_key_id(key_id)?;
+    let role = current_role();
+    let n = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let t = client
+                .update(
+                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, \
+                     shredded_at = pg_catalog.now(), shredded_by = $2 \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.<>) 'shredded' RETURNING version",
+                    None,
+                    &[key_id.into(), role.as_str().into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            let n = t.len() as i32;
+            if n == 0 && read_rows(client, SELECT_ROWS, key_id).is_empty() {
+                return Err(Error::unknown_key(key_id));
+            }
+            Ok(n)
+        })
+    })?;
+    invalidate_all();
+    Ok(n)
+}
