@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every test of event_crypto on this machine, installing what is missing first (.ci/setup.sh):
+#   1. cargo fmt --check and cargo clippy -D warnings
+#   2. core unit, known-answer and frozen-vector tests (plain cargo test)
+#   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
+#   4. pg_regress golden files for the SQL API (tests/pg_regress)
+#   5. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
+#      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
+# Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+ROOT=$(pwd)
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+RUN_AS=postgres
+SCRATCH=${EVENT_CRYPTO_SCRATCH:-/tmp/ec-ci}     # short: unix socket paths are limited to ~107 bytes
+
+bash .ci/setup.sh
+
+t0=$SECONDS
+step() { echo "=== [test $((SECONDS - t0))s] $*"; }
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "core tests"
+cargo test -p event_crypto_core
+
+step "cargo pgrx test"
+install -d -m 755 "$SCRATCH"
+rm -rf "$SCRATCH/pgdata"
+install -d -o "$RUN_AS" -g "$RUN_AS" "$SCRATCH/pgdata"
+cargo pgrx test pg15 --runas "$RUN_AS" --pgdata "$SCRATCH/pgdata"
+
+step "install into the system PostgreSQL"
+cargo pgrx install --pg-config "$PG_CONFIG"
+
+step "pg_regress"
+OUT="$SCRATCH/regress"
+rm -rf "$OUT" && install -d -o "$RUN_AS" -g "$RUN_AS" "$OUT"
+cp -r tests/pg_regress/sql tests/pg_regress/expected "$OUT/"
+cat > "$OUT/regress.conf" <<CONF
+shared_preload_libraries = 'event_crypto'
+event_crypto.master_key_command = 'echo 1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988'
+CONF
+chown -R "$RUN_AS:$RUN_AS" "$OUT"
+TESTS="setup $(cd "$OUT/sql" && ls -1 *.sql | sed 's/\.sql$//' | grep -vx setup | sort | tr '\n' ' ')"
+if ! runuser -u "$RUN_AS" -- "$PG_REGRESS" --temp-instance="$OUT/tmp_check" --temp-config="$OUT/regress.conf" \
+     --bindir="$PG_BIN" --inputdir="$OUT" --outputdir="$OUT" --dbname=event_crypto_regress $TESTS; then
+  cat "$OUT/regression.diffs" 2>/dev/null || true
+  exit 1
+fi
+
+step "integration tests"
+bash tests/clusters.sh start "$SCRATCH/it"
+trap 'bash "$ROOT/tests/clusters.sh" stop "$SCRATCH/it"' EXIT
+# shellcheck disable=SC1091
+. "$SCRATCH/it/env"
+cargo test -p event_crypto_it -- --test-threads=1
+step "all tests passed"
