@@ -145,10 +145,17 @@ fn catalog() -> (pg_sys::Oid, pg_sys::Oid) {
     if let Some(c) = CATALOG.with(|c| c.get()) {
         return c;
     }
-    let row = Spi::get_two::<pg_sys::Oid, pg_sys::Oid>(
-        "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c \
-         WHERE c.oid OPERATOR(pg_catalog.=) 'event_crypto.keys'::pg_catalog.regclass",
-    );
+    // Read-only SPI: no transaction id is assigned, so this also works in parallel workers.
+    let row = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c \
+                 WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('event_crypto.keys')",
+                Some(1),
+                &[],
+            )
+            .and_then(|t| t.first().get_two::<pg_sys::Oid, pg_sys::Oid>())
+    });
     match row {
         Ok((Some(oid), Some(owner))) => {
             CATALOG.with(|c| c.set(Some((oid, owner))));
@@ -295,7 +302,7 @@ pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
     check_key_id(key_id)?;
     master::get()?;
     let generation = GENERATION.with(|g| g.get());
-    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(&client, SELECT_ROWS, key_id)));
+    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
     if rows.is_empty() {
         return Err(Error::unknown_key(key_id));
     }
@@ -362,7 +369,7 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
             let t = client
                 .update(
                     "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
-                     VALUES ($1, 1, $2, 'active', $3, $4, $5, $6) ON CONFLICT (key_id, version) DO NOTHING RETURNING version",
+                     VALUES ($1, 1, $2, 'active', $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING version",
                     None,
                     &[key_id.into(), algorithm.name().into(), wrapped.clone().into(), wrapped_index.clone().into(), m.id().into(), role.as_str().into()],
                 )

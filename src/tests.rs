@@ -1,9 +1,13 @@
-//! In-process tests of internals (the SQL API is covered by pg_regress, sessions by the integration tests).
+//! In-process tests of internals (the SQL API is covered by pg_regress, several sessions by the integration tests).
 use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
+    use crate::error::sqlstate;
+    use crate::keys;
+    use event_crypto_core::ErrorKind;
     use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode;
 
     #[pg_test]
     fn master_key_is_loaded_from_the_command() {
@@ -11,5 +15,79 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[pg_test]
+    fn the_cache_serves_repeat_lookups_and_is_dropped_when_the_catalog_changes() {
+        Spi::run("SELECT event_crypto.create_key('cache-1'), event_crypto.create_key('cache-2')")
+            .unwrap();
+        keys::invalidate_all();
+        let a = keys::lookup("cache-1").unwrap();
+        let b = keys::lookup("cache-1").unwrap();
+        assert!(
+            std::rc::Rc::ptr_eq(&a, &b),
+            "the second lookup is served from the cache"
+        );
+        keys::lookup("cache-2").unwrap();
+        assert_eq!(keys::cached_count(), 2);
+        // Any change to the catalog, even one made by hand, fires the statement trigger.
+        Spi::run("UPDATE event_crypto.keys SET created_by = created_by WHERE key_id = 'cache-2'")
+            .unwrap();
+        assert_eq!(keys::cached_count(), 0);
+        keys::lookup("cache-1").unwrap();
+        Spi::run("SELECT event_crypto.shred_key('cache-1')").unwrap();
+        assert_eq!(keys::cached_count(), 0);
+        assert!(keys::lookup("cache-1").unwrap().shredded);
+    }
+
+    #[pg_test]
+    fn unknown_keys_are_not_cached() {
+        keys::invalidate_all();
+        let e = keys::lookup("never-created").err().expect("unknown");
+        assert_eq!(e.kind(), ErrorKind::UnknownKey);
+        assert_eq!(keys::cached_count(), 0);
+    }
+
+    #[pg_test]
+    fn nonces_never_repeat_within_one_insert_select() {
+        Spi::run("SELECT event_crypto.create_key('nonce')").unwrap();
+        let distinct = Spi::get_one::<i64>(
+            "SELECT count(DISTINCT substr(p->>'v', 1, 40)) FROM (
+               SELECT event_crypto.encrypt_fields('{\"v\":\"same\"}', '{v}', 'nonce') AS p FROM generate_series(1, 5000)) s",
+        )
+        .unwrap()
+        .unwrap();
+        // the first 40 characters cover the header and the nonce
+        assert_eq!(distinct, 5000);
+    }
+
+    #[pg_test]
+    fn no_error_kind_maps_to_an_internal_error() {
+        use ErrorKind::*;
+        for k in [
+            NullArgument,
+            InvalidArgument,
+            InvalidPath,
+            MalformedEnvelope,
+            UnsupportedVersion,
+            ContextMismatch,
+            AuthenticationFailed,
+            UnknownKey,
+            DuplicateKey,
+            KeyShredded,
+            MasterKeyUnavailable,
+            MasterKeyMismatch,
+            WrappedKeyCorrupt,
+            TooLarge,
+            RandomSource,
+        ] {
+            assert_ne!(sqlstate(k), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "{k:?}");
+        }
+    }
+
+    #[pg_test(error = "encryption key \"tenant-x\" does not exist")]
+    fn encrypting_with_an_unknown_key_raises() {
+        Spi::run("SELECT event_crypto.encrypt_fields('{\"a\":1}', '{a}', 'tenant-x')").unwrap();
     }
 }

@@ -3,9 +3,12 @@ use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::envelope::{seal, Scratch, SealKey};
 use event_crypto_core::path::{LocStep, Location};
 
+/// (algorithm, location, context, plaintext JSON)
+type Case<'a> = (Algorithm, &'a [LocStep<'a>], Option<&'a [u8]>, &'a str);
+
 fn main() {
     let key = [0x42u8; 32];
-    let cases: &[(Algorithm, &[LocStep], Option<&[u8]>, &str)] = &[
+    let cases: &[Case] = &[
         (
             Algorithm::Aes256Gcm,
             &[LocStep::Key("email")],

@@ -42,7 +42,16 @@ fn chacha20_poly1305_rfc8439_section_2_8_2() {
 
 /// Format version 1 envelopes, made by `examples/gen_vectors.rs` with data key 0x42 * 32, key id "frozen-key",
 /// version 7 and nonce (case number) * 12. Never edit these: a release that fails this test breaks stored data.
-const FROZEN_V1: &[(Algorithm, &[LocStep<'static>], Option<&str>, &str, &str)] = &[
+/// (algorithm, location, context, plaintext JSON, envelope)
+type Frozen = (
+    Algorithm,
+    &'static [LocStep<'static>],
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
+
+const FROZEN_V1: &[Frozen] = &[
     (Algorithm::Aes256Gcm, &[LocStep::Key("email")], None, "\"a@x.io\"",
      "$ec1$AQAKZnJvemVuLWtleQAAAAcBAQEBAQEBAQEBAQEPyPZ_uj3u7_E_eerlbwW1bzF98bCu3XQ"),
     (Algorithm::ChaCha20Poly1305, &[LocStep::Key("email")], None, "\"a@x.io\"",

@@ -1,1 +1,69 @@
-//! Helpers for the integration tests: connection settings come from the environment .ci/test.sh sets.
+//! Helpers for the integration tests. Connection strings come from the environment that `tests/clusters.sh`
+//! writes (`EC_IT_A` ... `EC_IT_E`); a missing variable fails the test, it never skips it.
+
+use postgres::{Client, NoTls};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The connection string of cluster `name` ("A" to "E").
+pub fn dsn(name: &str) -> String {
+    let var = format!("EC_IT_{name}");
+    std::env::var(&var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the integration tests through .ci/test.sh, which starts the clusters")
+    })
+}
+
+pub fn connect(cluster: &str, db: &str) -> Client {
+    Client::connect(&format!("{} dbname={db}", dsn(cluster)), NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to cluster {cluster} database {db}: {e}"))
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a fresh database with the extension installed; returns its name.
+pub fn fresh_db(cluster: &str, prefix: &str) -> String {
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut c = connect(cluster, "postgres");
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    connect(cluster, &name)
+        .batch_execute("CREATE EXTENSION event_crypto")
+        .unwrap();
+    name
+}
+
+/// The SQLSTATE and message of a failed statement.
+pub fn sql_error(e: &postgres::Error) -> (String, String, Option<String>, Option<String>) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
+    (
+        db.code().code().to_string(),
+        db.message().to_string(),
+        db.detail().map(String::from),
+        db.hint().map(String::from),
+    )
+}
+
+/// The key version recorded in an envelope's header.
+pub fn envelope_version(envelope: &str) -> u32 {
+    use base64::Engine;
+    let body = envelope.strip_prefix("$ec1$").expect("an envelope");
+    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    let kid = blob[2] as usize;
+    u32::from_be_bytes(blob[3 + kid..7 + kid].try_into().unwrap())
+}
+
+/// Path of a PostgreSQL client program (pg_dump, pg_restore).
+pub fn pg_bin(program: &str) -> String {
+    format!(
+        "{}/{program}",
+        std::env::var("EC_IT_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+    )
+}

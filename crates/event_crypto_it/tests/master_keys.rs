@@ -1,0 +1,173 @@
+//! Master key handling across real servers: dump/restore with the same and another master key, and servers whose
+//! key file is unsafe or missing.
+
+use event_crypto_it::{connect, dsn, fresh_db, pg_bin, sql_error};
+use std::process::Command;
+
+fn conninfo(cluster: &str, db: &str) -> String {
+    format!("{} dbname={db}", dsn(cluster))
+}
+
+#[test]
+fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clearly_with_another() {
+    let src = fresh_db("A", "ec_dump_src");
+    let mut c = connect("A", &src);
+    c.batch_execute(
+        "SELECT event_crypto.create_key('subject:alice');
+         SELECT event_crypto.create_key('subject:bob', 'chacha20-poly1305');
+         SELECT event_crypto.rotate_key('subject:bob');
+         SELECT event_crypto.create_key('subject:carol');
+         CREATE TABLE events (id serial PRIMARY KEY, subject text, payload jsonb, email_idx text);
+         INSERT INTO events (subject, payload, email_idx)
+         SELECT s, event_crypto.encrypt_fields(jsonb_build_object('email', s || '@x.io', 'amount', 12.50, 'tags', jsonb_build_array(s, 1, null)),
+                                            '{email,tags}', 'subject:' || s, 'stream-' || s),
+                event_crypto.blind_index(s || '@x.io', 'subject:' || s)
+         FROM unnest(ARRAY['alice', 'bob', 'carol']) AS s;
+         SELECT event_crypto.shred_key('subject:carol');",
+    )
+    .unwrap();
+    let stored_before: Vec<String> = c
+        .query("SELECT payload::text FROM events ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let dump = format!(
+        "{}/{src}.dump",
+        std::env::var("EC_IT_SCRATCH").unwrap_or_else(|_| "/tmp".into())
+    );
+    let st = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &pg_bin("pg_dump"),
+            "-Fc",
+            "-f",
+            &dump,
+            "-d",
+            &conninfo("A", &src),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "pg_dump failed");
+    // The dump holds ciphertext and wrapped keys only.
+    let bytes = std::fs::read(&dump).unwrap();
+    let hay = String::from_utf8_lossy(&bytes);
+    for secret in ["alice@x.io", "bob@x.io", "carol@x.io"] {
+        assert!(!hay.contains(secret), "{secret} appears in the dump");
+    }
+
+    for cluster in ["A", "B"] {
+        let dst = format!(
+            "ec_dump_dst_{}_{}",
+            cluster.to_lowercase(),
+            std::process::id()
+        );
+        let mut admin = connect(cluster, "postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {dst}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {dst}"))
+            .unwrap();
+        let st = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &pg_bin("pg_restore"),
+                "--exit-on-error",
+                "-d",
+                &conninfo(cluster, &dst),
+                &dump,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "pg_restore into {cluster} failed");
+        let mut r = connect(cluster, &dst);
+        let stored: Vec<String> = r
+            .query("SELECT payload::text FROM events ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            stored, stored_before,
+            "restore must not re-encrypt or alter envelopes"
+        );
+        let q = "SELECT event_crypto.decrypt_fields(payload, 'stream-' || subject)::text FROM events ORDER BY id";
+        if cluster == "A" {
+            let original: Vec<String> = c.query(q, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+            let restored: Vec<String> = r.query(q, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+            assert_eq!(
+                restored, original,
+                "same master key: identical plaintext after restore"
+            );
+            assert!(restored[0].contains("alice@x.io") && restored[1].contains("bob@x.io"));
+            assert!(
+                restored[2].contains("\"email\": null"),
+                "carol stays shredded after restore: {}",
+                restored[2]
+            );
+            let idx: Vec<String> = r
+                .query(
+                    "SELECT event_crypto.blind_index('alice@x.io', 'subject:alice')",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let orig_idx: String = c
+                .query_one("SELECT email_idx FROM events WHERE id = 1", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(idx[0], orig_idx, "blind index values survive a restore");
+        } else {
+            let e = r.query(q, &[]).unwrap_err();
+            let (code, msg, detail, hint) = sql_error(&e);
+            assert_eq!(code, "28000", "{msg}");
+            assert!(msg.contains("master key mismatch"), "{msg}");
+            assert!(detail.unwrap_or_default().contains("wrapped by master key"));
+            assert!(hint
+                .unwrap_or_default()
+                .contains("event_crypto.master_key_file"));
+            let e = r
+                .query_one(
+                    "SELECT event_crypto.encrypt_value('1', 'subject:alice')",
+                    &[],
+                )
+                .unwrap_err();
+            assert_eq!(sql_error(&e).0, "28000");
+        }
+    }
+}
+
+#[test]
+fn unsafe_or_missing_master_keys_give_clear_errors_not_crashes() {
+    for (cluster, code, needle) in [
+        ("C", "F0000", "accessible by group or others"),
+        ("D", "F0000", "inside the data directory"),
+        ("E", "F0000", "no event_crypto master key is configured"),
+    ] {
+        let db = fresh_db(cluster, "ec_badkey");
+        let mut c = connect(cluster, &db);
+        for q in [
+            "SELECT event_crypto.create_key('k')",
+            "SELECT event_crypto.master_key_id()",
+            "SELECT event_crypto.decrypt_fields('{\"a\":\"$ec1$AQAKZnJvemVuLWtleQAAAAcBAQEBAQEBAQEBAQEPyPZ_uj3u7_E_eerlbwW1bzF98bCu3XQ\"}')",
+        ] {
+            let e = c.query_one(q, &[]).unwrap_err();
+            let (got, msg, detail, hint) = sql_error(&e);
+            let all = format!("{msg} {}", detail.clone().unwrap_or_default());
+            assert_eq!(got, code, "{cluster}: {q}: {all}");
+            assert!(all.contains(needle), "{cluster}: {all}");
+            assert!(hint.unwrap_or_default().contains("event_crypto.master_key_file"), "the hint names the settings");
+        }
+        // The backend survived: the same connection still answers.
+        let one: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Starts (or stops) the throwaway PostgreSQL 15 clusters the integration tests connect to, all on 127.0.0.1:
+#   a (54331)  master key file A                      -- the main cluster
+#   b (54332)  master key file B                      -- "restore with a different master key"
+#   c (54333)  key file readable by group and others  -- must be refused
+#   d (54334)  key file inside the data directory     -- must be refused
+#   e (54335)  preloaded, no master key configured    -- clear error, never a crash
+# Usage: tests/clusters.sh start|stop DIR      (as root; servers run as postgres). Writes DIR/env for the tests.
+set -euo pipefail
+ACTION=$1
+DIR=$2
+PG_BIN=/usr/lib/postgresql/15/bin
+RUN_AS=postgres
+as_pg() { runuser -u "$RUN_AS" -- "$@"; }
+
+stop_all() {
+  for n in a b c d e; do
+    if [ -f "$DIR/$n/data/postmaster.pid" ]; then
+      as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+  done
+}
+
+if [ "$ACTION" = stop ]; then
+  stop_all
+  exit 0
+fi
+
+stop_all
+rm -rf "$DIR"
+install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR"
+newkey() { (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$1"); chown "$RUN_AS:$RUN_AS" "$1"; chmod 600 "$1"; }
+
+port=54331
+for n in a b c d e; do
+  install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
+  as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
+  case $n in
+    a|b) newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
+    c)   newkey "$DIR/$n/master.key"; chmod 644 "$DIR/$n/master.key"
+         key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
+    d)   newkey "$DIR/$n/data/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/data/master.key'" ;;
+    e)   key_line="" ;;
+  esac
+  cat >> "$DIR/$n/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$DIR/$n'
+shared_preload_libraries = 'event_crypto'
+$key_line
+fsync = off
+max_connections = 40
+log_min_messages = warning
+CONF
+  as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w start >/dev/null
+  port=$((port + 1))
+done
+
+cat > "$DIR/env" <<ENV
+export EC_IT_PG_BIN=$PG_BIN
+export EC_IT_A="host=127.0.0.1 port=54331 user=postgres"
+export EC_IT_B="host=127.0.0.1 port=54332 user=postgres"
+export EC_IT_C="host=127.0.0.1 port=54333 user=postgres"
+export EC_IT_D="host=127.0.0.1 port=54334 user=postgres"
+export EC_IT_E="host=127.0.0.1 port=54335 user=postgres"
+export EC_IT_SCRATCH=$DIR
+ENV
+echo "clusters a-e started under $DIR"
