@@ -102,3 +102,18 @@ fn frozen_v1_envelopes_reject_other_locations_and_contexts() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
 }
+
+/// Blind-index digests are stored in users' index columns: they must never change for the same root, key id, value.
+#[test]
+fn frozen_blind_index_digests() {
+    use event_crypto_core::blind::{BlindIndexer, Normalize};
+    let b = BlindIndexer::new(&[0x11; 32], "tenant-42");
+    let none = Normalize::default();
+    let lower = Normalize::parse(Some("lower")).unwrap();
+    assert_eq!(b.digest("a@x.io", none), FROZEN_BI_A);
+    assert_eq!(b.digest("A@X.IO", lower), FROZEN_BI_A);
+    assert_eq!(b.digest("", none), FROZEN_BI_EMPTY);
+}
+
+const FROZEN_BI_A: &str = "X2zt3qcAIxvpVgW8-mPLvA";
+const FROZEN_BI_EMPTY: &str = "mAJAupiekHMdamCrhOp1Ag";
