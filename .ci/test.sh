@@ -17,6 +17,10 @@ PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
 RUN_AS=postgres
 SCRATCH=${EVENT_CRYPTO_SCRATCH:-/tmp/ec-ci}     # short: unix socket paths are limited to ~107 bytes
 
+install -d -m 755 "$SCRATCH"
+LOG="$SCRATCH/test.log"
+exec > >(tee "$LOG") 2>&1
+
 bash .ci/setup.sh
 
 t0=$SECONDS
@@ -30,7 +34,6 @@ step "core tests"
 cargo test -p event_crypto_core
 
 step "cargo pgrx test"
-install -d -m 755 "$SCRATCH"
 rm -rf "$SCRATCH/pgdata"
 install -d -o "$RUN_AS" -g "$RUN_AS" "$SCRATCH/pgdata"
 cargo pgrx test pg15 --runas "$RUN_AS" --pgdata "$SCRATCH/pgdata"
@@ -59,5 +62,10 @@ bash tests/clusters.sh start "$SCRATCH/it"
 trap 'bash "$ROOT/tests/clusters.sh" stop "$SCRATCH/it"' EXIT
 # shellcheck disable=SC1091
 . "$SCRATCH/it/env"
-cargo test -p event_crypto_it -- --test-threads=1
+cargo test -p event_crypto_it --tests -- --test-threads=1
 step "all tests passed"
+# One plain closing line over every tier: cargo's "test result:" totals plus pg_regress's per-file lines.
+awk '/^test result:/ { p += $4; f += $6 }
+     /^test [A-Za-z0-9_]+ +\.\.\. ok +[0-9]+ ms/ { p += 1 }
+     /^test [A-Za-z0-9_]+ +\.\.\. FAILED/ { f += 1 }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$LOG"

@@ -57,10 +57,15 @@ impl Normalize {
     }
 }
 
-/// A keyed blind-index function for one key id (the HMAC state is precomputed once).
-#[derive(Clone)]
+/// A keyed blind-index function for one key id (the HMAC state is precomputed once, and wiped on drop).
 pub struct BlindIndexer {
     mac: Hmac<Sha256>,
+}
+
+impl Drop for BlindIndexer {
+    fn drop(&mut self) {
+        crate::wipe(&mut self.mac);
+    }
 }
 
 impl BlindIndexer {
@@ -78,7 +83,8 @@ impl BlindIndexer {
     pub fn digest(&self, value: &str, normalize: Normalize) -> String {
         let mut mac = self.mac.clone();
         mac.update(normalize.apply(value).as_bytes());
-        let out = mac.finalize().into_bytes();
+        let out = mac.finalize_reset().into_bytes();
+        crate::wipe(&mut mac);
         URL_SAFE_NO_PAD.encode(&out[..DIGEST_LEN])
     }
 }

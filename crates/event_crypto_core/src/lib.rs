@@ -20,3 +20,13 @@ pub mod random;
 
 pub use aead::{Algorithm, Cipher, SecretKey};
 pub use error::{Error, ErrorKind, Result};
+
+/// Overwrites a keyed hash state (HMAC, HKDF) with zeros. These RustCrypto types hold key-derived state inline
+/// and do not zeroize themselves.
+///
+/// Only for plain-data types without heap pointers or drop glue (the HMAC and HKDF states of `hmac`/`hkdf`).
+pub(crate) fn wipe<T: Sized>(state: &mut T) {
+    // SAFETY: callers pass HMAC/HKDF states, which are flat arrays and integers; all-zero bytes are a valid
+    // (if meaningless) value for them and they have no drop glue that could observe it.
+    unsafe { zeroize::zeroize_flat_type(state as *mut T) }
+}
