@@ -22,6 +22,9 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::WrappedKeyCorrupt => ERRCODE_DATA_CORRUPTED,    // XX001
         ErrorKind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,     // 54000
         ErrorKind::RandomSource => ERRCODE_SYSTEM_ERROR,           // 58000
+        ErrorKind::SubjectForgotten => ERRCODE_CHECK_VIOLATION,    // 23514
+        ErrorKind::RebindRefused => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
+        ErrorKind::ConfigColumn => ERRCODE_UNDEFINED_COLUMN,       // 42703
     }
 }
 

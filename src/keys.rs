@@ -75,20 +75,41 @@ thread_local! {
     static CACHE: RefCell<HashMap<String, Rc<KeyEntry>>> = RefCell::new(HashMap::new());
     /// Bumped by every invalidation; a load that straddles one is used but not cached.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// The catalog table's oid and owner, looked up once per backend.
-    static CATALOG: Cell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { Cell::new(None) };
+    /// The catalog tables' oids and owner, looked up once per backend.
+    static CATALOG: Cell<Option<Catalog>> = const { Cell::new(None) };
+}
+
+/// The extension's own tables, whose changes invalidate the caches.
+#[derive(Clone, Copy, Debug)]
+pub struct Catalog {
+    pub keys: pg_sys::Oid,
+    pub owner: pg_sys::Oid,
+    pub protected_columns: pg_sys::Oid,
+    pub blind_indexes: pg_sys::Oid,
 }
 
 /// Relcache invalidation callback, registered in `_PG_init`.
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    let ours = CATALOG.with(|c| c.get()).map(|(oid, _)| oid);
-    if relid == pg_sys::InvalidOid || Some(relid) == ours {
-        invalidate_all();
-        if relid != pg_sys::InvalidOid {
-            // The table may have been dropped and re-created (DROP/CREATE EXTENSION): look it up again.
-            CATALOG.with(|c| c.set(None));
+    relation_changed(relid);
+}
+
+/// Drops what depends on `relid`: the key cache for the key catalog, the protection configuration cache for
+/// the configuration tables and for protected tables (whose columns may have changed), everything for InvalidOid.
+pub fn relation_changed(relid: pg_sys::Oid) {
+    let cat = CATALOG.with(|c| c.get());
+    if relid == pg_sys::InvalidOid {
+        invalidate_keys();
+        crate::protect::invalidate_config(None);
+        CATALOG.with(|c| c.set(None));
+        return;
+    }
+    match cat {
+        Some(c) if relid == c.keys => invalidate_keys(),
+        Some(c) if relid == c.protected_columns || relid == c.blind_indexes => {
+            crate::protect::invalidate_config(None)
         }
+        _ => crate::protect::invalidate_config(Some(relid)),
     }
 }
 
@@ -100,7 +121,7 @@ pub fn register_invalidation() {
 }
 
 /// Forgets every cached key of this backend.
-pub fn invalidate_all() {
+pub fn invalidate_keys() {
     GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
     CACHE.with(|c| {
         if let Ok(mut m) = c.try_borrow_mut() {
@@ -117,8 +138,8 @@ pub fn cached_count() -> usize {
 
 /// Runs `f` with the catalog owner's privileges; restores the caller's identity afterwards, also on error
 /// (and PostgreSQL restores it at transaction abort in any case).
-fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = catalog().1;
+pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = catalog().owner;
     let mut old_user = pg_sys::InvalidOid;
     let mut old_ctx = 0;
     // SAFETY: plain getters/setters of backend-local state.
@@ -140,8 +161,8 @@ fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The oid and owner of `event_crypto.keys`.
-fn catalog() -> (pg_sys::Oid, pg_sys::Oid) {
+/// The oids of the extension's tables and their owner.
+pub fn catalog() -> Catalog {
     if let Some(c) = CATALOG.with(|c| c.get()) {
         return c;
     }
@@ -149,30 +170,43 @@ fn catalog() -> (pg_sys::Oid, pg_sys::Oid) {
     let row = Spi::connect(|client| {
         client
             .select(
-                "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c \
+                "SELECT c.oid, c.relowner, pg_catalog.to_regclass('event_crypto.protected_columns')::pg_catalog.oid, \
+                        pg_catalog.to_regclass('event_crypto.blind_indexes')::pg_catalog.oid \
+                 FROM pg_catalog.pg_class c \
                  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('event_crypto.keys')",
                 Some(1),
                 &[],
             )
-            .and_then(|t| t.first().get_two::<pg_sys::Oid, pg_sys::Oid>())
+            .and_then(|t| {
+                let t = t.first();
+                Ok((
+                    t.get::<pg_sys::Oid>(1)?,
+                    t.get::<pg_sys::Oid>(2)?,
+                    t.get::<pg_sys::Oid>(3)?,
+                    t.get::<pg_sys::Oid>(4)?,
+                ))
+            })
     });
     match row {
-        Ok((Some(oid), Some(owner))) => {
-            CATALOG.with(|c| c.set(Some((oid, owner))));
-            (oid, owner)
+        Ok((Some(keys), Some(owner), Some(protected_columns), Some(blind_indexes))) => {
+            let c = Catalog {
+                keys,
+                owner,
+                protected_columns,
+                blind_indexes,
+            };
+            CATALOG.with(|cell| cell.set(Some(c)));
+            c
         }
         _ => raise(
-            Error::new(
-                ErrorKind::UnknownKey,
-                "the event_crypto key catalog is missing",
-            )
-            .with_hint("CREATE EXTENSION event_crypto in this database."),
+            Error::new(ErrorKind::UnknownKey, "the event_crypto catalog is missing")
+                .with_hint("CREATE EXTENSION event_crypto in this database."),
         ),
     }
 }
 
 /// The name of the role calling us (recorded in the catalog).
-fn current_role() -> String {
+pub fn current_role() -> String {
     // SAFETY: GetUserId is always valid inside a transaction; GetUserNameFromId with noerr=false raises on error.
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
@@ -344,14 +378,10 @@ impl KeySource for CachedKeys {
     }
 }
 
-fn check_new_key_id(key_id: &str) -> Result<()> {
+/// Inserts version 1 of `key_id` unless the key id exists. `None` when inserted; otherwise whether the existing
+/// key id is shredded.
+fn insert_first_version(key_id: &str, algorithm: Algorithm) -> Result<Option<bool>> {
     check_key_id(key_id)?;
-    Ok(())
-}
-
-/// Creates version 1 of a new key id.
-pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
-    check_new_key_id(key_id)?;
     let m = master::get()?;
     let role = current_role();
     let dk = random_key()?;
@@ -364,8 +394,10 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
     };
     let wrapped = m.wrap(&dk, &ctx(KeyPurpose::Data))?;
     let wrapped_index = m.wrap(&ik, &ctx(KeyPurpose::BlindIndex))?;
-    let inserted = as_catalog_owner(|| {
+    Ok(as_catalog_owner(|| {
         Spi::connect_mut(|client| {
+            // ON CONFLICT without a target also covers the one-active-version index, so concurrent creators of one
+            // key id wait for each other and exactly one inserts.
             let t = client
                 .update(
                     "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
@@ -380,8 +412,12 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
             let existing = read_rows(client, SELECT_ROWS, key_id);
             Some(existing.iter().all(|r| r.status == "shredded"))
         })
-    });
-    match inserted {
+    }))
+}
+
+/// Creates version 1 of a new key id.
+pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
+    match insert_first_version(key_id, algorithm)? {
         None => Ok(1),
         Some(true) => Err(Error::key_shredded(key_id)
             .with_hint("A shredded key id is never re-created; use a new key id.")),
@@ -390,6 +426,18 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
             format!("encryption key \"{key_id}\" already exists"),
         )
         .with_hint("Use event_crypto.rotate_key() to add a new version.")),
+    }
+}
+
+/// The key id's entry, creating the key id (AES-256-GCM) when it does not exist yet. A shredded key id is
+/// returned as such, never re-created.
+pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
+    match lookup(key_id) {
+        Err(e) if e.kind() == ErrorKind::UnknownKey => {
+            insert_first_version(key_id, Algorithm::Aes256Gcm)?;
+            lookup(key_id)
+        }
+        other => other,
     }
 }
 
@@ -461,7 +509,7 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
                     &[key_id.into(), (version as i32).into(), algorithm.name().into(), wrapped.into(), wrapped_index.into(), m.id().into(), role.as_str().into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-            invalidate_all();
+            invalidate_keys();
             Ok(version as i32)
         })
     })
@@ -490,6 +538,6 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
             Ok(n)
         })
     })?;
-    invalidate_all();
+    invalidate_keys();
     Ok(n)
 }

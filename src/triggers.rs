@@ -1,17 +1,42 @@
-//! Trigger functions.
+//! Trigger functions: cache invalidation on the catalog tables, and the row trigger of protected tables.
 
+use crate::error::OrRaise;
 use pgrx::prelude::*;
+use pgrx::PgTupleDesc;
 
-/// Statement trigger on `event_crypto.keys`: every change sends a relcache invalidation for the table, so every
-/// backend drops its key cache (at its next transaction start at the latest); this backend drops it at once.
+/// Statement trigger on `event_crypto.keys`, `protected_columns` and `blind_indexes`: a change sends a relcache
+/// invalidation for the table, so every backend drops what it cached from it (at its next transaction start at
+/// the latest); this backend drops it at once.
 #[pg_trigger]
-fn keys_changed<'a>(
+fn catalog_changed<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     if let Ok(rel) = trigger.relation() {
         // SAFETY: the relation is open for the duration of the trigger call.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel.oid()) };
+        crate::keys::relation_changed(rel.oid());
     }
-    crate::keys::invalidate_all();
     Ok(None)
+}
+
+/// The row trigger `protect()` installs: `BEFORE INSERT OR UPDATE ... FOR EACH ROW EXECUTE FUNCTION
+/// event_crypto.protect_trigger('<column>')`.
+#[pg_trigger]
+fn protect_trigger<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    let replaced = crate::protect::protect_row(trigger).or_raise();
+    let td = trigger.trigger_data();
+    // SAFETY: the relation and tuples come from the firing trigger.
+    unsafe {
+        let tupdesc = PgTupleDesc::from_pg_unchecked((*td.tg_relation).rd_att);
+        let tuple = replaced.unwrap_or(
+            if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_UPDATE {
+                td.tg_newtuple
+            } else {
+                td.tg_trigtuple
+            },
+        );
+        Ok(Some(PgHeapTuple::from_heap_tuple(tupdesc, tuple)))
+    }
 }

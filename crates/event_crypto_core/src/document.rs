@@ -142,6 +142,38 @@ impl<'a> Encryptor<'a> {
     }
 }
 
+/// Whether any field the paths select still holds plaintext (a value that is not an envelope). Lets a caller
+/// skip resolving a key for documents that are already fully encrypted (replays, restores, unrelated UPDATEs).
+pub fn needs_encryption(doc: &Value, paths: &[FieldPath]) -> bool {
+    fn walk(v: &Value, steps: &[Step]) -> bool {
+        let Some((step, rest)) = steps.split_first() else {
+            return !matches!(v, Value::String(s) if looks_like_envelope(s));
+        };
+        match (step, v) {
+            (Step::Key(k), Value::Object(map)) => {
+                map.get(k.as_str()).is_some_and(|c| walk(c, rest))
+            }
+            (Step::Index(i), Value::Array(items)) => items.get(*i).is_some_and(|c| walk(c, rest)),
+            (Step::Wildcard, Value::Array(items)) => items.iter().any(|c| walk(c, rest)),
+            _ => false,
+        }
+    }
+    paths.iter().any(|p| walk(doc, p.steps()))
+}
+
+/// The single value a wildcard-free path selects, if present.
+pub fn value_at<'v>(doc: &'v Value, path: &FieldPath) -> Option<&'v Value> {
+    let mut v = doc;
+    for step in path.steps() {
+        v = match (step, v) {
+            (Step::Key(k), Value::Object(map)) => map.get(k.as_str())?,
+            (Step::Index(i), Value::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
 /// What decryption does with a value whose key was shredded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnShredded {

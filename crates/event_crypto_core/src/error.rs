@@ -37,6 +37,12 @@ pub enum ErrorKind {
     TooLarge,
     /// The operating system's random source failed (58000).
     RandomSource,
+    /// A new row for a forgotten (shredded) subject was refused (23514).
+    SubjectForgotten,
+    /// An UPDATE would re-bind stored ciphertext to another key or context (0A000).
+    RebindRefused,
+    /// A column named in a protection configuration does not exist or has the wrong type (42703).
+    ConfigColumn,
 }
 
 /// The error type of the core. `message` never includes plaintext or key material.

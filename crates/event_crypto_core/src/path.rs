@@ -102,6 +102,10 @@ impl FieldPath {
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
+    /// Whether the pattern can select more than one field.
+    pub fn has_wildcard(&self) -> bool {
+        self.steps.contains(&Step::Wildcard)
+    }
 }
 
 fn parse_key(text: &str, start: usize) -> Result<(String, usize)> {

@@ -2,7 +2,8 @@
 
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
-    check_context, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
+    check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource,
+    OnShredded,
 };
 use event_crypto_core::envelope::{looks_like_envelope, Envelope};
 use event_crypto_core::path::{FieldPath, Location};
@@ -304,4 +305,40 @@ fn unknown_keys_are_errors() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnknownKey);
     assert!(e.message().contains("\"other\""));
+}
+
+#[test]
+fn needs_encryption_sees_only_plaintext_at_selected_paths() {
+    let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
+    let mut doc = json!({"email": "a", "items": [{"card": "1"}, {"card": "2"}], "other": "x"});
+    let p = paths(&["email", "items[*].card", "missing"]);
+    assert!(needs_encryption(&doc, &p));
+    Encryptor::new(&c, "k", 1, None)
+        .encrypt_fields(&mut doc, &paths(&["email", "items[0].card"]))
+        .unwrap();
+    assert!(
+        needs_encryption(&doc, &p),
+        "items[1].card is still plaintext"
+    );
+    Encryptor::new(&c, "k", 1, None)
+        .encrypt_fields(&mut doc, &p)
+        .unwrap();
+    assert!(!needs_encryption(&doc, &p));
+    assert!(!needs_encryption(&json!({"x": 1}), &p));
+    assert!(
+        needs_encryption(&json!({"email": null}), &p),
+        "JSON null is a value to encrypt"
+    );
+}
+
+#[test]
+fn value_at_follows_a_path() {
+    let doc = json!({"a": {"b": [10, {"c": "x"}]}});
+    assert_eq!(
+        value_at(&doc, &FieldPath::parse("a.b[1].c").unwrap()),
+        Some(&json!("x"))
+    );
+    assert_eq!(value_at(&doc, &FieldPath::parse("a.z").unwrap()), None);
+    assert_eq!(value_at(&doc, &FieldPath::parse("a.b[5]").unwrap()), None);
+    assert!(FieldPath::parse("a[*]").unwrap().has_wildcard());
 }

@@ -46,7 +46,7 @@ ROLLBACK;
 
 -- The catalog is dumped by pg_dump (extension configuration table).
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
-WHERE e.extname = 'event_crypto';
+WHERE e.extname = 'event_crypto' ORDER BY 1;
 
 -- Concurrent creators cannot make two active versions.
 BEGIN;

@@ -1,0 +1,101 @@
+-- The key catalog, the human view of it, and the roles.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_admin') THEN
+        CREATE ROLE event_crypto_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_encryptor') THEN
+        CREATE ROLE event_crypto_encryptor NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_decryptor') THEN
+        CREATE ROLE event_crypto_decryptor NOLOGIN;
+    END IF;
+END
+$roles$;
+
+CREATE TABLE event_crypto.keys (
+    key_id            text        NOT NULL CHECK (pg_catalog.octet_length(key_id) BETWEEN 1 AND 255),
+    version           integer     NOT NULL CHECK (version >= 1),
+    algorithm         text        NOT NULL CHECK (algorithm IN ('aes-256-gcm', 'chacha20-poly1305')),
+    status            text        NOT NULL CHECK (status IN ('active', 'retired', 'shredded')),
+    wrapped_key       bytea,
+    wrapped_index_key bytea,
+    master_key_id     text        NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by        name        NOT NULL DEFAULT CURRENT_USER,
+    retired_at        timestamptz,
+    shredded_at       timestamptz,
+    shredded_by       name,
+    PRIMARY KEY (key_id, version),
+    CONSTRAINT keys_material_iff_live CHECK (
+        (status = 'shredded') = (wrapped_key IS NULL AND wrapped_index_key IS NULL)
+        AND (wrapped_key IS NULL) = (wrapped_index_key IS NULL))
+) WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0.0);
+
+COMMENT ON TABLE event_crypto.keys IS
+    'Data keys, wrapped (AES-256-GCM) by the master key. Shredding overwrites the wrapped bytes with NULL; '
+    'autovacuum is set to remove the dead row versions that still hold them promptly.';
+
+CREATE UNIQUE INDEX keys_one_active ON event_crypto.keys (key_id) WHERE status = 'active';
+
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.keys', '');
+
+CREATE VIEW event_crypto.key_info AS
+    SELECT key_id, version, algorithm, status, master_key_id, created_at, created_by, retired_at,
+           shredded_at, shredded_by, wrapped_key IS NOT NULL AS has_key_material
+    FROM event_crypto.keys;
+COMMENT ON VIEW event_crypto.key_info IS 'The key catalog without the wrapped key material.';
+
+-- What protect() encrypts on insert: one row per protected column.
+CREATE TABLE event_crypto.protected_columns (
+    table_name     regclass    NOT NULL,
+    column_name    name        NOT NULL,
+    fields         text[]      NOT NULL DEFAULT '{}',
+    key_id         text,
+    key_column     name,
+    key_prefix     text        NOT NULL DEFAULT 'subject:',
+    context_column name,
+    type_column    name,
+    fields_by_type jsonb,
+    on_forgotten   text        NOT NULL DEFAULT 'error' CHECK (on_forgotten IN ('error', 'new_key')),
+    view_name      text,
+    protected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    protected_by   name        NOT NULL DEFAULT CURRENT_USER,
+    PRIMARY KEY (table_name, column_name),
+    CONSTRAINT protected_one_key CHECK ((key_id IS NULL) <> (key_column IS NULL)),
+    CONSTRAINT protected_some_fields CHECK (pg_catalog.cardinality(fields) > 0 OR fields_by_type IS NOT NULL),
+    CONSTRAINT protected_types CHECK ((type_column IS NULL) = (fields_by_type IS NULL)
+                                      AND (fields_by_type IS NULL OR pg_catalog.jsonb_typeof(fields_by_type) = 'object'))
+);
+COMMENT ON TABLE event_crypto.protected_columns IS 'What event_crypto.protect() encrypts on insert and update.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.protected_columns', '');
+
+-- Blind index columns the protect trigger fills from a field's plaintext.
+CREATE TABLE event_crypto.blind_indexes (
+    table_name    regclass NOT NULL,
+    column_name   name     NOT NULL,
+    field         text     NOT NULL,
+    target_column name     NOT NULL,
+    key_id        text     NOT NULL,
+    normalize     text,
+    PRIMARY KEY (table_name, target_column),
+    FOREIGN KEY (table_name, column_name) REFERENCES event_crypto.protected_columns ON DELETE CASCADE
+);
+COMMENT ON TABLE event_crypto.blind_indexes IS 'Blind index columns filled by the protect trigger.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.blind_indexes', '');
+
+-- Who did what to which subject and keys.
+CREATE TABLE event_crypto.audit_log (
+    id            bigserial   PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    actor         name        NOT NULL,
+    session_actor name        NOT NULL,
+    action        text        NOT NULL,
+    subject       text,
+    key_ids       text[]      NOT NULL DEFAULT '{}',
+    details       jsonb       NOT NULL DEFAULT '{}',
+    xact_id       xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+);
+COMMENT ON TABLE event_crypto.audit_log IS 'Subject-level actions (forget_subject, export_subject): who, when, which keys, counts.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log_id_seq', '');

@@ -1,0 +1,35 @@
+-- Runs last: cache-invalidation triggers and every grant. Nothing is left to PUBLIC.
+-- Cache invalidation. A new key id needs none (nothing can have cached a key that did not exist); every other
+-- change to the key catalog does, and so does any change to the protection configuration.
+CREATE TRIGGER keys_changed AFTER UPDATE OR DELETE OR TRUNCATE ON event_crypto.keys
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+CREATE TRIGGER protected_columns_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+CREATE TRIGGER blind_indexes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.blind_indexes
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+
+REVOKE ALL ON ALL TABLES IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON SCHEMA event_crypto FROM PUBLIC;
+GRANT USAGE ON SCHEMA event_crypto TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
+
+GRANT SELECT ON event_crypto.key_info, event_crypto.audit_log TO event_crypto_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_crypto.protected_columns, event_crypto.blind_indexes TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name),
+                          event_crypto.unprotect(regclass, name),
+                          event_crypto.add_blind_index(regclass, name, text, name, text, text),
+                          event_crypto.drop_blind_index(regclass, name),
+                          event_crypto.validate_fields(text[], boolean), event_crypto.validate_normalize(text),
+                          event_crypto.forget_subject(text)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rotate_key(text, text),
+                          event_crypto.shred_key(text), event_crypto.master_key_id()
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
+                          event_crypto.encrypt_value(jsonb, text, text),
+                          event_crypto.blind_index(text, text, text)
+    TO event_crypto_encryptor;
+GRANT EXECUTE ON FUNCTION event_crypto.decrypt_fields(jsonb, text, text),
+                          event_crypto.decrypt_value(text, text, text),
+                          event_crypto.export_subject(text)
+    TO event_crypto_decryptor;

@@ -1,0 +1,167 @@
+-- Protected event tables: every way rows enter, blind index columns, forgetting and exporting a subject,
+-- updates, the decrypted view with row-level security, configuration errors.
+\set VERBOSITY sqlstate
+\set ON_ERROR_ROLLBACK on
+BEGIN;
+SELECT event_crypto.create_key('tenant-42');
+CREATE TABLE events (id bigserial PRIMARY KEY, stream_id uuid, subject_id text, type text,
+                     payload jsonb, email_idx text, created_at timestamptz DEFAULT now());
+SELECT table_name, column_name, fields, key_id, key_column, key_prefix, context_column, on_forgotten, view_name
+FROM event_crypto.protect('events', 'payload',
+         fields         => ARRAY['email','phone','address.street','cards[*].number'],
+         key_column     => 'subject_id',
+         context_column => 'stream_id');
+-- NORMALIZE is an SQL keyword: name the argument in double quotes (or pass it by position)
+SELECT * FROM event_crypto.add_blind_index('events', 'payload', 'email', 'email_idx', 'tenant-42', "normalize" => 'lower');
+-- what is protected is one SELECT
+SELECT p.table_name, p.column_name, b.field, b.target_column, b.key_id, b.normalize
+FROM event_crypto.protected_columns p LEFT JOIN event_crypto.blind_indexes b USING (table_name, column_name);
+
+CREATE TEMP VIEW stored AS
+SELECT id, subject_id,
+       (SELECT count(*) FROM jsonb_path_query(payload, 'strict $.**') v WHERE jsonb_typeof(v) = 'string' AND v #>> '{}' LIKE '$ec1$%') AS envelopes,
+       payload::text ~ '(a@x|b@x|c@x|d@x|e@x|f@x|g@x|4111|Main)' AS plaintext_visible,
+       email_idx IS NOT NULL AS indexed
+FROM events;
+
+-- single INSERT, multi-row INSERT (first events of new subjects create their keys)
+INSERT INTO events (stream_id, subject_id, type, payload) VALUES
+  ('00000000-0000-0000-0000-00000000000a', 'alice', 'CustomerCreated',
+   '{"email":"A@x.io","phone":"555","address":{"street":"1 Main","city":"Springfield"},"cards":[{"number":"4111"},{"number":"4111-2"}],"amount":12.50}');
+INSERT INTO events (stream_id, subject_id, type, payload) VALUES
+  ('00000000-0000-0000-0000-00000000000b', 'bob', 'CustomerCreated', '{"email":"b@x.io","phone":"666"}'),
+  ('00000000-0000-0000-0000-00000000000c', 'carol', 'CustomerCreated', '{"email":"c@x.io"}');
+-- INSERT ... SELECT
+INSERT INTO events (stream_id, subject_id, type, payload)
+SELECT '00000000-0000-0000-0000-00000000000d', 'dave', 'CustomerCreated', jsonb_build_object('email', 'd@x.io', 'n', 1);
+-- COPY FROM
+COPY events (stream_id, subject_id, type, payload) FROM stdin;
+00000000-0000-0000-0000-00000000000e	erin	CustomerCreated	{"email": "e@x.io", "address": {"street": "5 Main"}}
+\.
+-- INSERT ... ON CONFLICT DO UPDATE with EXCLUDED, and with a literal
+INSERT INTO events (id, stream_id, subject_id, type, payload)
+VALUES (100, '00000000-0000-0000-0000-00000000000f', 'frank', 'CustomerCreated', '{"email":"f@x.io"}');
+INSERT INTO events (id, stream_id, subject_id, type, payload)
+VALUES (100, '00000000-0000-0000-0000-00000000000f', 'frank', 'CustomerUpdated', '{"email":"f@x.io","phone":"777"}')
+ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload, type = EXCLUDED.type;
+INSERT INTO events (id, stream_id, subject_id, type, payload)
+VALUES (100, '00000000-0000-0000-0000-00000000000f', 'frank', 'x', '{}')
+ON CONFLICT (id) DO UPDATE SET payload = '{"email":"g@x.io"}';
+SELECT * FROM stored ORDER BY id;
+-- one key per subject, created on first use
+SELECT key_id, version, status FROM event_crypto.key_info WHERE key_id LIKE 'subject:%' ORDER BY key_id;
+-- the decrypted view returns the original documents
+SELECT id, subject_id, payload FROM events_decrypted ORDER BY id;
+-- blind index lookups use an ordinary btree index
+CREATE INDEX events_email_idx ON events (email_idx);
+SELECT id, subject_id FROM events WHERE email_idx = event_crypto.blind_index('a@X.IO', 'tenant-42', 'lower');
+
+-- replays and restores: rows that arrive already encrypted are stored exactly as they are
+CREATE TEMP TABLE replay AS SELECT stream_id, subject_id, type, payload, email_idx FROM events WHERE subject_id = 'alice';
+INSERT INTO events (stream_id, subject_id, type, payload, email_idx) SELECT * FROM replay;
+SELECT count(DISTINCT payload) AS distinct_payloads, count(DISTINCT email_idx) AS distinct_idx, count(*) FROM events WHERE subject_id = 'alice';
+
+-- UPDATE re-encrypts changed plaintext fields and leaves envelopes alone
+UPDATE events SET payload = jsonb_set(payload, '{phone}', '"999"') WHERE subject_id = 'bob';
+SELECT id, envelopes, plaintext_visible FROM stored WHERE subject_id = 'bob';
+SELECT payload->>'phone' AS phone, payload->>'email' AS email FROM events_decrypted WHERE subject_id = 'bob';
+-- the key and context columns cannot change under stored ciphertext
+UPDATE events SET subject_id = 'mallory' WHERE subject_id = 'bob';                                -- 0A000
+UPDATE events SET stream_id = '00000000-0000-0000-0000-0000000000ff' WHERE subject_id = 'bob';  -- 0A000
+UPDATE events SET type = 'Renamed' WHERE subject_id = 'bob';                                     -- other columns are fine
+-- fail closed: a row without a subject or context is refused, never stored in plaintext
+INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-000000000001', NULL, '{"email":"x"}');  -- 22004
+INSERT INTO events (stream_id, subject_id, payload) VALUES (NULL, 'zed', '{"email":"x"}');     -- 22004
+INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-000000000001', '', '{"email":"x"}');  -- 22023
+-- rows with nothing to encrypt need no key: no key is created for them
+INSERT INTO events (stream_id, subject_id, payload) VALUES (NULL, NULL, '{"unrelated":1}'), (NULL, NULL, NULL);
+SELECT count(*) FROM event_crypto.keys WHERE key_id IN ('subject:', 'subject:zed');
+
+-- forget a subject: key shredded, blind index values cleared, audit row, receipt
+SELECT event_crypto.forget_subject('alice') - 'audit_id' AS receipt;
+SELECT id, subject_id, payload, email_idx IS NOT NULL AS indexed FROM events_decrypted WHERE subject_id IN ('alice', 'bob') ORDER BY id;
+SELECT count(*) AS alice_by_index FROM events WHERE email_idx = event_crypto.blind_index('a@x.io', 'tenant-42', 'lower');
+SELECT event_crypto.forget_subject('alice') - 'audit_id' AS receipt_again;
+-- a forgotten subject gets no new key
+INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-00000000000a', 'alice', '{"email":"A@x.io"}');  -- 23514
+\set VERBOSITY default
+INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-00000000000a', 'alice', '{"email":"A@x.io"}');
+\set VERBOSITY sqlstate
+-- unless the configuration says so: a fresh key generation, itself forgotten by forget_subject
+SELECT on_forgotten FROM event_crypto.protect('events', 'payload', fields => ARRAY['email','phone','address.street','cards[*].number'],
+                                              key_column => 'subject_id', context_column => 'stream_id', on_forgotten => 'new_key');
+INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-00000000000a', 'alice', '{"email":"A2@x.io"}');
+SELECT payload FROM events_decrypted WHERE subject_id = 'alice' AND payload->>'email' IS NOT NULL;
+SELECT (event_crypto.forget_subject('alice') - 'audit_id') -> 'key_ids' AS generations;
+SELECT count(*) FILTER (WHERE payload->>'email' IS NOT NULL) AS readable FROM events_decrypted WHERE subject_id = 'alice';
+-- export: every event of a subject, decrypted
+SELECT jsonb_path_query(event_crypto.export_subject('bob'), '$.tables[*].rows[*].payload') AS bob_export;
+SELECT action, subject, key_ids, actor = current_user AS by_me FROM event_crypto.audit_log ORDER BY id;
+
+-- event types with their own fields
+CREATE TABLE typed (id serial PRIMARY KEY, subject text, kind text, payload jsonb);
+-- fields for every row (name) plus each type's own fields
+SELECT fields, type_column, fields_by_type FROM event_crypto.protect('typed', 'payload', fields => ARRAY['name'], key_column => 'subject', type_column => 'kind',
+  fields_by_type => '{"CustomerCreated":["email","phone"],"PaymentProcessed":["card.token"]}');
+INSERT INTO typed (subject, kind, payload) VALUES
+  ('t1', 'CustomerCreated', '{"name":"N","email":"x@x.io","phone":"1","card":{"token":"tok"}}'),
+  ('t1', 'PaymentProcessed', '{"name":"N","email":"x@x.io","card":{"token":"tok","last4":"4242"}}'),
+  ('t1', 'Other', '{"name":"N","email":"x@x.io"}');
+SELECT kind, payload->>'name' LIKE '$ec1$%' AS name_enc, payload->>'email' LIKE '$ec1$%' AS email_enc, payload->>'phone' LIKE '$ec1$%' AS phone_enc,
+       payload->'card'->>'token' LIKE '$ec1$%' AS token_enc, payload->'card'->>'last4' AS last4 FROM typed ORDER BY id;
+SELECT payload FROM typed_decrypted ORDER BY id;
+-- one fixed key for every row, and a view name of one's choosing
+CREATE TABLE fixed (id serial, payload jsonb);
+SELECT key_id FROM event_crypto.protect('fixed', 'payload', fields => ARRAY['secret'], key_id => 'tenant-42', view_name => 'fixed_plain');
+INSERT INTO fixed (payload) VALUES ('{"secret":"s1"}');
+SELECT payload->>'secret' LIKE '$ec1$AQAJdGVuYW50LTQy%' AS under_tenant_key FROM fixed;
+SELECT payload FROM fixed_plain;
+
+-- configuration errors
+SELECT event_crypto.protect('events', 'email_idx', fields => ARRAY['x'], key_id => 'k');         -- 42804 not jsonb
+SELECT event_crypto.protect('events', 'nope', fields => ARRAY['x'], key_id => 'k');              -- 42703
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY['x']);                          -- 22023 no key
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY['x'], key_id => 'k', key_column => 'subject_id'); -- 22023 both
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY['a..b'], key_id => 'k');        -- 42601
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY[]::text[], key_id => 'k');      -- 22023 no fields
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY['x'], key_column => 'missing'); -- 42703
+SELECT event_crypto.protect('events', 'payload', fields => ARRAY['x'], key_id => 'k', on_forgotten => 'ignore'); -- 22023
+SELECT event_crypto.protect('events', 'payload', key_id => 'k', type_column => 'type', fields_by_type => '["x"]'); -- 22023
+SELECT event_crypto.protect('events', 'payload', key_id => 'k', type_column => 'type', fields_by_type => '{"T":[1]}'); -- 22023
+SELECT event_crypto.protect('stored', 'payload', fields => ARRAY['x'], key_id => 'k');           -- 42809 a view
+SELECT event_crypto.protect(NULL, 'payload', fields => ARRAY['x'], key_id => 'k');               -- 22004
+SELECT event_crypto.add_blind_index('events', 'payload', 'cards[*].number', 'email_idx', 'tenant-42'); -- 42601 several values
+SELECT event_crypto.add_blind_index('events', 'payload', 'email', 'id', 'tenant-42');            -- 42804 not text
+SELECT event_crypto.add_blind_index('events', 'payload', 'email', 'email_idx', 'tenant-42', 'upper'); -- 22023
+SELECT event_crypto.add_blind_index('typed', 'subject', 'email', 'kind', 'tenant-42');           -- 55000 not protected
+
+-- unprotect removes the trigger, the view and the configuration
+SELECT event_crypto.unprotect('fixed', 'payload'), event_crypto.unprotect('fixed', 'payload') AS again;
+SELECT to_regclass('fixed_plain') IS NULL AS view_dropped,
+       NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'fixed'::regclass AND NOT tgisinternal) AS trigger_dropped;
+INSERT INTO fixed (payload) VALUES ('{"secret":"stays plain now"}');
+SELECT payload FROM fixed WHERE payload->>'secret' = 'stays plain now';
+ROLLBACK;
+
+-- the decrypted view: security_invoker keeps row-level security, and only decryptors read it
+BEGIN;
+CREATE TABLE rls_events (id serial, subject text, payload jsonb);
+SELECT view_name FROM event_crypto.protect('rls_events', 'payload', fields => ARRAY['email'], key_column => 'subject');
+SELECT reloptions FROM pg_class WHERE oid = 'rls_events_decrypted'::regclass;
+INSERT INTO rls_events (subject, payload) VALUES ('r1', '{"email":"r1@x.io"}'), ('r2', '{"email":"r2@x.io"}');
+ALTER TABLE rls_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY only_r1 ON rls_events FOR SELECT USING (subject = 'r1');
+CREATE ROLE ec_view_reader IN ROLE event_crypto_decryptor;
+CREATE ROLE ec_view_nobody;
+GRANT SELECT ON rls_events, rls_events_decrypted TO ec_view_reader, ec_view_nobody;
+SET ROLE ec_view_reader;
+SELECT subject, payload FROM rls_events_decrypted ORDER BY id;
+RESET ROLE;
+SET ROLE ec_view_nobody;
+SELECT subject, payload FROM rls_events_decrypted ORDER BY id;   -- 42501
+SELECT subject, payload->>'email' LIKE '$ec1$%' AS ciphertext_only FROM rls_events ORDER BY id;
+SELECT event_crypto.export_subject('r1');                         -- 42501
+SELECT event_crypto.forget_subject('r1');                         -- 42501
+SELECT event_crypto.protect('rls_events', 'payload', fields => ARRAY['x'], key_id => 'k'); -- 42501
+RESET ROLE;
+ROLLBACK;
