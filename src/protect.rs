@@ -105,7 +105,7 @@ fn parse_paths(texts: &[String]) -> Result<Vec<FieldPath>> {
 }
 
 fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> Result<Config> {
-    type Row = (
+    type ConfigRow = (
         String,
         Vec<String>,
         Option<String>,
@@ -116,11 +116,11 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
         Option<JsonB>,
         String,
     );
-    let (row, blind): (Option<Row>, Vec<(String, String, String, Option<String>)>) =
-        as_catalog_owner(|| {
-            Spi::connect(|client| {
-                let args = [relid.into(), column.into()];
-                let t = client
+    type BlindRow = (String, String, String, Option<String>);
+    let (row, blind): (Option<ConfigRow>, Vec<BlindRow>) = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let args = [relid.into(), column.into()];
+            let t = client
                 .select(
                     "SELECT table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
                             context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten \
@@ -131,20 +131,20 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
                     &args,
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-                let row = t.into_iter().next().map(|r| {
-                    (
-                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                        r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
-                        r.get::<String>(3).ok().flatten(),
-                        r.get::<String>(4).ok().flatten(),
-                        r.get::<String>(5).ok().flatten().unwrap_or_default(),
-                        r.get::<String>(6).ok().flatten(),
-                        r.get::<String>(7).ok().flatten(),
-                        r.get::<JsonB>(8).ok().flatten(),
-                        r.get::<String>(9).ok().flatten().unwrap_or_default(),
-                    )
-                });
-                let t = client
+            let row = t.into_iter().next().map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(3).ok().flatten(),
+                    r.get::<String>(4).ok().flatten(),
+                    r.get::<String>(5).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(6).ok().flatten(),
+                    r.get::<String>(7).ok().flatten(),
+                    r.get::<JsonB>(8).ok().flatten(),
+                    r.get::<String>(9).ok().flatten().unwrap_or_default(),
+                )
+            });
+            let t = client
                 .select(
                     "SELECT field, target_column::pg_catalog.text, key_id, normalize FROM event_crypto.blind_indexes \
                      WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
@@ -153,20 +153,20 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
                     &args,
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-                let blind = t
-                    .into_iter()
-                    .map(|r| {
-                        (
-                            r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                            r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                            r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                            r.get::<String>(4).ok().flatten(),
-                        )
-                    })
-                    .collect();
-                (row, blind)
-            })
-        });
+            let blind = t
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(4).ok().flatten(),
+                    )
+                })
+                .collect();
+            (row, blind)
+        })
+    });
     let Some((
         table,
         fields,
@@ -585,7 +585,7 @@ fn check_subject(subject: Option<&str>) -> &str {
 #[pg_extern(volatile, parallel_unsafe)]
 fn forget_subject(subject: Option<&str>) -> JsonB {
     let subject = check_subject(subject);
-    let tables = as_catalog_owner(|| Spi::connect(|client| subject_tables(&client)));
+    let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut prefixes: Vec<String> = tables.iter().map(|t| t.key_prefix.clone()).collect();
     prefixes.push("subject:".to_string());
     prefixes.sort();
@@ -679,7 +679,7 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
 #[pg_extern(volatile, parallel_unsafe)]
 fn export_subject(subject: Option<&str>) -> JsonB {
     let subject = check_subject(subject);
-    let tables = as_catalog_owner(|| Spi::connect(|client| subject_tables(&client)));
+    let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut out = Vec::new();
     let mut rows_total: i64 = 0;
     Spi::connect(|client| {

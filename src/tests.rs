@@ -22,7 +22,7 @@ mod tests {
     fn the_cache_serves_repeat_lookups_and_is_dropped_when_the_catalog_changes() {
         Spi::run("SELECT event_crypto.create_key('cache-1'), event_crypto.create_key('cache-2')")
             .unwrap();
-        keys::invalidate_all();
+        keys::invalidate_keys();
         let a = keys::lookup("cache-1").unwrap();
         let b = keys::lookup("cache-1").unwrap();
         assert!(
@@ -43,7 +43,7 @@ mod tests {
 
     #[pg_test]
     fn unknown_keys_are_not_cached() {
-        keys::invalidate_all();
+        keys::invalidate_keys();
         let e = keys::lookup("never-created").err().expect("unknown");
         assert_eq!(e.kind(), ErrorKind::UnknownKey);
         assert_eq!(keys::cached_count(), 0);
