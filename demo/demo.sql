@@ -39,3 +39,25 @@ SELECT key_id, version, algorithm, status, has_key_material FROM event_crypto.ke
 \echo '--- a forgotten subject cannot silently get new data (error expected)'
 \set ON_ERROR_STOP 0
 SELECT event_crypto.encrypt_fields('{"email":"again@example.io"}', ARRAY['email'], 'subject:alice');
+\set ON_ERROR_STOP 1
+
+\echo '--- protecting an event table: fields are encrypted on insert, whatever inserts them'
+CREATE TABLE stream_events (id bigserial PRIMARY KEY, stream_id uuid, subject_id text, type text,
+                            payload jsonb, email_idx text, created_at timestamptz DEFAULT now());
+SELECT view_name FROM event_crypto.protect('stream_events', 'payload',
+         fields => ARRAY['email', 'phone', 'address.street', 'cards[*].number'],
+         key_column => 'subject_id', context_column => 'stream_id');
+SELECT target_column FROM event_crypto.add_blind_index('stream_events', 'payload', 'email', 'email_idx', 'tenant-42', 'lower');
+CREATE INDEX ON stream_events (email_idx);
+INSERT INTO stream_events (stream_id, subject_id, type, payload) VALUES
+  ('7d1e4a1c-0000-4000-8000-000000000001', 'carol', 'CustomerCreated', '{"email":"Carol@Example.io","phone":"+1 555 0100","address":{"street":"3 Oak","city":"Ogdenville"}}'),
+  ('7d1e4a1c-0000-4000-8000-000000000002', 'dave',  'CustomerCreated', '{"email":"dave@example.io","cards":[{"number":"5500000000000004"}]}');
+SELECT id, subject_id, payload->>'email' AS stored_email, email_idx IS NOT NULL AS indexed FROM stream_events;
+SELECT key_id FROM event_crypto.key_info WHERE key_id IN ('subject:carol', 'subject:dave');
+SELECT id, subject_id, payload FROM stream_events_decrypted;
+SELECT id FROM stream_events WHERE email_idx = event_crypto.blind_index('carol@example.io', 'tenant-42', 'lower');
+
+\echo '--- forget carol: key shredded, index values cleared, audited'
+SELECT jsonb_pretty(event_crypto.forget_subject('carol'));
+SELECT id, subject_id, payload, email_idx FROM stream_events_decrypted;
+SELECT action, subject, key_ids FROM event_crypto.audit_log;
