@@ -26,10 +26,7 @@ fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) ->
         .iter()
         .map(|p| {
             p.unwrap_or_else(|| {
-                raise(
-                    Error::null_argument("fields")
-                        .with_detail("the fields array contains a NULL element"),
-                )
+                raise(Error::null_argument("fields").with_detail("the fields array contains a NULL element"))
             })
         })
         .collect();
@@ -39,10 +36,7 @@ fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) ->
             return None;
         }
         drop(cached);
-        let paths: Vec<FieldPath> = texts
-            .iter()
-            .map(|t| FieldPath::parse(t).or_raise())
-            .collect();
+        let paths: Vec<FieldPath> = texts.iter().map(|t| FieldPath::parse(t).or_raise()).collect();
         *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), paths);
         Some(())
     });
@@ -148,11 +142,7 @@ fn decrypt_value(
 
 /// Deterministic keyed digest of a value for equality lookups; the same under every version of the key id.
 #[pg_extern(stable, parallel_safe)]
-fn blind_index(
-    value: Option<&str>,
-    key_id: Option<&str>,
-    normalize: default!(Option<&str>, "NULL"),
-) -> Option<String> {
+fn blind_index(value: Option<&str>, key_id: Option<&str>, normalize: default!(Option<&str>, "NULL")) -> Option<String> {
     let key_id = required(key_id, "key_id");
     let normalize = Normalize::parse(normalize).or_raise();
     let value = value?;

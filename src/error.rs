@@ -25,6 +25,7 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::SubjectForgotten => ERRCODE_CHECK_VIOLATION,    // 23514
         ErrorKind::RebindRefused => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
         ErrorKind::ConfigColumn => ERRCODE_UNDEFINED_COLUMN,       // 42703
+        ErrorKind::CatalogAccess => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
     }
 }
 
@@ -53,4 +54,14 @@ impl<T> OrRaise<T> for Result<T, Error> {
             Err(e) => raise(e),
         }
     }
+}
+
+/// Raises an SPI failure on the extension's own tables (a status error, not an ERROR PostgreSQL raised itself:
+/// those propagate with their own SQLSTATE).
+pub fn spi_failed(e: pgrx::spi::SpiError) -> ! {
+    raise(
+        Error::new(ErrorKind::CatalogAccess, "accessing the event_crypto catalog failed")
+            .with_detail(e.to_string())
+            .with_hint("Check that the extension is installed in this database and its tables are intact."),
+    )
 }

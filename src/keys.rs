@@ -6,7 +6,7 @@
 //! next transaction start at the latest. Catalog reads run as the catalog's owner (privileges are checked on
 //! EXECUTE of our functions), with every operator schema-qualified so the caller's search_path cannot interfere.
 
-use crate::error::raise;
+use crate::error::{raise, spi_failed};
 use crate::master;
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::blind::BlindIndexer;
@@ -106,18 +106,14 @@ pub fn relation_changed(relid: pg_sys::Oid) {
     }
     match cat {
         Some(c) if relid == c.keys => invalidate_keys(),
-        Some(c) if relid == c.protected_columns || relid == c.blind_indexes => {
-            crate::protect::invalidate_config(None)
-        }
+        Some(c) if relid == c.protected_columns || relid == c.blind_indexes => crate::protect::invalidate_config(None),
         _ => crate::protect::invalidate_config(Some(relid)),
     }
 }
 
 pub fn register_invalidation() {
     // SAFETY: called once from _PG_init; the callback only touches this module's thread-local state.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize))
-    };
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize)) };
 }
 
 /// Forgets every cached key of this backend.
@@ -145,10 +141,7 @@ pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain getters/setters of backend-local state.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut old_user, &mut old_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            old_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
+        pg_sys::SetUserIdAndSecContext(owner, old_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
@@ -210,9 +203,7 @@ pub fn current_role() -> String {
     // SAFETY: GetUserId is always valid inside a transaction; GetUserNameFromId with noerr=false raises on error.
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
-        std::ffi::CStr::from_ptr(name)
-            .to_string_lossy()
-            .into_owned()
+        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
     }
 }
 
@@ -225,8 +216,7 @@ struct Row {
     master_key_id: String,
 }
 
-const SELECT_ROWS: &str =
-    "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id \
+const SELECT_ROWS: &str = "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id \
      FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version";
 
 fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
@@ -248,16 +238,6 @@ fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
     rows
 }
 
-fn spi_failed(e: pgrx::spi::SpiError) -> ! {
-    raise(
-        Error::new(
-            ErrorKind::UnknownKey,
-            "reading the event_crypto key catalog failed",
-        )
-        .with_detail(e.to_string()),
-    )
-}
-
 fn mismatch(key_id: &str, version: u32, wrapped_by: &str, loaded: &str) -> Error {
     Error::new(
         ErrorKind::MasterKeyMismatch,
@@ -267,11 +247,7 @@ fn mismatch(key_id: &str, version: u32, wrapped_by: &str, loaded: &str) -> Error
     .with_hint("Start the server with the master key this key catalog was created with (event_crypto.master_key_file or master_key_command).")
 }
 
-fn unwrap_row(
-    key_id: &str,
-    row: &Row,
-    purpose: KeyPurpose,
-) -> Result<event_crypto_core::SecretKey> {
+fn unwrap_row(key_id: &str, row: &Row, purpose: KeyPurpose) -> Result<event_crypto_core::SecretKey> {
     let m = master::get()?;
     if row.master_key_id != m.id() {
         return Err(mismatch(key_id, row.version, &row.master_key_id, m.id()));
@@ -315,10 +291,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         .iter()
         .rev()
         .find(|r| r.status != "shredded")
-        .map(|row| {
-            unwrap_row(key_id, row, KeyPurpose::BlindIndex)
-                .map(|root| BlindIndexer::new(&root, key_id))
-        });
+        .map(|row| unwrap_row(key_id, row, KeyPurpose::BlindIndex).map(|root| BlindIndexer::new(&root, key_id)));
     KeyEntry {
         key_id: key_id.to_string(),
         shredded,
@@ -419,8 +392,9 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm) -> Result<Option<boo
 pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
     match insert_first_version(key_id, algorithm)? {
         None => Ok(1),
-        Some(true) => Err(Error::key_shredded(key_id)
-            .with_hint("A shredded key id is never re-created; use a new key id.")),
+        Some(true) => {
+            Err(Error::key_shredded(key_id).with_hint("A shredded key id is never re-created; use a new key id."))
+        }
         Some(false) => Err(Error::new(
             ErrorKind::DuplicateKey,
             format!("encryption key \"{key_id}\" already exists"),

@@ -26,11 +26,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
-extension_sql_file!(
-    "../sql/protect.sql",
-    name = "protect",
-    requires = ["catalog"]
-);
+extension_sql_file!("../sql/protect.sql", name = "protect", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

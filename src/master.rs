@@ -46,11 +46,9 @@ fn load_file(path: &str) -> Result<MasterKey> {
             "event_crypto.master_key_file \"{path}\" is not an absolute path"
         )));
     }
-    let canonical = p.canonicalize().map_err(|e| {
-        unavailable(format!(
-            "cannot open event_crypto.master_key_file \"{path}\": {e}"
-        ))
-    })?;
+    let canonical = p
+        .canonicalize()
+        .map_err(|e| unavailable(format!("cannot open event_crypto.master_key_file \"{path}\": {e}")))?;
     if let Some(dd) = data_directory().and_then(|d| d.canonicalize().ok()) {
         if canonical.starts_with(&dd) {
             return Err(unavailable(format!(
@@ -58,11 +56,8 @@ fn load_file(path: &str) -> Result<MasterKey> {
             )));
         }
     }
-    let mut f = std::fs::File::open(&canonical).map_err(|e| {
-        unavailable(format!(
-            "cannot open event_crypto.master_key_file \"{path}\": {e}"
-        ))
-    })?;
+    let mut f = std::fs::File::open(&canonical)
+        .map_err(|e| unavailable(format!("cannot open event_crypto.master_key_file \"{path}\": {e}")))?;
     let meta = f
         .metadata()
         .map_err(|e| unavailable(format!("cannot stat \"{path}\": {e}")))?;
@@ -89,12 +84,9 @@ fn load_file(path: &str) -> Result<MasterKey> {
         .read_to_end(&mut text)
         .map_err(|e| unavailable(format!("cannot read \"{path}\": {e}")))?;
     if text.len() as u64 > MAX_KEY_TEXT {
-        return Err(unavailable(format!(
-            "\"{path}\" is larger than {MAX_KEY_TEXT} bytes"
-        )));
+        return Err(unavailable(format!("\"{path}\" is larger than {MAX_KEY_TEXT} bytes")));
     }
-    MasterKey::parse_text(&text)
-        .map_err(|e| unavailable(format!("\"{path}\": {}", e.detail().unwrap_or(""))))
+    MasterKey::parse_text(&text).map_err(|e| unavailable(format!("\"{path}\": {}", e.detail().unwrap_or(""))))
 }
 
 fn load_command(cmd: &str) -> Result<MasterKey> {

@@ -6,7 +6,7 @@
 //! tables or to the protected table's definition (relcache invalidation). Keys come from the key cache, so a row
 //! whose subject key is already known runs no SQL at all.
 
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, spi_failed, OrRaise};
 use crate::keys::{self, as_catalog_owner, current_role, KeyEntry};
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, needs_encryption, value_at, Encryptor};
@@ -167,17 +167,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
             (row, blind)
         })
     });
-    let Some((
-        table,
-        fields,
-        key_id,
-        key_column,
-        key_prefix,
-        context_column,
-        type_column,
-        by_type,
-        on_forgotten,
-    )) = row
+    let Some((table, fields, key_id, key_column, key_prefix, context_column, type_column, by_type, on_forgotten)) = row
     else {
         return Err(Error::new(
             ErrorKind::ConfigColumn,
@@ -192,11 +182,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
         for (ty, list) in map {
             let texts: Vec<String> = list
                 .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                 .unwrap_or_default();
             let mut all = fields.clone();
             all.extend(parse_paths(&texts)?);
@@ -209,19 +195,10 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
             col: resolve_col(tupdesc, &table, &c)?,
             prefix: key_prefix,
         },
-        (None, None) => {
-            return Err(config_error(
-                &table,
-                format!("protection of {table} names no key"),
-            ))
-        }
+        (None, None) => return Err(config_error(&table, format!("protection of {table} names no key"))),
     };
-    let context = context_column
-        .map(|c| resolve_col(tupdesc, &table, &c))
-        .transpose()?;
-    let type_col = type_column
-        .map(|c| resolve_col(tupdesc, &table, &c))
-        .transpose()?;
+    let context = context_column.map(|c| resolve_col(tupdesc, &table, &c)).transpose()?;
+    let type_col = type_column.map(|c| resolve_col(tupdesc, &table, &c)).transpose()?;
     let blind = blind
         .into_iter()
         .map(|(field, target, key_id, normalize)| {
@@ -258,16 +235,6 @@ fn config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> Result
         }
     });
     Ok(c)
-}
-
-fn spi_failed(e: pgrx::spi::SpiError) -> ! {
-    raise(
-        Error::new(
-            ErrorKind::ConfigColumn,
-            "reading the event_crypto configuration failed",
-        )
-        .with_detail(e.to_string()),
-    )
 }
 
 /// A row being inserted or updated.
@@ -352,10 +319,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
     let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
     let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
-    if !is_row
-        || !is_before
-        || !(op == pg_sys::TRIGGER_EVENT_INSERT || op == pg_sys::TRIGGER_EVENT_UPDATE)
-    {
+    if !is_row || !is_before || !(op == pg_sys::TRIGGER_EVENT_INSERT || op == pg_sys::TRIGGER_EVENT_UPDATE) {
         return Err(Error::invalid_argument(
             "event_crypto.protect_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
         ));
@@ -372,11 +336,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     let cfg = config(rel.rd_id, column, &desc)?;
     let is_update = op == pg_sys::TRIGGER_EVENT_UPDATE;
     let new = Row {
-        tuple: if is_update {
-            td.tg_newtuple
-        } else {
-            td.tg_trigtuple
-        },
+        tuple: if is_update { td.tg_newtuple } else { td.tg_trigtuple },
         tupdesc,
     };
 
@@ -394,10 +354,18 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             if old.text(col) != new.text(col) && new.datum(&cfg.payload).is_some() {
                 return Err(Error::new(
                     ErrorKind::RebindRefused,
-                    format!("column \"{}\" of protected table {} cannot be changed", col.name, cfg.table),
+                    format!(
+                        "column \"{}\" of protected table {} cannot be changed",
+                        col.name, cfg.table
+                    ),
                 )
-                .with_detail(format!("The encrypted fields of column \"{}\" are bound to it.", cfg.payload.name))
-                .with_hint("Insert a new row (event) instead of moving encrypted data to another subject or context."));
+                .with_detail(format!(
+                    "The encrypted fields of column \"{}\" are bound to it.",
+                    cfg.payload.name
+                ))
+                .with_hint(
+                    "Insert a new row (event) instead of moving encrypted data to another subject or context.",
+                ));
             }
         }
     }
@@ -425,11 +393,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         let digest = match value_at(&doc, &b.path) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if looks_like_envelope(s) => continue,
-            Some(Value::String(s)) => Some(
-                keys::ensure_key(&b.key_id)?
-                    .indexer()?
-                    .digest(s, b.normalize),
-            ),
+            Some(Value::String(s)) => Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(s, b.normalize)),
             Some(v) => Some(
                 keys::ensure_key(&b.key_id)?
                     .indexer()?
@@ -452,9 +416,14 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             Some(col) => Some(new.text(col).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NullArgument,
-                    format!("context column \"{}\" of protected table {} is NULL", col.name, cfg.table),
+                    format!(
+                        "context column \"{}\" of protected table {} is NULL",
+                        col.name, cfg.table
+                    ),
                 )
-                .with_detail("The row's fields are bound to their context; the row is refused rather than stored in plaintext.")
+                .with_detail(
+                    "The row's fields are bound to their context; the row is refused rather than stored in plaintext.",
+                )
             })?),
         };
         let context = check_context(context.as_deref())?;
@@ -483,14 +452,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
 /// Checks field paths as protect() stores them: each must parse; `allow_wildcards => false` for blind indexes,
 /// which index exactly one value.
 #[pg_extern(immutable, parallel_safe)]
-fn validate_fields(
-    fields: Option<Vec<Option<String>>>,
-    allow_wildcards: default!(bool, true),
-) -> bool {
+fn validate_fields(fields: Option<Vec<Option<String>>>, allow_wildcards: default!(bool, true)) -> bool {
     for f in fields.unwrap_or_default() {
-        let f = f.unwrap_or_else(|| {
-            raise(Error::null_argument("fields").with_detail("the array contains a NULL element"))
-        });
+        let f =
+            f.unwrap_or_else(|| raise(Error::null_argument("fields").with_detail("the array contains a NULL element")));
         let p = FieldPath::parse(&f).or_raise();
         if !allow_wildcards && p.has_wildcard() {
             raise(
@@ -498,9 +463,7 @@ fn validate_fields(
                     ErrorKind::InvalidPath,
                     format!("field path \"{f}\" selects several values"),
                 )
-                .with_hint(
-                    "A blind index covers exactly one value per row: use a path without [*].",
-                ),
+                .with_hint("A blind index covers exactly one value per row: use a path without [*]."),
             );
         }
     }
@@ -561,7 +524,13 @@ fn audit(action: &str, subject: &str, key_ids: &[String], details: Value) -> i64
                     "INSERT INTO event_crypto.audit_log (actor, session_actor, action, subject, key_ids, details) \
                      VALUES ($1, SESSION_USER, $2, $3, $4, $5) RETURNING id",
                     Some(1),
-                    &[actor.as_str().into(), action.into(), subject.into(), key_ids.to_vec().into(), JsonB(details).into()],
+                    &[
+                        actor.as_str().into(),
+                        action.into(),
+                        subject.into(),
+                        key_ids.to_vec().into(),
+                        JsonB(details).into(),
+                    ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())
                 .unwrap_or_else(|e| spi_failed(e))
@@ -573,9 +542,7 @@ fn audit(action: &str, subject: &str, key_ids: &[String], details: Value) -> i64
 fn check_subject(subject: Option<&str>) -> &str {
     match subject {
         None => raise(Error::null_argument("subject")),
-        Some("") => raise(Error::invalid_argument(
-            "subject must not be an empty string",
-        )),
+        Some("") => raise(Error::invalid_argument("subject must not be an empty string")),
         Some(s) => s,
     }
 }
@@ -607,9 +574,9 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
                     let k: String = r.get(1).ok().flatten().unwrap_or_default();
                     let is_generation = k.strip_prefix(&base).is_some_and(|rest| {
                         rest.is_empty()
-                            || rest.strip_prefix('#').is_some_and(|n| {
-                                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-                            })
+                            || rest
+                                .strip_prefix('#')
+                                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
                     });
                     if is_generation {
                         key_ids.push(k);
@@ -651,8 +618,7 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
                 .unwrap_or_else(|e| spi_failed(e))
                 .len() as i64;
             cleared += n;
-            touched
-                .push(json!({"table": t.table, "column": t.column, "blind_index_rows_cleared": n}));
+            touched.push(json!({"table": t.table, "column": t.column, "blind_index_rows_cleared": n}));
         }
     });
     let already = destroyed == 0;

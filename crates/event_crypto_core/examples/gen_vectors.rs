@@ -9,12 +9,7 @@ type Case<'a> = (Algorithm, &'a [LocStep<'a>], Option<&'a [u8]>, &'a str);
 fn main() {
     let key = [0x42u8; 32];
     let cases: &[Case] = &[
-        (
-            Algorithm::Aes256Gcm,
-            &[LocStep::Key("email")],
-            None,
-            "\"a@x.io\"",
-        ),
+        (Algorithm::Aes256Gcm, &[LocStep::Key("email")], None, "\"a@x.io\""),
         (
             Algorithm::ChaCha20Poly1305,
             &[LocStep::Key("email")],
@@ -29,11 +24,7 @@ fn main() {
         ),
         (
             Algorithm::ChaCha20Poly1305,
-            &[
-                LocStep::Key("items"),
-                LocStep::Index(1),
-                LocStep::Key("card"),
-            ],
+            &[LocStep::Key("items"), LocStep::Index(1), LocStep::Key("card")],
             Some(b"stream-7"),
             "{\"n\":4111,\"x\":[true,null]}",
         ),
@@ -49,15 +40,7 @@ fn main() {
             key_id: "frozen-key",
             version: 7,
         };
-        let s = seal(
-            &k,
-            &loc,
-            *ctx,
-            pt.as_bytes(),
-            &nonce,
-            &mut Scratch::default(),
-        )
-        .unwrap();
+        let s = seal(&k, &loc, *ctx, pt.as_bytes(), &nonce, &mut Scratch::default()).unwrap();
         println!(
             "{alg:?} {} {:?} {pt} => {s}",
             loc.display(),

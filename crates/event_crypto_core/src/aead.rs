@@ -50,18 +50,13 @@ impl Algorithm {
     }
 
     pub fn from_name(name: &str) -> Result<Algorithm> {
-        Algorithm::ALL
-            .into_iter()
-            .find(|a| a.name() == name)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("unknown algorithm \"{}\"", truncate_for_message(name)),
-                )
-                .with_hint(
-                    "Supported algorithms are aes-256-gcm (the default) and chacha20-poly1305.",
-                )
-            })
+        Algorithm::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown algorithm \"{}\"", truncate_for_message(name)),
+            )
+            .with_hint("Supported algorithms are aes-256-gcm (the default) and chacha20-poly1305.")
+        })
     }
 }
 
@@ -88,9 +83,7 @@ impl Cipher {
     pub fn new(algorithm: Algorithm, key: &[u8; KEY_LEN]) -> Cipher {
         match algorithm {
             Algorithm::Aes256Gcm => Cipher::Aes(Box::new(Aes256Gcm::new(key.into()))),
-            Algorithm::ChaCha20Poly1305 => {
-                Cipher::ChaCha(Box::new(ChaCha20Poly1305::new(key.into())))
-            }
+            Algorithm::ChaCha20Poly1305 => Cipher::ChaCha(Box::new(ChaCha20Poly1305::new(key.into()))),
         }
     }
 
@@ -102,12 +95,7 @@ impl Cipher {
     }
 
     /// Encrypts `buf` in place and returns the tag.
-    pub fn seal_in_place(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> [u8; TAG_LEN] {
+    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = match self {
             Cipher::Aes(c) => c.encrypt_in_place_detached(nonce.into(), aad, buf),
             Cipher::ChaCha(c) => c.encrypt_in_place_detached(nonce.into(), aad, buf),
@@ -118,20 +106,10 @@ impl Cipher {
     }
 
     /// Decrypts `buf` in place; false when the tag does not verify (buf is then unspecified and must be dropped).
-    pub fn open_in_place(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> bool {
+    pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         match self {
-            Cipher::Aes(c) => c
-                .decrypt_in_place_detached(nonce.into(), aad, buf, tag.into())
-                .is_ok(),
-            Cipher::ChaCha(c) => c
-                .decrypt_in_place_detached(nonce.into(), aad, buf, tag.into())
-                .is_ok(),
+            Cipher::Aes(c) => c.decrypt_in_place_detached(nonce.into(), aad, buf, tag.into()).is_ok(),
+            Cipher::ChaCha(c) => c.decrypt_in_place_detached(nonce.into(), aad, buf, tag.into()).is_ok(),
         }
     }
 }
@@ -148,10 +126,7 @@ mod tests {
         }
         let e = Algorithm::from_name("des").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(
-            Algorithm::from_name("AES-256-GCM").is_err(),
-            "names are case-sensitive"
-        );
+        assert!(Algorithm::from_name("AES-256-GCM").is_err(), "names are case-sensitive");
         assert!(Algorithm::from_code(0).is_none());
         assert!(Algorithm::from_code(3).is_none());
     }

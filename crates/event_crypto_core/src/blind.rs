@@ -75,8 +75,7 @@ impl BlindIndexer {
         hk.expand(key_id.as_bytes(), k.as_mut())
             .expect("32 bytes is a valid HKDF output length");
         BlindIndexer {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref())
-                .expect("HMAC takes any key length"),
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref()).expect("HMAC takes any key length"),
         }
     }
 
@@ -126,19 +125,13 @@ mod tests {
     #[test]
     fn parses_normalisations() {
         assert_eq!(Normalize::parse(None).unwrap(), Normalize::default());
-        assert_eq!(
-            Normalize::parse(Some("none")).unwrap(),
-            Normalize::default()
-        );
+        assert_eq!(Normalize::parse(Some("none")).unwrap(), Normalize::default());
         assert!(Normalize::parse(Some("upper")).is_err());
         assert!(Normalize::parse(Some("")).is_err());
         assert_eq!(
             Normalize::parse(Some("ÉCOLE")).unwrap_err().kind(),
             crate::ErrorKind::InvalidArgument
         );
-        assert_eq!(
-            Normalize::parse(Some("lower")).unwrap().apply("ÉCOLE"),
-            "école"
-        );
+        assert_eq!(Normalize::parse(Some("lower")).unwrap().apply("ÉCOLE"), "école");
     }
 }

@@ -11,10 +11,8 @@ use std::rc::Rc;
 /// means a missing value coalesced to '' and would bind data to nothing meaningful.
 pub fn check_context(context: Option<&str>) -> Result<Option<&[u8]>> {
     match context {
-        Some("") => Err(
-            Error::invalid_argument("context must not be an empty string")
-                .with_hint("Pass NULL for no context, or a non-empty value such as the stream id."),
-        ),
+        Some("") => Err(Error::invalid_argument("context must not be an empty string")
+            .with_hint("Pass NULL for no context, or a non-empty value such as the stream id.")),
         Some(c) => Ok(Some(c.as_bytes())),
         None => Ok(None),
     }
@@ -40,12 +38,7 @@ pub struct Encryptor<'a> {
 }
 
 impl<'a> Encryptor<'a> {
-    pub fn new(
-        cipher: &'a Cipher,
-        key_id: &'a str,
-        version: u32,
-        context: Option<&'a [u8]>,
-    ) -> Encryptor<'a> {
+    pub fn new(cipher: &'a Cipher, key_id: &'a str, version: u32, context: Option<&'a [u8]>) -> Encryptor<'a> {
         Encryptor {
             key: SealKey {
                 cipher,
@@ -60,16 +53,8 @@ impl<'a> Encryptor<'a> {
 
     fn seal_value(&mut self, v: &Value, loc: &Location, nonce: &[u8; NONCE_LEN]) -> Result<String> {
         self.plaintext.clear();
-        serde_json::to_writer(&mut self.plaintext, v)
-            .expect("serialising a JSON value into memory cannot fail");
-        seal(
-            &self.key,
-            loc,
-            self.context,
-            &self.plaintext,
-            nonce,
-            &mut self.scratch,
-        )
+        serde_json::to_writer(&mut self.plaintext, v).expect("serialising a JSON value into memory cannot fail");
+        seal(&self.key, loc, self.context, &self.plaintext, nonce, &mut self.scratch)
     }
 
     /// Encrypts a single value bound to the document root (`encrypt_value`).
@@ -96,13 +81,7 @@ impl<'a> Encryptor<'a> {
         Ok(count)
     }
 
-    fn walk(
-        &mut self,
-        v: &mut Value,
-        steps: &[Step],
-        loc: &mut Location,
-        count: &mut usize,
-    ) -> Result<()> {
+    fn walk(&mut self, v: &mut Value, steps: &[Step], loc: &mut Location, count: &mut usize) -> Result<()> {
         let Some((step, rest)) = steps.split_first() else {
             if let Value::String(s) = v {
                 if looks_like_envelope(s) && Envelope::parse(s, loc).is_ok() {
@@ -150,9 +129,7 @@ pub fn needs_encryption(doc: &Value, paths: &[FieldPath]) -> bool {
             return !matches!(v, Value::String(s) if looks_like_envelope(s));
         };
         match (step, v) {
-            (Step::Key(k), Value::Object(map)) => {
-                map.get(k.as_str()).is_some_and(|c| walk(c, rest))
-            }
+            (Step::Key(k), Value::Object(map)) => map.get(k.as_str()).is_some_and(|c| walk(c, rest)),
             (Step::Index(i), Value::Array(items)) => items.get(*i).is_some_and(|c| walk(c, rest)),
             (Step::Wildcard, Value::Array(items)) => items.iter().any(|c| walk(c, rest)),
             _ => false,
@@ -259,9 +236,7 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
     pub fn decrypt_value(&mut self, text: &str) -> Result<Option<Value>> {
         match self.open(text, &Location::root())? {
             Some(v) => Ok(Some(v)),
-            None if self.on_shredded == OnShredded::Keep => {
-                Ok(Some(Value::String(text.to_string())))
-            }
+            None if self.on_shredded == OnShredded::Keep => Ok(Some(Value::String(text.to_string()))),
             None => Ok(None),
         }
     }

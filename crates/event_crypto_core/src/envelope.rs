@@ -60,9 +60,7 @@ pub fn check_key_id(key_id: &str) -> Result<()> {
         )));
     }
     if key_id.chars().any(char::is_control) {
-        return Err(Error::invalid_argument(
-            "key id must not contain control characters",
-        ));
+        return Err(Error::invalid_argument("key id must not contain control characters"));
     }
     Ok(())
 }
@@ -129,9 +127,7 @@ pub fn seal(
     blob.extend_from_slice(nonce);
     let ct_start = blob.len();
     blob.extend_from_slice(plaintext);
-    let tag = key
-        .cipher
-        .seal_in_place(nonce, &scratch.aad, &mut blob[ct_start..]);
+    let tag = key.cipher.seal_in_place(nonce, &scratch.aad, &mut blob[ct_start..]);
     blob.extend_from_slice(&tag);
     let mut text = String::with_capacity(text_len);
     text.push_str(PREFIX);
@@ -145,21 +141,16 @@ impl Envelope {
         let path = location.display();
         let Some(b64) = text.strip_prefix(PREFIX) else {
             if looks_like_envelope(text) {
-                let v: String = text[3..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit())
-                    .take(9)
-                    .collect();
+                let v: String = text[3..].chars().take_while(|c| c.is_ascii_digit()).take(9).collect();
                 return Err(Error::new(
                     ErrorKind::UnsupportedVersion,
                     format!("unsupported envelope format version {v} at {}", display_path(&path)),
                 )
-                .with_hint(format!("This build reads envelope format version {FORMAT_VERSION}; upgrade event_crypto.")));
+                .with_hint(format!(
+                    "This build reads envelope format version {FORMAT_VERSION}; upgrade event_crypto."
+                )));
             }
-            return Err(Error::malformed(
-                &path,
-                "the value does not start with $ec1$",
-            ));
+            return Err(Error::malformed(&path, "the value does not start with $ec1$"));
         };
         let blob = URL_SAFE_NO_PAD
             .decode(b64)
@@ -167,8 +158,8 @@ impl Envelope {
         if blob.len() < 3 {
             return Err(Error::malformed(&path, "the envelope is truncated"));
         }
-        let algorithm = Algorithm::from_code(blob[0])
-            .ok_or_else(|| Error::malformed(&path, "the algorithm code is unknown"))?;
+        let algorithm =
+            Algorithm::from_code(blob[0]).ok_or_else(|| Error::malformed(&path, "the algorithm code is unknown"))?;
         let flags = blob[1];
         if flags & !FLAG_CONTEXT != 0 {
             return Err(Error::malformed(&path, "reserved flag bits are set"));
@@ -185,10 +176,7 @@ impl Envelope {
             .map_err(|_| Error::malformed(&path, "the key id is not UTF-8"))?
             .to_string();
         if key_id.chars().any(char::is_control) {
-            return Err(Error::malformed(
-                &path,
-                "the key id contains control characters",
-            ));
+            return Err(Error::malformed(&path, "the key id contains control characters"));
         }
         let v = &blob[3 + kid_len..header_len];
         let key_version = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
@@ -245,9 +233,7 @@ impl Envelope {
                         display_path(&location.display())
                     ),
                 )
-                .with_hint(
-                    "Pass the context the value was encrypted with (the context argument).",
-                ))
+                .with_hint("Pass the context the value was encrypted with (the context argument)."))
             }
             (false, true) => {
                 return Err(Error::new(
@@ -262,16 +248,12 @@ impl Envelope {
             _ => {}
         }
         if cipher.algorithm() != self.algorithm {
-            return Err(fail(
-                "the algorithm in the envelope differs from the key's algorithm",
-            ));
+            return Err(fail("the algorithm in the envelope differs from the key's algorithm"));
         }
         build_aad(aad, &self.blob[..self.header_len], location, context);
         let nonce = self.nonce();
         let tag_start = self.blob.len() - TAG_LEN;
-        let tag: [u8; TAG_LEN] = self.blob[tag_start..]
-            .try_into()
-            .expect("length checked in parse");
+        let tag: [u8; TAG_LEN] = self.blob[tag_start..].try_into().expect("length checked in parse");
         let ct_start = self.header_len + NONCE_LEN;
         if !cipher.open_in_place(&nonce, aad, &mut self.blob[ct_start..tag_start], &tag) {
             return Err(fail("the authentication tag does not match"));
@@ -321,9 +303,7 @@ mod tests {
             assert_eq!(env.key_id, "tenant-42");
             assert_eq!(env.key_version, 3);
             assert!(env.has_context());
-            let pt = env
-                .open(&c, &loc, Some(b"stream-1"), &mut Vec::new())
-                .unwrap();
+            let pt = env.open(&c, &loc, Some(b"stream-1"), &mut Vec::new()).unwrap();
             assert_eq!(pt, b"\"a@x.io\"");
         }
     }
@@ -382,8 +362,7 @@ mod tests {
                 let Ok(s) = String::from_utf8(t) else {
                     continue;
                 };
-                let r =
-                    Envelope::parse(&s, &loc).and_then(|e| e.open(&c, &loc, None, &mut Vec::new()));
+                let r = Envelope::parse(&s, &loc).and_then(|e| e.open(&c, &loc, None, &mut Vec::new()));
                 let e = r.expect_err("a modified envelope must not decrypt");
                 assert!(
                     matches!(
@@ -395,10 +374,7 @@ mod tests {
                     ),
                     "byte {i}: {e}"
                 );
-                assert!(
-                    !e.to_string().contains("secret"),
-                    "no plaintext in messages"
-                );
+                assert!(!e.to_string().contains("secret"), "no plaintext in messages");
             }
         }
         for cut in 0..text.len() {

@@ -43,6 +43,58 @@ pub enum ErrorKind {
     RebindRefused,
     /// A column named in a protection configuration does not exist or has the wrong type (42703).
     ConfigColumn,
+    /// The extension's own catalog could not be read or written through SPI (55000).
+    CatalogAccess,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
+    pub const ALL: [ErrorKind; 19] = [
+        ErrorKind::NullArgument,
+        ErrorKind::InvalidArgument,
+        ErrorKind::InvalidPath,
+        ErrorKind::MalformedEnvelope,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::ContextMismatch,
+        ErrorKind::AuthenticationFailed,
+        ErrorKind::UnknownKey,
+        ErrorKind::DuplicateKey,
+        ErrorKind::KeyShredded,
+        ErrorKind::MasterKeyUnavailable,
+        ErrorKind::MasterKeyMismatch,
+        ErrorKind::WrappedKeyCorrupt,
+        ErrorKind::TooLarge,
+        ErrorKind::RandomSource,
+        ErrorKind::SubjectForgotten,
+        ErrorKind::RebindRefused,
+        ErrorKind::ConfigColumn,
+        ErrorKind::CatalogAccess,
+    ];
+
+    /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
+    pub const fn ordinal(self) -> usize {
+        match self {
+            ErrorKind::NullArgument => 0,
+            ErrorKind::InvalidArgument => 1,
+            ErrorKind::InvalidPath => 2,
+            ErrorKind::MalformedEnvelope => 3,
+            ErrorKind::UnsupportedVersion => 4,
+            ErrorKind::ContextMismatch => 5,
+            ErrorKind::AuthenticationFailed => 6,
+            ErrorKind::UnknownKey => 7,
+            ErrorKind::DuplicateKey => 8,
+            ErrorKind::KeyShredded => 9,
+            ErrorKind::MasterKeyUnavailable => 10,
+            ErrorKind::MasterKeyMismatch => 11,
+            ErrorKind::WrappedKeyCorrupt => 12,
+            ErrorKind::TooLarge => 13,
+            ErrorKind::RandomSource => 14,
+            ErrorKind::SubjectForgotten => 15,
+            ErrorKind::RebindRefused => 16,
+            ErrorKind::ConfigColumn => 17,
+            ErrorKind::CatalogAccess => 18,
+        }
+    }
 }
 
 /// The error type of the core. `message` never includes plaintext or key material.
@@ -87,10 +139,7 @@ impl Error {
     // Constructors for the common cases, so messages stay uniform.
 
     pub fn null_argument(name: &str) -> Self {
-        Error::new(
-            ErrorKind::NullArgument,
-            format!("argument \"{name}\" must not be NULL"),
-        )
+        Error::new(ErrorKind::NullArgument, format!("argument \"{name}\" must not be NULL"))
     }
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::InvalidArgument, message)
@@ -150,3 +199,27 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_kinds_are_listed_once_in_order() {
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.ordinal(), i, "{k:?}");
+        }
+        // No gaps and no duplicates: ALL holds ordinals 0..len exactly once. (The compiler forces every new kind
+        // into ordinal() and into the SQLSTATE mapping, whose matches are exhaustive.)
+        let max = ErrorKind::ALL.iter().map(|k| k.ordinal()).max().unwrap();
+        assert_eq!(max + 1, ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn display_has_message_and_detail_only() {
+        let e = Error::new(ErrorKind::UnknownKey, "m").with_detail("d").with_hint("h");
+        assert_eq!(e.to_string(), "m (d)");
+        assert_eq!(display_path(""), "the document root");
+        assert_eq!(display_path("a.b"), "path \"a.b\"");
+    }
+}

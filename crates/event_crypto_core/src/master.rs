@@ -55,8 +55,7 @@ fn master_error(reason: impl Into<String>) -> Error {
 
 impl MasterKey {
     pub fn from_bytes(key: &[u8; KEY_LEN]) -> MasterKey {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(b"event_crypto/master-key-id/v1");
         let fp = mac.finalize().into_bytes();
         let id = hex::encode(&fp[..8]);
@@ -79,8 +78,7 @@ impl MasterKey {
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         if trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit) {
-            hex::decode_to_slice(trimmed, key.as_mut())
-                .map_err(|_| master_error("the key is not valid hex"))?;
+            hex::decode_to_slice(trimmed, key.as_mut()).map_err(|_| master_error("the key is not valid hex"))?;
         } else {
             let mut decoded = Zeroizing::new(Vec::new());
             let ok = STANDARD.decode_vec(trimmed, &mut decoded).is_ok() || {
@@ -136,28 +134,22 @@ impl MasterKey {
         let corrupt = |why: &str| {
             Error::new(
                 ErrorKind::WrappedKeyCorrupt,
-                format!("wrapped key for \"{}\" version {} does not unwrap", ctx.key_id, ctx.version),
+                format!(
+                    "wrapped key for \"{}\" version {} does not unwrap",
+                    ctx.key_id, ctx.version
+                ),
             )
             .with_detail(why.to_string())
             .with_hint("The key catalog row was altered or damaged; restore event_crypto.keys from a backup.")
         };
         if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_FORMAT {
-            return Err(corrupt(
-                "the wrapped key has the wrong length or format byte",
-            ));
+            return Err(corrupt("the wrapped key has the wrong length or format byte"));
         }
-        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN]
-            .try_into()
-            .expect("length checked");
-        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..]
-            .try_into()
-            .expect("length checked");
+        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
+        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..].try_into().expect("length checked");
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&wrapped[1 + NONCE_LEN..1 + NONCE_LEN + KEY_LEN]);
-        if !self
-            .wrap
-            .open_in_place(&nonce, &Self::aad(ctx), key.as_mut(), &tag)
-        {
+        if !self.wrap.open_in_place(&nonce, &Self::aad(ctx), key.as_mut(), &tag) {
             return Err(corrupt("the authentication tag does not match"));
         }
         Ok(key)
@@ -165,10 +157,7 @@ impl MasterKey {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -218,15 +207,10 @@ mod tests {
             "zz".repeat(32).as_str(),
             &"0".repeat(64),
         ] {
-            let e = MasterKey::parse_text(bad.as_bytes())
-                .err()
-                .expect("must fail");
+            let e = MasterKey::parse_text(bad.as_bytes()).err().expect("must fail");
             assert_eq!(e.kind(), ErrorKind::MasterKeyUnavailable);
             if bad.len() > 4 {
-                assert!(
-                    !e.to_string().contains(bad.trim()),
-                    "the key text is never echoed"
-                );
+                assert!(!e.to_string().contains(bad.trim()), "the key text is never echoed");
             }
             assert!(e.hint().unwrap().contains("event_crypto.master_key_file"));
         }
@@ -241,10 +225,7 @@ mod tests {
         assert_eq!(*m.unwrap(&w, &ctx()).unwrap(), dk);
         let mut other = ctx();
         other.version = 2;
-        assert_eq!(
-            m.unwrap(&w, &other).unwrap_err().kind(),
-            ErrorKind::WrappedKeyCorrupt
-        );
+        assert_eq!(m.unwrap(&w, &other).unwrap_err().kind(), ErrorKind::WrappedKeyCorrupt);
         let mut other = ctx();
         other.purpose = KeyPurpose::BlindIndex;
         assert!(m.unwrap(&w, &other).is_err());

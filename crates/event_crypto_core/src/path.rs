@@ -170,8 +170,7 @@ impl Location {
     pub fn push_key(&mut self, key: &str) -> usize {
         let mark = self.enc.len();
         self.enc.push(0x01);
-        self.enc
-            .extend_from_slice(&(key.len() as u32).to_be_bytes());
+        self.enc.extend_from_slice(&(key.len() as u32).to_be_bytes());
         self.enc.extend_from_slice(key.as_bytes());
         mark
     }
@@ -261,24 +260,13 @@ mod tests {
         );
         assert_eq!(
             steps("items[*].card"),
-            vec![
-                Step::Key("items".into()),
-                Step::Wildcard,
-                Step::Key("card".into())
-            ]
+            vec![Step::Key("items".into()), Step::Wildcard, Step::Key("card".into())]
         );
         assert_eq!(
             steps("lines[12].sku"),
-            vec![
-                Step::Key("lines".into()),
-                Step::Index(12),
-                Step::Key("sku".into())
-            ]
+            vec![Step::Key("lines".into()), Step::Index(12), Step::Key("sku".into())]
         );
-        assert_eq!(
-            steps("\"a.b\".c"),
-            vec![Step::Key("a.b".into()), Step::Key("c".into())]
-        );
+        assert_eq!(steps("\"a.b\".c"), vec![Step::Key("a.b".into()), Step::Key("c".into())]);
         assert_eq!(steps("\"q\\\"x\\\\\""), vec![Step::Key("q\"x\\".into())]);
         assert_eq!(steps("\"\""), vec![Step::Key("".into())]);
         assert_eq!(steps("[*]"), vec![Step::Wildcard]);
@@ -323,11 +311,7 @@ mod tests {
 
     #[test]
     fn locations_display_in_pattern_syntax() {
-        let l = Location::from_steps(&[
-            LocStep::Key("items"),
-            LocStep::Index(2),
-            LocStep::Key("card"),
-        ]);
+        let l = Location::from_steps(&[LocStep::Key("items"), LocStep::Index(2), LocStep::Key("card")]);
         assert_eq!(l.display(), "items[2].card");
         let l = Location::from_steps(&[LocStep::Key("a.b"), LocStep::Key("c")]);
         assert_eq!(l.display(), "\"a.b\".c");

@@ -2,8 +2,7 @@
 
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
-    check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource,
-    OnShredded,
+    check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
 };
 use event_crypto_core::envelope::{looks_like_envelope, Envelope};
 use event_crypto_core::path::{FieldPath, Location};
@@ -84,9 +83,7 @@ fn every_type_round_trips_under_both_algorithms() {
                 looks_like_envelope(doc["nul"].as_str().unwrap()),
                 "JSON null is encrypted too"
             );
-            assert!(looks_like_envelope(
-                doc["items"][1]["card"].as_str().unwrap()
-            ));
+            assert!(looks_like_envelope(doc["items"][1]["card"].as_str().unwrap()));
             assert_eq!(doc["items"][1]["qty"], json!(2));
             assert_eq!(doc["address"]["city"], json!("Springfield"));
             let text = doc.to_string();
@@ -113,11 +110,7 @@ fn every_type_round_trips_under_both_algorithms() {
             d.decrypt_document(&mut doc).unwrap();
             assert_eq!(d.decrypted, 14);
             assert_eq!(doc, original);
-            assert_eq!(
-                doc["n"].to_string(),
-                "12.50",
-                "numbers keep their exact text"
-            );
+            assert_eq!(doc["n"].to_string(), "12.50", "numbers keep their exact text");
         }
     }
 }
@@ -165,11 +158,7 @@ fn shredded_policies() {
         .unwrap();
     assert_eq!(doc["email"], Value::Null);
     assert_eq!(doc["items"][0]["card"], Value::Null);
-    assert_eq!(
-        doc["address"]["city"],
-        json!("Springfield"),
-        "other fields are intact"
-    );
+    assert_eq!(doc["address"]["city"], json!("Springfield"), "other fields are intact");
 
     let mut doc = enc.clone();
     Decryptor::new(&mut keys, None, OnShredded::Keep)
@@ -228,10 +217,7 @@ fn non_container_payloads_and_contexts() {
             .unwrap(),
         2
     );
-    assert_eq!(
-        check_context(Some("")).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(check_context(Some("")).unwrap_err().kind(), ErrorKind::InvalidArgument);
     assert_eq!(check_context(None).unwrap(), None);
 }
 
@@ -316,13 +302,8 @@ fn needs_encryption_sees_only_plaintext_at_selected_paths() {
     Encryptor::new(&c, "k", 1, None)
         .encrypt_fields(&mut doc, &paths(&["email", "items[0].card"]))
         .unwrap();
-    assert!(
-        needs_encryption(&doc, &p),
-        "items[1].card is still plaintext"
-    );
-    Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut doc, &p)
-        .unwrap();
+    assert!(needs_encryption(&doc, &p), "items[1].card is still plaintext");
+    Encryptor::new(&c, "k", 1, None).encrypt_fields(&mut doc, &p).unwrap();
     assert!(!needs_encryption(&doc, &p));
     assert!(!needs_encryption(&json!({"x": 1}), &p));
     assert!(

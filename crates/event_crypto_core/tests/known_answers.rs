@@ -52,19 +52,48 @@ type Frozen = (
 );
 
 const FROZEN_V1: &[Frozen] = &[
-    (Algorithm::Aes256Gcm, &[LocStep::Key("email")], None, "\"a@x.io\"",
-     "$ec1$AQAKZnJvemVuLWtleQAAAAcBAQEBAQEBAQEBAQEPyPZ_uj3u7_E_eerlbwW1bzF98bCu3XQ"),
-    (Algorithm::ChaCha20Poly1305, &[LocStep::Key("email")], None, "\"a@x.io\"",
-     "$ec1$AgAKZnJvemVuLWtleQAAAAcCAgICAgICAgICAgIOCArCtBh5tjjwcEbF3fJ0UcOCOcnY1og"),
-    (Algorithm::Aes256Gcm, &[LocStep::Key("address"), LocStep::Key("street")], Some("stream-7"), "\"1 Main\"",
-     "$ec1$AQEKZnJvemVuLWtleQAAAAcDAwMDAwMDAwMDAwPzXRJdvWNdmEol11he4Flhs79T_2JLaDU"),
-    (Algorithm::ChaCha20Poly1305, &[LocStep::Key("items"), LocStep::Index(1), LocStep::Key("card")], Some("stream-7"),
-     "{\"n\":4111,\"x\":[true,null]}",
-     "$ec1$AgEKZnJvemVuLWtleQAAAAcEBAQEBAQEBAQEBAReKuKko7SZ0E0s555_00y9xK_2qTvbIjv_L0C4EtvaR0E0KqxzBywPDj8"),
-    (Algorithm::Aes256Gcm, &[], None, "12.50",
-     "$ec1$AQAKZnJvemVuLWtleQAAAAcFBQUFBQUFBQUFBQXs3horrVLVUefrM7XJjR_UEL70UPA"),
-    (Algorithm::Aes256Gcm, &[LocStep::Key("a.b")], None, "\"\"",
-     "$ec1$AQAKZnJvemVuLWtleQAAAAcGBgYGBgYGBgYGBgbqNiQaKmvhdcFtXw63IpltyhE"),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("email")],
+        None,
+        "\"a@x.io\"",
+        "$ec1$AQAKZnJvemVuLWtleQAAAAcBAQEBAQEBAQEBAQEPyPZ_uj3u7_E_eerlbwW1bzF98bCu3XQ",
+    ),
+    (
+        Algorithm::ChaCha20Poly1305,
+        &[LocStep::Key("email")],
+        None,
+        "\"a@x.io\"",
+        "$ec1$AgAKZnJvemVuLWtleQAAAAcCAgICAgICAgICAgIOCArCtBh5tjjwcEbF3fJ0UcOCOcnY1og",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("address"), LocStep::Key("street")],
+        Some("stream-7"),
+        "\"1 Main\"",
+        "$ec1$AQEKZnJvemVuLWtleQAAAAcDAwMDAwMDAwMDAwPzXRJdvWNdmEol11he4Flhs79T_2JLaDU",
+    ),
+    (
+        Algorithm::ChaCha20Poly1305,
+        &[LocStep::Key("items"), LocStep::Index(1), LocStep::Key("card")],
+        Some("stream-7"),
+        "{\"n\":4111,\"x\":[true,null]}",
+        "$ec1$AgEKZnJvemVuLWtleQAAAAcEBAQEBAQEBAQEBAReKuKko7SZ0E0s555_00y9xK_2qTvbIjv_L0C4EtvaR0E0KqxzBywPDj8",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[],
+        None,
+        "12.50",
+        "$ec1$AQAKZnJvemVuLWtleQAAAAcFBQUFBQUFBQUFBQXs3horrVLVUefrM7XJjR_UEL70UPA",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("a.b")],
+        None,
+        "\"\"",
+        "$ec1$AQAKZnJvemVuLWtleQAAAAcGBgYGBgYGBgYGBgbqNiQaKmvhdcFtXw63IpltyhE",
+    ),
 ];
 
 #[test]
@@ -77,9 +106,7 @@ fn frozen_v1_envelopes_decrypt_forever() {
         assert_eq!(env.key_version, 7);
         assert_eq!(env.nonce(), [i as u8 + 1; 12]);
         let c = Cipher::new(*alg, &[0x42; 32]);
-        let pt = env
-            .open(&c, &loc, ctx.map(str::as_bytes), &mut Vec::new())
-            .unwrap();
+        let pt = env.open(&c, &loc, ctx.map(str::as_bytes), &mut Vec::new()).unwrap();
         assert_eq!(std::str::from_utf8(&pt).unwrap(), *plaintext, "vector {i}");
     }
 }

@@ -21,14 +21,9 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Creates a fresh database with the extension installed; returns its name.
 pub fn fresh_db(cluster: &str, prefix: &str) -> String {
-    let name = format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    );
+    let name = format!("{prefix}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
     let mut c = connect(cluster, "postgres");
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .unwrap();
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     connect(cluster, &name)
         .batch_execute("CREATE EXTENSION event_crypto")
@@ -38,9 +33,7 @@ pub fn fresh_db(cluster: &str, prefix: &str) -> String {
 
 /// The SQLSTATE and message of a failed statement.
 pub fn sql_error(e: &postgres::Error) -> (String, String, Option<String>, Option<String>) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {e}"));
+    let db = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
     (
         db.code().code().to_string(),
         db.message().to_string(),
@@ -53,9 +46,7 @@ pub fn sql_error(e: &postgres::Error) -> (String, String, Option<String>, Option
 pub fn envelope_version(envelope: &str) -> u32 {
     use base64::Engine;
     let body = envelope.strip_prefix("$ec1$").expect("an envelope");
-    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(body)
-        .unwrap();
+    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap();
     let kid = blob[2] as usize;
     u32::from_be_bytes(blob[3 + kid..7 + kid].try_into().unwrap())
 }
@@ -66,4 +57,60 @@ pub fn pg_bin(program: &str) -> String {
         "{}/{program}",
         std::env::var("EC_IT_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
     )
+}
+
+/// The first column of every row of `sql`, as text.
+pub fn texts(c: &mut Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Dumps `db` of `cluster` in pg_dump's custom format; returns the file.
+pub fn pg_dump(cluster: &str, db: &str) -> String {
+    let file = format!(
+        "{}/{db}.dump",
+        std::env::var("EC_IT_SCRATCH").unwrap_or_else(|_| "/tmp".into())
+    );
+    let conninfo = format!("{} dbname={db}", dsn(cluster));
+    let st = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &pg_bin("pg_dump"),
+            "-Fc",
+            "-f",
+            &file,
+            "-d",
+            &conninfo,
+        ])
+        .status()
+        .expect("pg_dump runs");
+    assert!(st.success(), "pg_dump of {db} failed");
+    file
+}
+
+/// Restores a dump into a new database `name` of `cluster` (stopping at the first error).
+pub fn pg_restore(cluster: &str, dump: &str, name: &str) {
+    let mut admin = connect(cluster, "postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let conninfo = format!("{} dbname={name}", dsn(cluster));
+    let st = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &pg_bin("pg_restore"),
+            "--exit-on-error",
+            "-d",
+            &conninfo,
+            dump,
+        ])
+        .status()
+        .expect("pg_restore runs");
+    assert!(st.success(), "pg_restore into {cluster}/{name} failed");
 }

@@ -1,12 +1,7 @@
 //! Master key handling across real servers: dump/restore with the same and another master key, and servers whose
 //! key file is unsafe or missing.
 
-use event_crypto_it::{connect, dsn, fresh_db, pg_bin, sql_error};
-use std::process::Command;
-
-fn conninfo(cluster: &str, db: &str) -> String {
-    format!("{} dbname={db}", dsn(cluster))
-}
+use event_crypto_it::{connect, fresh_db, pg_dump, pg_restore, sql_error, texts};
 
 #[test]
 fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clearly_with_another() {
@@ -26,32 +21,9 @@ fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clea
          SELECT event_crypto.shred_key('subject:carol');",
     )
     .unwrap();
-    let stored_before: Vec<String> = c
-        .query("SELECT payload::text FROM events ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored_before = texts(&mut c, "SELECT payload::text FROM events ORDER BY id");
 
-    let dump = format!(
-        "{}/{src}.dump",
-        std::env::var("EC_IT_SCRATCH").unwrap_or_else(|_| "/tmp".into())
-    );
-    let st = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &pg_bin("pg_dump"),
-            "-Fc",
-            "-f",
-            &dump,
-            "-d",
-            &conninfo("A", &src),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "pg_dump failed");
+    let dump = pg_dump("A", &src);
     // The dump holds ciphertext and wrapped keys only.
     let bytes = std::fs::read(&dump).unwrap();
     let hay = String::from_utf8_lossy(&bytes);
@@ -60,66 +32,23 @@ fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clea
     }
 
     for cluster in ["A", "B"] {
-        let dst = format!(
-            "ec_dump_dst_{}_{}",
-            cluster.to_lowercase(),
-            std::process::id()
-        );
-        let mut admin = connect(cluster, "postgres");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {dst}"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {dst}"))
-            .unwrap();
-        let st = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &pg_bin("pg_restore"),
-                "--exit-on-error",
-                "-d",
-                &conninfo(cluster, &dst),
-                &dump,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "pg_restore into {cluster} failed");
+        let dst = format!("ec_dump_dst_{}_{}", cluster.to_lowercase(), std::process::id());
+        pg_restore(cluster, &dump, &dst);
         let mut r = connect(cluster, &dst);
-        let stored: Vec<String> = r
-            .query("SELECT payload::text FROM events ORDER BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(
-            stored, stored_before,
-            "restore must not re-encrypt or alter envelopes"
-        );
+        let stored = texts(&mut r, "SELECT payload::text FROM events ORDER BY id");
+        assert_eq!(stored, stored_before, "restore must not re-encrypt or alter envelopes");
         let q = "SELECT event_crypto.decrypt_fields(payload, 'stream-' || subject)::text FROM events ORDER BY id";
         if cluster == "A" {
-            let original: Vec<String> = c.query(q, &[]).unwrap().iter().map(|r| r.get(0)).collect();
-            let restored: Vec<String> = r.query(q, &[]).unwrap().iter().map(|r| r.get(0)).collect();
-            assert_eq!(
-                restored, original,
-                "same master key: identical plaintext after restore"
-            );
+            let original = texts(&mut c, q);
+            let restored = texts(&mut r, q);
+            assert_eq!(restored, original, "same master key: identical plaintext after restore");
             assert!(restored[0].contains("alice@x.io") && restored[1].contains("bob@x.io"));
             assert!(
                 restored[2].contains("\"email\": null"),
                 "carol stays shredded after restore: {}",
                 restored[2]
             );
-            let idx: Vec<String> = r
-                .query(
-                    "SELECT event_crypto.blind_index('alice@x.io', 'subject:alice')",
-                    &[],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let idx = texts(&mut r, "SELECT event_crypto.blind_index('alice@x.io', 'subject:alice')");
             let orig_idx: String = c
                 .query_one("SELECT email_idx FROM events WHERE id = 1", &[])
                 .unwrap()
@@ -131,14 +60,9 @@ fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clea
             assert_eq!(code, "28000", "{msg}");
             assert!(msg.contains("master key mismatch"), "{msg}");
             assert!(detail.unwrap_or_default().contains("wrapped by master key"));
-            assert!(hint
-                .unwrap_or_default()
-                .contains("event_crypto.master_key_file"));
+            assert!(hint.unwrap_or_default().contains("event_crypto.master_key_file"));
             let e = r
-                .query_one(
-                    "SELECT event_crypto.encrypt_value('1', 'subject:alice')",
-                    &[],
-                )
+                .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
                 .unwrap_err();
             assert_eq!(sql_error(&e).0, "28000");
         }

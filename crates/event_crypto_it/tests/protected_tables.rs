@@ -1,9 +1,8 @@
 //! Protected tables across sessions and servers: first events of one subject from two connections at once,
 //! forgetting in one session while another reads, and dump/restore of a protected table.
 
-use event_crypto_it::{connect, dsn, fresh_db, pg_bin, sql_error};
+use event_crypto_it::{connect, fresh_db, pg_dump, pg_restore, sql_error, texts};
 use serde_json::Value;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -60,28 +59,15 @@ fn first_events_of_one_subject_from_two_connections_make_one_key() {
         .unwrap()
         .get(0);
     assert_eq!(keys, 1, "one key for the subject");
-    let emails: Vec<String> = r
-        .query(
-            "SELECT payload->>'email' FROM events_decrypted ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(
-        emails,
-        vec!["a1@x.io", "a2@x.io"],
-        "both events are stored and decrypt"
-    );
+    let emails = texts(&mut r, "SELECT payload->>'email' FROM events_decrypted ORDER BY id");
+    assert_eq!(emails, vec!["a1@x.io", "a2@x.io"], "both events are stored and decrypt");
 
     // Eight connections racing on one new subject, without a transaction holding anyone back.
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let db = db.clone();
             std::thread::spawn(move || {
-                insert(&mut connect("A", &db), "bob", &format!("b{i}@x.io"))
-                    .map_err(|e| sql_error(&e).0)
+                insert(&mut connect("A", &db), "bob", &format!("b{i}@x.io")).map_err(|e| sql_error(&e).0)
             })
         })
         .collect();
@@ -111,16 +97,22 @@ fn forgetting_in_one_session_is_seen_by_a_reader_and_blocks_new_events() {
     insert(&mut writer, "bob", "bob@x.io").unwrap();
     let mut reader = connect("A", &db);
     let read = |c: &mut postgres::Client| -> Vec<(String, Value, bool)> {
-        c.query("SELECT subject_id, payload->'email', email_idx IS NOT NULL FROM events_decrypted ORDER BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect()
+        c.query(
+            "SELECT subject_id, payload->'email', email_idx IS NOT NULL FROM events_decrypted ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
     };
     let lookup = |c: &mut postgres::Client, email: &str| -> i64 {
-        c.query_one("SELECT count(*) FROM events WHERE email_idx = event_crypto.blind_index($1, 'tenant-42', 'lower')", &[&email])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT count(*) FROM events WHERE email_idx = event_crypto.blind_index($1, 'tenant-42', 'lower')",
+            &[&email],
+        )
+        .unwrap()
+        .get(0)
     };
     assert_eq!(read(&mut reader)[0].1, "alice@x.io");
     assert_eq!(lookup(&mut reader, "ALICE@x.io"), 1);
@@ -163,104 +155,26 @@ fn dump_and_restore_of_a_protected_table() {
     let src = fresh_db("A", "ec_pdump");
     let mut c = connect("A", &src);
     c.batch_execute(SCHEMA).unwrap();
-    for (s, e) in [
-        ("alice", "alice@x.io"),
-        ("bob", "bob@x.io"),
-        ("carol", "carol@x.io"),
-    ] {
+    for (s, e) in [("alice", "alice@x.io"), ("bob", "bob@x.io"), ("carol", "carol@x.io")] {
         insert(&mut c, s, e).unwrap();
     }
-    c.query_one("SELECT event_crypto.forget_subject('carol')", &[])
-        .unwrap();
-    let stored: Vec<String> = c
-        .query(
-            "SELECT payload::text || coalesce(email_idx, '') FROM events ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plain: Vec<String> = c
-        .query(
-            "SELECT payload::text FROM events_decrypted ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    c.query_one("SELECT event_crypto.forget_subject('carol')", &[]).unwrap();
+    let stored_q = "SELECT payload::text || coalesce(email_idx, '') FROM events ORDER BY id";
+    let plain_q = "SELECT payload::text FROM events_decrypted ORDER BY id";
+    let stored = texts(&mut c, stored_q);
+    let plain = texts(&mut c, plain_q);
 
-    let dump = format!(
-        "{}/{src}.dump",
-        std::env::var("EC_IT_SCRATCH").unwrap_or_else(|_| "/tmp".into())
-    );
-    let info = |db: &str| format!("{} dbname={db}", dsn("A"));
-    let st = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &pg_bin("pg_dump"),
-            "-Fc",
-            "-f",
-            &dump,
-            "-d",
-            &info(&src),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
     let dst = format!("ec_pdump_dst_{}", std::process::id());
-    let mut admin = connect("A", "postgres");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {dst}"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {dst}"))
-        .unwrap();
-    let st = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &pg_bin("pg_restore"),
-            "--exit-on-error",
-            "-d",
-            &info(&dst),
-            &dump,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "pg_restore failed");
+    pg_restore("A", &pg_dump("A", &src), &dst);
 
     let mut r = connect("A", &dst);
-    let stored_after: Vec<String> = r
-        .query(
-            "SELECT payload::text || coalesce(email_idx, '') FROM events ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored_after = texts(&mut r, stored_q);
     assert_eq!(
         stored_after, stored,
         "restored rows are byte-identical: nothing encrypted twice"
     );
-    let plain_after: Vec<String> = r
-        .query(
-            "SELECT payload::text FROM events_decrypted ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        plain_after, plain,
-        "the decrypted view is restored and reads the same"
-    );
+    let plain_after = texts(&mut r, plain_q);
+    assert_eq!(plain_after, plain, "the decrypted view is restored and reads the same");
     assert!(
         plain_after[2].contains("\"email\": null"),
         "a forgotten subject stays forgotten"
@@ -274,6 +188,12 @@ fn dump_and_restore_of_a_protected_table() {
     assert!(enc && idx);
     let e = insert(&mut r, "carol", "c@x.io").unwrap_err();
     assert_eq!(sql_error(&e).0, "23514");
-    let audit: i64 = r.query_one("SELECT count(*) FROM event_crypto.audit_log WHERE action = 'forget_subject' AND subject = 'carol'", &[]).unwrap().get(0);
+    let audit: i64 = r
+        .query_one(
+            "SELECT count(*) FROM event_crypto.audit_log WHERE action = 'forget_subject' AND subject = 'carol'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(audit, 1, "the audit log is carried by the dump");
 }

@@ -16,11 +16,14 @@ fn setup_events(c: &mut postgres::Client) {
 }
 
 fn emails(c: &mut postgres::Client, subject: &str) -> Vec<Value> {
-    c.query("SELECT event_crypto.decrypt_fields(payload)->'email' FROM events WHERE subject = $1 ORDER BY id", &[&subject])
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, serde_json::Value>(0))
-        .collect()
+    c.query(
+        "SELECT event_crypto.decrypt_fields(payload)->'email' FROM events WHERE subject = $1 ORDER BY id",
+        &[&subject],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, serde_json::Value>(0))
+    .collect()
 }
 
 #[test]
@@ -30,24 +33,15 @@ fn shred_in_one_session_reaches_a_session_that_had_the_key_cached() {
     setup_events(&mut admin);
     let mut reader = connect("A", &db);
     // The reader decrypts (and so caches both keys) and encrypts with alice's key.
-    assert!(emails(&mut reader, "alice")
-        .iter()
-        .all(|v| v == "alice@x.io"));
+    assert!(emails(&mut reader, "alice").iter().all(|v| v == "alice@x.io"));
     reader
-        .query_one(
-            "SELECT event_crypto.encrypt_value('1', 'subject:alice')",
-            &[],
-        )
+        .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
         .unwrap();
 
     // A reader inside an open transaction keeps its snapshot; after the shred commits, its next transaction sees it.
     let mut in_tx = connect("A", &db);
-    in_tx
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .unwrap();
-    assert!(emails(&mut in_tx, "alice")
-        .iter()
-        .all(|v| v == "alice@x.io"));
+    in_tx.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    assert!(emails(&mut in_tx, "alice").iter().all(|v| v == "alice@x.io"));
 
     let n: i32 = admin
         .query_one("SELECT event_crypto.shred_key('subject:alice')", &[])
@@ -64,13 +58,15 @@ fn shred_in_one_session_reaches_a_session_that_had_the_key_cached() {
         "other subjects are intact"
     );
     let e = reader
-        .query_one(
-            "SELECT event_crypto.encrypt_value('1', 'subject:alice')",
+        .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
+        .unwrap_err();
+    assert_eq!(sql_error(&e).0, "55000");
+    let e = reader
+        .query(
+            "SELECT event_crypto.decrypt_fields(payload, NULL, 'error') FROM events WHERE subject = 'alice'",
             &[],
         )
         .unwrap_err();
-    assert_eq!(sql_error(&e).0, "55000");
-    let e = reader.query("SELECT event_crypto.decrypt_fields(payload, NULL, 'error') FROM events WHERE subject = 'alice'", &[]).unwrap_err();
     assert_eq!(sql_error(&e).0, "55000");
 
     in_tx.batch_execute("COMMIT").unwrap();
@@ -95,7 +91,9 @@ fn a_prepared_statement_does_not_outlive_a_shred() {
     let mut admin = connect("A", &db);
     setup_events(&mut admin);
     let mut reader = connect("A", &db);
-    let stmt = reader.prepare("SELECT event_crypto.decrypt_fields(payload)->'email' FROM events WHERE subject = 'alice'").unwrap();
+    let stmt = reader
+        .prepare("SELECT event_crypto.decrypt_fields(payload)->'email' FROM events WHERE subject = 'alice'")
+        .unwrap();
     for _ in 0..6 {
         // enough executions for the plan cache to switch to a generic plan
         assert!(reader
@@ -118,9 +116,7 @@ fn a_prepared_statement_does_not_outlive_a_shred() {
 fn rotation_in_one_session_is_used_by_the_next_encryption_in_another() {
     let db = fresh_db("A", "ec_rotate");
     let mut admin = connect("A", &db);
-    admin
-        .batch_execute("SELECT event_crypto.create_key('tenant')")
-        .unwrap();
+    admin.batch_execute("SELECT event_crypto.create_key('tenant')").unwrap();
     let mut writer = connect("A", &db);
     let enc = |c: &mut postgres::Client| -> String {
         c.query_one("SELECT event_crypto.encrypt_value('\"x\"', 'tenant')", &[])
@@ -173,11 +169,7 @@ fn concurrent_create_of_one_key_id_makes_one_key() {
         })
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(
         results
             .iter()
@@ -209,10 +201,7 @@ fn parallel_workers_decrypt() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(
-        plan.iter().any(|l| l.contains("Parallel Seq Scan")),
-        "{plan:?}"
-    );
+    assert!(plan.iter().any(|l| l.contains("Parallel Seq Scan")), "{plan:?}");
     let sum: i64 = c
         .query_one(
             "SELECT sum((event_crypto.decrypt_fields(payload)->>'v')::int)::int8 FROM big",

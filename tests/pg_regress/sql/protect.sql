@@ -135,6 +135,31 @@ SELECT event_crypto.add_blind_index('events', 'payload', 'email', 'id', 'tenant-
 SELECT event_crypto.add_blind_index('events', 'payload', 'email', 'email_idx', 'tenant-42', 'upper'); -- 22023
 SELECT event_crypto.add_blind_index('typed', 'subject', 'email', 'kind', 'tenant-42');           -- 55000 not protected
 
+-- bad arguments of the subject functions and the helpers
+SELECT event_crypto.forget_subject(NULL);                         -- 22004
+SELECT event_crypto.forget_subject('');                           -- 22023
+SELECT event_crypto.export_subject(NULL);                         -- 22004
+SELECT event_crypto.export_subject('');                           -- 22023
+SELECT event_crypto.unprotect(NULL, 'payload');                   -- 22004
+SELECT event_crypto.unprotect('events', 'nope') AS not_protected;
+SELECT event_crypto.drop_blind_index('events', 'email_idx') AS dropped, event_crypto.drop_blind_index('events', 'email_idx') AS again;
+SELECT event_crypto.export_subject('nobody-here') AS empty_export;
+-- fail closed when the trigger is misused or its configuration is gone
+CREATE TABLE misuse (id serial, payload jsonb);
+CREATE TRIGGER bare BEFORE INSERT ON misuse FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger();
+INSERT INTO misuse (payload) VALUES ('{"email":"x"}');            -- 22023 no column argument
+DROP TRIGGER bare ON misuse;
+CREATE TRIGGER late AFTER INSERT ON misuse FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger('payload');
+INSERT INTO misuse (payload) VALUES ('{"email":"x"}');            -- 22023 not BEFORE
+DROP TRIGGER late ON misuse;
+SELECT key_id FROM event_crypto.protect('misuse', 'payload', fields => ARRAY['email'], key_id => 'tenant-42');
+DELETE FROM event_crypto.protected_columns WHERE table_name = 'misuse'::regclass;
+INSERT INTO misuse (payload) VALUES ('{"email":"x"}');            -- 42703 trigger without configuration
+SELECT count(*) AS stored FROM misuse;
+SELECT key_column FROM event_crypto.protect('typed', 'payload', fields => ARRAY['name'], key_column => 'subject');
+ALTER TABLE typed DROP COLUMN subject CASCADE;          -- drops the decrypted view with it
+INSERT INTO typed (kind, payload) VALUES ('x', '{"name":"n"}');  -- 42703 the key column is gone
+
 -- unprotect removes the trigger, the view and the configuration
 SELECT event_crypto.unprotect('fixed', 'payload'), event_crypto.unprotect('fixed', 'payload') AS again;
 SELECT to_regclass('fixed_plain') IS NULL AS view_dropped,
