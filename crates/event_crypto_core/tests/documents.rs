@@ -87,15 +87,16 @@ fn every_type_round_trips_under_both_algorithms() {
             assert_eq!(doc["items"][1]["qty"], json!(2));
             assert_eq!(doc["address"]["city"], json!("Springfield"));
             let text = doc.to_string();
+            // Sentinels contain characters outside the base64url alphabet, so ciphertext cannot match by chance.
             for secret in [
                 "a@x.io",
                 "1 Main",
-                "4111",
-                "5500",
-                "dotted",
+                "\"4111\"",
+                "\"5500\"",
+                "\"dotted\"",
                 "ünïcødé",
                 "12.50",
-                "1234567890123",
+                "\"two\"",
             ] {
                 assert!(
                     !text.contains(secret),
