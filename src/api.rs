@@ -2,6 +2,7 @@
 //! [`crate::error::raise`]; nothing here does cryptography itself.
 
 use crate::error::{raise, OrRaise};
+use crate::jsonb::Jsonb;
 use crate::keys::{self, CachedKeys};
 use event_crypto_core::aead::Algorithm;
 use event_crypto_core::blind::Normalize;
@@ -9,7 +10,6 @@ use event_crypto_core::document::{check_context, Decryptor, Encryptor, OnShredde
 use event_crypto_core::path::FieldPath;
 use event_crypto_core::Error;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use std::cell::RefCell;
 
 fn required<T>(v: Option<T>, name: &str) -> T {
@@ -69,51 +69,51 @@ fn shred_key(key_id: Option<&str>) -> i32 {
 /// Encrypts the fields the paths select, each under a fresh nonce, bound to its path and the context.
 #[pg_extern(volatile, parallel_safe)]
 fn encrypt_fields(
-    payload: Option<JsonB>,
+    payload: Option<Jsonb>,
     fields: Option<Array<'_, &str>>,
     key_id: Option<&str>,
     context: default!(Option<&str>, "NULL"),
-) -> Option<JsonB> {
+) -> Option<Jsonb> {
     let fields = required(fields, "fields");
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
-    let JsonB(mut doc) = payload?;
+    let Jsonb(mut doc) = payload?;
     let entry = keys::lookup(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     with_paths(&fields, |paths| {
         Encryptor::new(&cipher, key_id, version, context).encrypt_fields(&mut doc, paths)
     })
     .or_raise();
-    Some(JsonB(doc))
+    Some(Jsonb(doc))
 }
 
 /// Decrypts every envelope in the document. on_shredded: 'null' (default), 'keep' or 'error'.
 #[pg_extern(stable, parallel_safe)]
 fn decrypt_fields(
-    payload: Option<JsonB>,
+    payload: Option<Jsonb>,
     context: default!(Option<&str>, "NULL"),
     on_shredded: default!(Option<&str>, "'null'"),
-) -> Option<JsonB> {
+) -> Option<Jsonb> {
     let on_shredded = OnShredded::parse(required(on_shredded, "on_shredded")).or_raise();
     let context = check_context(context).or_raise();
-    let JsonB(mut doc) = payload?;
+    let Jsonb(mut doc) = payload?;
     let mut keys = CachedKeys::default();
     Decryptor::new(&mut keys, context, on_shredded)
         .decrypt_document(&mut doc)
         .or_raise();
-    Some(JsonB(doc))
+    Some(Jsonb(doc))
 }
 
 /// Encrypts one JSON value; returns the envelope text.
 #[pg_extern(volatile, parallel_safe)]
 fn encrypt_value(
-    value: Option<JsonB>,
+    value: Option<Jsonb>,
     key_id: Option<&str>,
     context: default!(Option<&str>, "NULL"),
 ) -> Option<String> {
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
-    let JsonB(v) = value?;
+    let Jsonb(v) = value?;
     let entry = keys::lookup(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     Some(
@@ -129,7 +129,7 @@ fn decrypt_value(
     envelope: Option<&str>,
     context: default!(Option<&str>, "NULL"),
     on_shredded: default!(Option<&str>, "'null'"),
-) -> Option<JsonB> {
+) -> Option<Jsonb> {
     let on_shredded = OnShredded::parse(required(on_shredded, "on_shredded")).or_raise();
     let context = check_context(context).or_raise();
     let text = envelope?;
@@ -137,7 +137,7 @@ fn decrypt_value(
     Decryptor::new(&mut keys, context, on_shredded)
         .decrypt_value(text)
         .or_raise()
-        .map(JsonB)
+        .map(Jsonb)
 }
 
 /// Deterministic keyed digest of a value for equality lookups; the same under every version of the key id.

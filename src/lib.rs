@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod api;
 mod error;
 mod guc;
+mod jsonb;
 mod keys;
 mod master;
 mod protect;

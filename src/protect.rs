@@ -7,6 +7,7 @@
 //! whose subject key is already known runs no SQL at all.
 
 use crate::error::{raise, spi_failed, OrRaise};
+use crate::jsonb::Jsonb;
 use crate::keys::{self, as_catalog_owner, current_role, KeyEntry};
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, needs_encryption, value_at, Encryptor};
@@ -15,7 +16,7 @@ use event_crypto_core::path::FieldPath;
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgTupleDesc};
+use pgrx::PgTupleDesc;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -113,7 +114,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
         String,
         Option<String>,
         Option<String>,
-        Option<JsonB>,
+        Option<Jsonb>,
         String,
     );
     type BlindRow = (String, String, String, Option<String>);
@@ -140,7 +141,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
                     r.get::<String>(5).ok().flatten().unwrap_or_default(),
                     r.get::<String>(6).ok().flatten(),
                     r.get::<String>(7).ok().flatten(),
-                    r.get::<JsonB>(8).ok().flatten(),
+                    r.get::<Jsonb>(8).ok().flatten(),
                     r.get::<String>(9).ok().flatten().unwrap_or_default(),
                 )
             });
@@ -178,7 +179,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
     let payload = resolve_col(tupdesc, &table, column)?;
     let fields = parse_paths(&fields)?;
     let mut by_type_paths = HashMap::new();
-    if let Some(JsonB(Value::Object(map))) = by_type {
+    if let Some(Jsonb(Value::Object(map))) = by_type {
         for (ty, list) in map {
             let texts: Vec<String> = list
                 .as_array()
@@ -374,7 +375,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         return Ok(None);
     };
     // SAFETY: a non-null datum of the jsonb column.
-    let Some(JsonB(mut doc)) = (unsafe { JsonB::from_datum(datum, false) }) else {
+    let Some(Jsonb(mut doc)) = (unsafe { Jsonb::from_datum(datum, false) }) else {
         return Ok(None);
     };
 
@@ -429,7 +430,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         let context = check_context(context.as_deref())?;
         let (version, cipher) = entry.encryption_key()?;
         Encryptor::new(&cipher, &key_id, version, context).encrypt_fields(&mut doc, paths)?;
-        set(&cfg.payload, JsonB(doc).into_datum());
+        set(&cfg.payload, Jsonb(doc).into_datum());
     }
 
     if cols.is_empty() {
@@ -529,7 +530,7 @@ fn audit(action: &str, subject: &str, key_ids: &[String], details: Value) -> i64
                         action.into(),
                         subject.into(),
                         key_ids.to_vec().into(),
-                        JsonB(details).into(),
+                        Jsonb(details).into(),
                     ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())
@@ -550,7 +551,7 @@ fn check_subject(subject: Option<&str>) -> &str {
 /// Forgets a subject: shreds every key generation of the subject under every configured key prefix, clears the
 /// subject's blind index values in protected tables, records an audit row and returns a receipt. Harmless to repeat.
 #[pg_extern(volatile, parallel_unsafe)]
-fn forget_subject(subject: Option<&str>) -> JsonB {
+fn forget_subject(subject: Option<&str>) -> Jsonb {
     let subject = check_subject(subject);
     let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut prefixes: Vec<String> = tables.iter().map(|t| t.key_prefix.clone()).collect();
@@ -637,13 +638,13 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
     if let (Value::Object(r), Value::Object(d)) = (&mut receipt, details) {
         r.extend(d);
     }
-    JsonB(receipt)
+    Jsonb(receipt)
 }
 
 /// Every row of the subject in every protected table keyed by subject, with the protected column decrypted
 /// (the right of access). Needs SELECT on the tables and the decryptor role; records an audit row.
 #[pg_extern(volatile, parallel_unsafe)]
-fn export_subject(subject: Option<&str>) -> JsonB {
+fn export_subject(subject: Option<&str>) -> Jsonb {
     let subject = check_subject(subject);
     let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut out = Vec::new();
@@ -665,7 +666,7 @@ fn export_subject(subject: Option<&str>) -> JsonB {
             );
             let rows = client
                 .select(&sql, Some(1), &[subject.into(), t.column.as_str().into()])
-                .and_then(|r| r.first().get_one::<JsonB>())
+                .and_then(|r| r.first().get_one::<Jsonb>())
                 .unwrap_or_else(|e| spi_failed(e))
                 .map(|j| j.0)
                 .unwrap_or(Value::Array(vec![]));
@@ -680,5 +681,5 @@ fn export_subject(subject: Option<&str>) -> JsonB {
         &[],
         json!({"rows": rows_total, "tables": tables.len()}),
     );
-    JsonB(json!({"subject": subject, "tables": out}))
+    Jsonb(json!({"subject": subject, "tables": out}))
 }

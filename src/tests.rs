@@ -7,6 +7,7 @@ mod tests {
     use crate::keys;
     use event_crypto_core::ErrorKind;
     use pgrx::prelude::*;
+    use pgrx::IntoDatum;
     use pgrx::PgSqlErrorCode;
 
     #[pg_test]
@@ -64,6 +65,44 @@ mod tests {
     fn no_error_kind_maps_to_an_internal_error() {
         for k in ErrorKind::ALL {
             assert_ne!(sqlstate(k), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "{k:?}");
+        }
+    }
+
+    /// The binary jsonb conversion agrees with PostgreSQL's text form both ways, on documents that exercise every
+    /// JSON type, numbers PostgreSQL keeps digit for digit, escapes, unicode, empty containers and scalar roots.
+    #[pg_test]
+    fn binary_jsonb_conversion_matches_the_text_form() {
+        use crate::jsonb::datum_to_value;
+        let samples = [
+            r#"{"a":1,"b":[true,false,null],"c":{"d":"e"}}"#,
+            r#"{"n":12.50,"big":123456789012345678901234567890.000001,"neg":-0.0,"exp":1e-7,"int":-42}"#,
+            r#"{"s":"quote \" backslash \\ tab \t newline \n unicode \u00e9 ✓ \ud83d\ude00"}"#,
+            r#"{"":"empty key","a.b":{"[*]":[]},"z":{},"arr":[[],[{}],[[1]]]}"#,
+            r#"[1,"two",{"three":3},[4]]"#,
+            r#""just a string""#,
+            r#"3.14159265358979323846264338327950288"#,
+            r#"true"#,
+            r#"null"#,
+            r#"{"long":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        ];
+        for text in samples {
+            let datum = Spi::get_one_with_args::<pgrx::JsonB>("SELECT $1::jsonb", &[text.into()])
+                .unwrap()
+                .unwrap();
+            let via_text = datum.0;
+            let original: pgrx::pg_sys::Datum = pgrx::JsonB(via_text.clone()).into_datum().unwrap();
+            // SAFETY: a non-null jsonb datum built just above.
+            let via_binary = unsafe { datum_to_value(original) };
+            assert_eq!(via_binary, via_text, "{text}");
+            // The parameter is built by value_to_datum (Jsonb's IntoDatum).
+            let rebuilt = crate::jsonb::Jsonb(via_binary.clone());
+            let same = Spi::get_one_with_args::<bool>(
+                "SELECT $1::jsonb = $2::jsonb AND $1::jsonb::text = $2::jsonb::text",
+                &[text.into(), rebuilt.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert!(same, "{text}");
         }
     }
 
