@@ -1,38 +1,10 @@
 #!/usr/bin/env bash
-# The demo: installs dependencies, builds and installs event_crypto into the system PostgreSQL 15, gives the
-# "main" cluster a master key file outside the data directory, preloads the library, restarts, and runs
-# demo/demo.sql (create keys, encrypt, look up by blind index, rotate, shred).
+# The demo: installs dependencies, builds and installs event_crypto into the system PostgreSQL 15 with a master key
+# file (.ci/system-cluster.sh), then runs demo/demo.sql (create keys, encrypt, look up by blind index, rotate,
+# shred, protect an event table, forget a subject) in a fresh database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-bash .ci/setup.sh
-
-echo "=== build and install event_crypto"
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
-
-CONF_DIR=/etc/postgresql/15/main
-KEY_FILE=$CONF_DIR/event_crypto.key
-if [ ! -d "$CONF_DIR" ]; then
-  pg_createcluster 15 main
-fi
-if [ ! -s "$KEY_FILE" ]; then
-  echo "=== creating master key $KEY_FILE (owned by postgres, mode 600)"
-  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$KEY_FILE")
-  chown postgres:postgres "$KEY_FILE"
-  chmod 600 "$KEY_FILE"
-fi
-CONF_D=$CONF_DIR/conf.d
-mkdir -p "$CONF_D"
-cat > "$CONF_D/event_crypto.conf" <<CONF
-shared_preload_libraries = 'event_crypto'
-event_crypto.master_key_file = '$KEY_FILE'
-CONF
-chown -R postgres:postgres "$CONF_D"
-grep -q "^include_dir = 'conf.d'" "$CONF_DIR/postgresql.conf" || echo "include_dir = 'conf.d'" >> "$CONF_DIR/postgresql.conf"
-
-echo "=== (re)starting PostgreSQL 15 cluster main"
-pg_ctlcluster --skip-systemctl-redirect 15 main stop >/dev/null 2>&1 || true
-pg_ctlcluster --skip-systemctl-redirect 15 main start
+bash .ci/system-cluster.sh
 
 runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS event_crypto_demo" -c "CREATE DATABASE event_crypto_demo"
 runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -d event_crypto_demo -f demo/demo.sql

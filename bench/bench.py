@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""event_crypto benchmark: every job side by side with what users would use instead, in one run on one machine.
+
+Run through bench/run.sh, which installs and configures PostgreSQL first. Each figure is the median of --rounds
+rounds (min-max shown), each round a statement of its own (its own transaction) in one session per job, in one
+backend (max_parallel_workers_per_gather = 0, so figures are per-core costs). Writes docs/benchmarks.md and
+docs/benchmarks.png.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+DB = "event_crypto_bench"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def psql(*args, db=DB, check=True):
+    cmd = ["runuser", "-u", "postgres", "--", PSQL, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"psql failed: {' '.join(args)[:300]}\n{r.stderr}")
+    return r.stdout
+
+
+def lit(s):
+    return "'" + s.replace("'", "''") + "'"
+
+
+def rounds_ms(prepare, stmt, rounds):
+    """Times `stmt` `rounds` times in one session, each round its own statement; `prepare` runs untimed first."""
+    args = ["-c", "SET max_parallel_workers_per_gather = 0"]
+    for _ in range(rounds):
+        args += ["-c", f"SELECT bench_round({lit(prepare)}, {lit(stmt)})"]
+    out = psql(*args)
+    return [float(x) for x in out.split() if re.match(r"^[0-9.]+$", x)]
+
+
+def pgbench_tps(table, clients, seconds):
+    script = f"/tmp/event_crypto_bench_{table}.sql"
+    with open(script, "w") as f:
+        f.write("\\set s random(0, 999)\n")
+        f.write(
+            f"INSERT INTO {table} (stream_id, subject_id, type, payload) VALUES (gen_random_uuid(), 'u' || :s, 'OrderPlaced', "
+            "'{\"email\":\"user@example.com\",\"phone\":\"+1-555-0100000\",\"ssn\":\"123456789\",\"name\":\"Alice Example\","
+            "\"address\":{\"street\":\"1 Main St\",\"city\":\"Springfield\",\"zip\":\"12345\"},\"amount\":12.50,"
+            "\"currency\":\"EUR\",\"items\":[{\"sku\":\"SKU-1\",\"qty\":1,\"price\":9.99}]}');\n"
+        )
+    os.chmod(script, 0o644)
+    cmd = ["runuser", "-u", "postgres", "--", PGBENCH, "-n", "-c", str(clients), "-j", str(clients), "-T", str(seconds),
+           "-f", script, DB]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", r.stdout)
+    if r.returncode != 0 or not m:
+        sys.exit(f"pgbench failed:\n{r.stdout}\n{r.stderr}")
+    return float(m.group(1))
+
+
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pgbench-seconds", type=int, default=5)
+    ap.add_argument("--skip-slow", action="store_true", help="skip pgp_sym_encrypt with default options (minutes)")
+    args = ap.parse_args()
+    if args.rounds < 5:
+        sys.exit("at least 5 rounds")
+
+    print(f"=== setting up {args.rows} events")
+    psql("-c", f"DROP DATABASE IF EXISTS {DB}", "-c", f"CREATE DATABASE {DB}", db="postgres")
+    print(psql("-v", f"rows={args.rows}", "-v", "subjects=1000", "-f", os.path.join(ROOT, "bench", "setup.sql")).strip())
+
+    three = "ARRAY['email','phone','ssn']"
+    truncate = "TRUNCATE t_plain, t_ec, t_ec_single, t_cbc, t_pgp, t_pgp_s2k0, t_md5"
+    ins = "INSERT INTO {t} (stream_id, subject_id, type, payload) SELECT stream_id, subject_id, type, payload FROM src"
+    copy = "COPY {t} (stream_id, subject_id, type, payload) FROM '/tmp/event_crypto_bench.copy'"
+    jobs = [
+        # (group, label, prepare, statement)
+        ("scan encrypt", "event_crypto, one key", "", f"SELECT count(event_crypto.encrypt_fields(payload, {three}, 'bench-key')) FROM src"),
+        ("scan encrypt", "event_crypto, per-subject keys", "", f"SELECT count(event_crypto.encrypt_fields(payload, {three}, 'subject:' || subject_id)) FROM src"),
+        ("scan encrypt", "pgcrypto encrypt_iv AES-CBC", "", "SELECT count(rewrite3(payload, 'cbc')) FROM src"),
+        ("scan encrypt", "plpgsql rewrite, md5, no crypto", "", "SELECT count(rewrite3(payload, 'md5')) FROM src"),
+        ("scan decrypt", "event_crypto, one key", "", "SELECT count(event_crypto.decrypt_fields(p)) FROM enc_single"),
+        ("scan decrypt", "event_crypto, per-subject keys", "", "SELECT count(event_crypto.decrypt_fields(p)) FROM enc_subject"),
+        ("scan decrypt", "pgcrypto decrypt_iv AES-CBC", "", "SELECT count(rewrite3(p, 'cbc_dec')) FROM cbc_enc_doc"),
+        ("insert", "plain INSERT ... SELECT", truncate, ins.format(t="t_plain")),
+        ("insert", "event_crypto trigger, per-subject keys", truncate, ins.format(t="t_ec")),
+        ("insert", "event_crypto trigger, one key", truncate, ins.format(t="t_ec_single")),
+        ("insert", "pgcrypto AES-CBC trigger", truncate, ins.format(t="t_cbc")),
+        ("insert", "pgp_sym_encrypt s2k-mode=0 trigger", truncate, ins.format(t="t_pgp_s2k0")),
+        ("insert", "plpgsql md5 trigger, no crypto", truncate, ins.format(t="t_md5")),
+        ("copy", "plain COPY", truncate, copy.format(t="t_plain")),
+        ("copy", "event_crypto trigger, per-subject keys", truncate, copy.format(t="t_ec")),
+        ("copy", "pgcrypto AES-CBC trigger", truncate, copy.format(t="t_cbc")),
+        ("blind index", "event_crypto blind_index", "", "SELECT count(event_crypto.blind_index(payload->>'email', 'bench-index')) FROM src"),
+        ("blind index", "pgcrypto hmac, literal key", "", "SELECT count(hmac(payload->>'email', 'bench-literal-key-0123456789abcdef', 'sha256')) FROM src"),
+    ]
+    if not args.skip_slow:
+        jobs.insert(11, ("insert", "pgp_sym_encrypt defaults trigger", truncate, ins.format(t="t_pgp")))
+
+    results = {}
+    for group, label, prepare, stmt in jobs:
+        ms = rounds_ms(prepare, stmt, args.rounds)
+        results[(group, label)] = ms
+        med, lo, hi = summary(ms)
+        print(f"{group:13} {label:42} {med:10.1f} ms  ({lo:.1f}-{hi:.1f})", flush=True)
+
+    tps = {}
+    for clients in (1, 2, 4):
+        for table, label in (("t_plain", "unprotected"), ("t_ec", "event_crypto protected")):
+            runs = []
+            for _ in range(args.rounds):
+                psql("-c", "TRUNCATE t_plain, t_ec")
+                runs.append(pgbench_tps(table, clients, args.pgbench_seconds))
+            tps[(clients, label)] = runs
+            med, lo, hi = summary(runs)
+            print(f"pgbench {clients} client(s) {label:24} {med:10.0f} tps ({lo:.0f}-{hi:.0f})", flush=True)
+
+    write_report(args, results, tps)
+
+
+def fmt_ms(v):
+    med, lo, hi = summary(v)
+    return f"{med:,.1f} ms ({lo:,.1f}–{hi:,.1f})"
+
+
+def write_report(args, results, tps):
+    med = {k: statistics.median(v) for k, v in results.items()}
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
+    pgv = psql("-c", "SHOW server_version").strip()
+
+    def ratio(a, b):
+        return med[a] / med[b]
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Latest run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
+        f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, PostgreSQL {pgv}.",
+        f"{args.rows:,} events of 300–600 bytes (1,000 subjects), 3 sensitive fields (`email`, `phone`, `ssn`); "
+        f"median of {args.rounds} rounds (min–max); one backend per job (no parallel workers). Command: "
+        f"`bash bench/run.sh{'' if args.rows == 100_000 else f' --rows {args.rows}'}`.",
+        "",
+        "| job | variant | time | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    baselines = {
+        "scan encrypt": ("scan encrypt", "pgcrypto encrypt_iv AES-CBC"),
+        "scan decrypt": ("scan decrypt", "pgcrypto decrypt_iv AES-CBC"),
+        "insert": ("insert", "plain INSERT ... SELECT"),
+        "copy": ("copy", "plain COPY"),
+        "blind index": ("blind index", "pgcrypto hmac, literal key"),
+    }
+    for (group, label), v in results.items():
+        base = baselines[group]
+        r = ratio((group, label), base)
+        rtxt = "baseline" if (group, label) == base else (f"{r:.2f}x the baseline" if group in ("insert", "copy") else f"{1 / r:.2f}x faster than the baseline" if r < 1 else f"{r:.2f}x slower than the baseline")
+        lines.append(f"| {group} | {label} | {fmt_ms(v)} | {rtxt} |")
+    lines += ["", "| pgbench, single-row inserts | unprotected TPS | protected TPS | protected / unprotected |", "| --- | --- | --- | --- |"]
+    for clients in (1, 2, 4):
+        u, p = statistics.median(tps[(clients, "unprotected")]), statistics.median(tps[(clients, "event_crypto protected")])
+        lines.append(f"| {clients} client(s) | {u:,.0f} | {p:,.0f} | {100 * p / u:.0f}% |")
+
+    ins = ratio(("insert", "event_crypto trigger, per-subject keys"), ("insert", "plain INSERT ... SELECT"))
+    enc = ratio(("scan encrypt", "pgcrypto encrypt_iv AES-CBC"), ("scan encrypt", "event_crypto, one key"))
+    nocrypto = ratio(("scan encrypt", "plpgsql rewrite, md5, no crypto"), ("scan encrypt", "event_crypto, one key"))
+    dec = ratio(("scan decrypt", "pgcrypto decrypt_iv AES-CBC"), ("scan decrypt", "event_crypto, one key"))
+    bi = ratio(("blind index", "pgcrypto hmac, literal key"), ("blind index", "event_crypto blind_index"))
+    p4 = statistics.median(tps[(4, "event_crypto protected")]) / statistics.median(tps[(4, "unprotected")])
+    targets = [
+        ("protected insert, per-subject keys ≤ 1.8x plain", f"{ins:.2f}x", ins <= 1.8),
+        ("scan encrypt ≥ 4x faster than pgcrypto AES-CBC", f"{enc:.2f}x", enc >= 4),
+        ("scan encrypt faster than the no-crypto plpgsql rewrite", f"{nocrypto:.2f}x", nocrypto > 1),
+        ("scan decrypt ≥ 3.7x faster than pgcrypto AES-CBC", f"{dec:.2f}x", dec >= 3.7),
+        ("blind index no slower than pgcrypto hmac", f"{bi:.2f}x", bi >= 1),
+        ("pgbench at 4 clients ≥ 85% of unprotected", f"{100 * p4:.0f}%", p4 >= 0.85),
+    ]
+    lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets]
+    lines += ["", "![ratios](benchmarks.png)", ""]
+    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+    # Chart: each variant's time relative to its group's baseline (lower is better).
+    data = os.path.join("/tmp", "event_crypto_bench.dat")
+    with open(data, "w") as f:
+        for (group, label), v in results.items():
+            f.write(f"\"{group}: {label}\" {ratio((group, label), baselines[group]):.3f}\n")
+    png = os.path.join(ROOT, "docs", "benchmarks.png")
+    gp = f"""set terminal pngcairo size 1300,760 font ',9' noenhanced
+set output '{png}'
+set rmargin 24
+set style fill solid 0.8
+set boxwidth 0.7
+set xtics rotate by -40 left
+set ylabel 'time relative to the group baseline (lower is better)'
+set logscale y
+set grid ytics
+set bmargin 16
+set title 'event_crypto vs alternatives, {args.rows:,} events, median of {args.rounds}'
+plot '{data}' using 0:2:xtic(1) with boxes notitle
+"""
+    subprocess.run(["gnuplot"], input=gp, text=True, check=True)
+    print(f"wrote docs/benchmarks.md and docs/benchmarks.png")
+
+
+if __name__ == "__main__":
+    main()
