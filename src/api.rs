@@ -30,18 +30,18 @@ fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) ->
             })
         })
         .collect();
-    let parsed = PATHS.with(|cell| {
-        let cached = cell.borrow();
-        if cached.0.len() == texts.len() && cached.0.iter().zip(&texts).all(|(a, b)| a == b) {
-            return None;
+    PATHS.with(|cell| {
+        let stale = {
+            let cached = cell.borrow();
+            cached.0.len() != texts.len() || cached.0.iter().zip(&texts).any(|(a, b)| a != b)
+        };
+        if stale {
+            // Parse first: a malformed path raises before the cache is touched.
+            let paths: Vec<FieldPath> = texts.iter().map(|t| FieldPath::parse(t).or_raise()).collect();
+            *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), paths);
         }
-        drop(cached);
-        let paths: Vec<FieldPath> = texts.iter().map(|t| FieldPath::parse(t).or_raise()).collect();
-        *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), paths);
-        Some(())
-    });
-    let _ = parsed;
-    PATHS.with(|cell| f(&cell.borrow().1))
+        f(&cell.borrow().1)
+    })
 }
 
 /// Creates a key id with version 1; returns 1. Algorithm: 'aes-256-gcm' (default) or 'chacha20-poly1305'.
