@@ -483,7 +483,7 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
                     &[key_id.into(), (version as i32).into(), algorithm.name().into(), wrapped.into(), wrapped_index.into(), m.id().into(), role.as_str().into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-            invalidate_keys();
+            // The UPDATE above fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
             Ok(version as i32)
         })
     })
@@ -512,6 +512,6 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
             Ok(n)
         })
     })?;
-    invalidate_keys();
+    // The UPDATE fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
     Ok(n)
 }

@@ -20,11 +20,17 @@ pub fn connect(cluster: &str, db: &str) -> Client {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Creates a fresh database with the extension installed; returns its name.
-pub fn fresh_db(cluster: &str, prefix: &str) -> String {
-    let name = format!("{prefix}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+/// Drops and creates database `name` of `cluster` (empty, no extension).
+pub fn recreate_db(cluster: &str, name: &str) {
     let mut c = connect(cluster, "postgres");
     c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+}
+
+/// Creates a fresh database with the extension installed; returns its name.
+pub fn fresh_db(cluster: &str, prefix: &str) -> String {
+    let name = format!("{prefix}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+    recreate_db(cluster, &name);
     connect(cluster, &name)
         .batch_execute("CREATE EXTENSION event_crypto")
         .unwrap();
@@ -68,49 +74,39 @@ pub fn texts(c: &mut Client, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs a PostgreSQL client program as the postgres OS user and asserts it succeeded.
+fn run_pg_tool(program: &str, args: &[&str]) {
+    let st = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", &pg_bin(program)])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(st.success(), "{program} {args:?} failed");
+}
+
 /// Dumps `db` of `cluster` in pg_dump's custom format; returns the file.
 pub fn pg_dump(cluster: &str, db: &str) -> String {
     let file = format!(
         "{}/{db}.dump",
         std::env::var("EC_IT_SCRATCH").unwrap_or_else(|_| "/tmp".into())
     );
-    let conninfo = format!("{} dbname={db}", dsn(cluster));
-    let st = std::process::Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &pg_bin("pg_dump"),
-            "-Fc",
-            "-f",
-            &file,
-            "-d",
-            &conninfo,
-        ])
-        .status()
-        .expect("pg_dump runs");
-    assert!(st.success(), "pg_dump of {db} failed");
+    run_pg_tool(
+        "pg_dump",
+        &["-Fc", "-f", &file, "-d", &format!("{} dbname={db}", dsn(cluster))],
+    );
     file
 }
 
 /// Restores a dump into a new database `name` of `cluster` (stopping at the first error).
 pub fn pg_restore(cluster: &str, dump: &str, name: &str) {
-    let mut admin = connect(cluster, "postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    let conninfo = format!("{} dbname={name}", dsn(cluster));
-    let st = std::process::Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &pg_bin("pg_restore"),
+    recreate_db(cluster, name);
+    run_pg_tool(
+        "pg_restore",
+        &[
             "--exit-on-error",
             "-d",
-            &conninfo,
+            &format!("{} dbname={name}", dsn(cluster)),
             dump,
-        ])
-        .status()
-        .expect("pg_restore runs");
-    assert!(st.success(), "pg_restore into {cluster}/{name} failed");
+        ],
+    );
 }
