@@ -1,10 +1,14 @@
-//! Encrypting and decrypting fields of a JSON document in place.
+//! Encrypting and decrypting fields of a jsonb document, working on its binary form: selected values are
+//! replaced, everything else is copied byte for byte.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::envelope::{looks_like_envelope, seal, Envelope, Scratch, SealKey};
+use crate::envelope::{looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
 use crate::error::{Error, ErrorKind, Result};
-use crate::path::{FieldPath, Location, Step};
-use serde_json::Value;
+use crate::jsonb::{
+    copy_value, new_datum_buffer, parse_json, set_varlena_header, too_deep, write_json, write_string, Container,
+    ContainerWriter, Document, EntryType, Parsed, Value, MAX_DEPTH, T_CONTAINER, T_NULL,
+};
+use crate::path::{FieldPath, Location, Selector, SelectorNode, Step};
 use std::rc::Rc;
 
 /// Checks a context argument: NULL means "no context"; an empty string is refused because it almost always
@@ -18,23 +22,19 @@ pub fn check_context(context: Option<&str>) -> Result<Option<&[u8]>> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
+/// Whether a string is an envelope that belongs where it is (structurally; authentication happens on decryption).
+fn is_envelope_at(s: &[u8], loc: &Location) -> bool {
+    looks_like_envelope(s) && std::str::from_utf8(s).is_ok_and(|t| Envelope::parse(t, loc).is_ok())
 }
 
-/// Encrypts values one at a time with fresh nonces, reusing buffers.
+/// Encrypts values one at a time with fresh nonces, reusing its buffers.
 pub struct Encryptor<'a> {
     key: SealKey<'a>,
     context: Option<&'a [u8]>,
     scratch: Scratch,
     plaintext: Vec<u8>,
+    loc: Location,
+    count: usize,
 }
 
 impl<'a> Encryptor<'a> {
@@ -48,107 +48,181 @@ impl<'a> Encryptor<'a> {
             context,
             scratch: Scratch::default(),
             plaintext: Vec::new(),
+            loc: Location::root(),
+            count: 0,
         }
     }
 
-    fn seal_value(&mut self, v: &Value, loc: &Location, nonce: &[u8; NONCE_LEN]) -> Result<String> {
+    /// Appends the envelope of `v` (bound to the current location) to `out`.
+    fn seal_value(&mut self, v: &Value<'_>, out: &mut Vec<u8>) -> Result<()> {
         self.plaintext.clear();
-        serde_json::to_writer(&mut self.plaintext, v).expect("serialising a JSON value into memory cannot fail");
-        seal(&self.key, loc, self.context, &self.plaintext, nonce, &mut self.scratch)
+        write_json(v, &mut self.plaintext, 0)?;
+        let nonce: [u8; NONCE_LEN] = crate::random::nonce()?;
+        seal_into(
+            &self.key,
+            &self.loc,
+            self.context,
+            &self.plaintext,
+            &nonce,
+            &mut self.scratch,
+            out,
+        )?;
+        self.count += 1;
+        Ok(())
     }
 
-    /// Encrypts a single value bound to the document root (`encrypt_value`).
-    pub fn encrypt_value(&mut self, v: &Value) -> Result<String> {
-        let nonce = crate::random::nonce()?;
-        self.seal_value(v, &Location::root(), &nonce)
+    /// Encrypts a single value bound to the document root (`encrypt_value`); returns the envelope text.
+    pub fn encrypt_value(&mut self, v: &Value<'_>) -> Result<String> {
+        let mut out = Vec::new();
+        self.loc = Location::root();
+        self.seal_value(v, &mut out)?;
+        Ok(String::from_utf8(out).expect("an envelope is ASCII"))
     }
 
-    /// Encrypts every field that the paths select. Absent paths are skipped; values that already are envelopes
-    /// are left as they are. Returns the number of values encrypted.
-    pub fn encrypt_fields(&mut self, doc: &mut Value, paths: &[FieldPath]) -> Result<usize> {
-        if !matches!(doc, Value::Object(_) | Value::Array(_)) {
+    /// Encrypts every field that the selector selects, writing the new document (a datum with its header) into
+    /// `out`. Absent fields are skipped; values that already are envelopes are left as they are. Returns the
+    /// number of values encrypted; when it is 0, `out` is not written and the document can be kept as it is.
+    pub fn encrypt_document(&mut self, doc: &Document<'_>, selector: &Selector, out: &mut Vec<u8>) -> Result<usize> {
+        let root = doc.root();
+        if root.is_scalar() {
             return Err(Error::invalid_argument(format!(
                 "payload must be a JSON object or array, not a {}",
-                type_name(doc)
+                doc.value()?.type_name()
             ))
             .with_hint("Use event_crypto.encrypt_value() to encrypt a single value."));
         }
-        let mut count = 0;
-        let mut loc = Location::root();
-        for p in paths {
-            self.walk(doc, p.steps(), &mut loc, &mut count)?;
+        if !needs_encryption(doc, selector)? {
+            return Ok(0);
         }
-        Ok(count)
+        self.count = 0;
+        self.loc = Location::root();
+        new_datum_buffer(out);
+        self.rewrite(root, selector.root(), out, 0)?;
+        set_varlena_header(out)?;
+        Ok(self.count)
     }
 
-    fn walk(&mut self, v: &mut Value, steps: &[Step], loc: &mut Location, count: &mut usize) -> Result<()> {
-        let Some((step, rest)) = steps.split_first() else {
-            if let Value::String(s) = v {
-                if looks_like_envelope(s) && Envelope::parse(s, loc).is_ok() {
-                    return Ok(());
-                }
+    fn rewrite(&mut self, c: Container<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        if c.is_object() {
+            let mut w = ContainerWriter::object(out, c.len())?;
+            for k in c.keys() {
+                let ty = write_string(out, k?);
+                w.done(out, ty)?;
             }
-            let nonce = crate::random::nonce()?;
-            *v = Value::String(self.seal_value(v, loc, &nonce)?);
-            *count += 1;
-            return Ok(());
-        };
-        match (step, v) {
-            (Step::Key(k), Value::Object(map)) => {
-                if let Some(child) = map.get_mut(k.as_str()) {
-                    let mark = loc.push_key(k);
-                    self.walk(child, rest, loc, count)?;
-                    loc.truncate(mark);
-                }
+            for pair in c.pairs() {
+                let (k, v) = pair?;
+                let ty = match node.key(k) {
+                    Some(n) => {
+                        let mark = self.loc.push_key_bytes(k);
+                        let ty = self.child(v, n, out, depth);
+                        self.loc.truncate(mark);
+                        ty?
+                    }
+                    None => copy_value(out, &v)?,
+                };
+                w.done(out, ty)?;
             }
-            (Step::Index(i), Value::Array(items)) => {
-                if let Some(child) = items.get_mut(*i) {
-                    let mark = loc.push_index(*i);
-                    self.walk(child, rest, loc, count)?;
-                    loc.truncate(mark);
-                }
+        } else {
+            let mut w = ContainerWriter::array(out, c.len())?;
+            for (i, e) in c.elements().enumerate() {
+                let v = e?;
+                let ty = match node.index(i) {
+                    Some(n) => {
+                        let mark = self.loc.push_index(i);
+                        let ty = self.child(v, n, out, depth);
+                        self.loc.truncate(mark);
+                        ty?
+                    }
+                    None => copy_value(out, &v)?,
+                };
+                w.done(out, ty)?;
             }
-            (Step::Wildcard, Value::Array(items)) => {
-                for (i, child) in items.iter_mut().enumerate() {
-                    let mark = loc.push_index(i);
-                    self.walk(child, rest, loc, count)?;
-                    loc.truncate(mark);
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
-}
 
-/// Whether any field the paths select still holds plaintext (a value that is not an envelope). Lets a caller
-/// skip resolving a key for documents that are already fully encrypted (replays, restores, unrelated UPDATEs).
-pub fn needs_encryption(doc: &Value, paths: &[FieldPath]) -> bool {
-    fn walk(v: &Value, steps: &[Step]) -> bool {
-        let Some((step, rest)) = steps.split_first() else {
-            return !matches!(v, Value::String(s) if looks_like_envelope(s));
-        };
-        match (step, v) {
-            (Step::Key(k), Value::Object(map)) => map.get(k.as_str()).is_some_and(|c| walk(c, rest)),
-            (Step::Index(i), Value::Array(items)) => items.get(*i).is_some_and(|c| walk(c, rest)),
-            (Step::Wildcard, Value::Array(items)) => items.iter().any(|c| walk(c, rest)),
-            _ => false,
+    fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
+        if node.is_selected() {
+            if let Value::String(s) = v {
+                if is_envelope_at(s, &self.loc) {
+                    return Ok(write_string(out, s));
+                }
+            }
+            self.seal_value(&v, out)?;
+            return Ok(crate::jsonb::T_STRING);
+        }
+        match v {
+            Value::Object(c) | Value::Array(c) if node.has_children() => {
+                self.rewrite(c, node, out, depth + 1)?;
+                Ok(T_CONTAINER)
+            }
+            other => copy_value(out, &other),
         }
     }
-    paths.iter().any(|p| walk(doc, p.steps()))
+}
+
+/// Whether any field the selector selects still holds plaintext (a value that is not an envelope). Lets a caller
+/// skip resolving a key for documents that are already fully encrypted (replays, restores, unrelated UPDATEs).
+pub fn needs_encryption(doc: &Document<'_>, selector: &Selector) -> Result<bool> {
+    fn walk(v: Value<'_>, n: &SelectorNode, depth: usize) -> Result<bool> {
+        if n.is_selected() {
+            return Ok(!matches!(v, Value::String(s) if looks_like_envelope(s)));
+        }
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        match v {
+            Value::Object(c) => {
+                for (k, child) in n.keys() {
+                    if let Some(x) = c.get(k.as_bytes())? {
+                        if walk(x, child, depth + 1)? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            Value::Array(c) => {
+                for (i, e) in c.elements().enumerate() {
+                    if let Some(child) = n.index(i) {
+                        if walk(e?, child, depth + 1)? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+    let root = doc.root();
+    if root.is_scalar() {
+        return Ok(false);
+    }
+    walk(doc.value()?, selector.root(), 0)
 }
 
 /// The single value a wildcard-free path selects, if present.
-pub fn value_at<'v>(doc: &'v Value, path: &FieldPath) -> Option<&'v Value> {
-    let mut v = doc;
-    for step in path.steps() {
-        v = match (step, v) {
-            (Step::Key(k), Value::Object(map)) => map.get(k.as_str())?,
-            (Step::Index(i), Value::Array(items)) => items.get(*i)?,
-            _ => return None,
-        };
+pub fn value_at<'v>(doc: &Document<'v>, path: &FieldPath) -> Result<Option<Value<'v>>> {
+    if doc.root().is_scalar() {
+        return Ok(None);
     }
-    Some(v)
+    let mut v = doc.value()?;
+    for step in path.steps() {
+        let next = match (step, v) {
+            (Step::Key(k), Value::Object(c)) => c.get(k.as_bytes())?,
+            (Step::Index(i), Value::Array(c)) => c.index(*i)?,
+            _ => None,
+        };
+        match next {
+            Some(n) => v = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(v))
 }
 
 /// What decryption does with a value whose key was shredded.
@@ -194,6 +268,7 @@ pub struct Decryptor<'a, K: KeySource> {
     context: Option<&'a [u8]>,
     on_shredded: OnShredded,
     aad: Vec<u8>,
+    loc: Location,
     pub decrypted: usize,
     pub shredded: usize,
 }
@@ -205,13 +280,17 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             context,
             on_shredded,
             aad: Vec::new(),
+            loc: Location::root(),
             decrypted: 0,
             shredded: 0,
         }
     }
 
-    /// Decrypts one envelope text at `loc`; `Ok(None)` when the key is shredded and the policy keeps or nulls it.
-    fn open(&mut self, text: &str, loc: &Location) -> Result<Option<Value>> {
+    /// Decrypts one envelope text at the current location; `Ok(None)` when the key is shredded and the policy
+    /// keeps or nulls it.
+    fn open(&mut self, text: &[u8]) -> Result<Option<Parsed>> {
+        let loc = &self.loc;
+        let text = std::str::from_utf8(text).map_err(|_| Error::malformed(&loc.display(), "the value is not UTF-8"))?;
         let env = Envelope::parse(text, loc)?;
         let cipher = match self.keys.decryption_key(&env.key_id, env.key_version)? {
             KeyLookup::Found(c) => c,
@@ -224,53 +303,94 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             }
         };
         let pt = env.open(&cipher, loc, self.context, &mut self.aad)?;
-        let v: Value = serde_json::from_slice(&pt).map_err(|_| {
+        let v = parse_json(&pt).map_err(|_| {
             Error::new(ErrorKind::MalformedEnvelope, "decrypted value is not JSON")
-                .with_detail("the envelope authenticated but its content is not a JSON value")
+                .with_detail("the envelope authenticated but its content is not a JSON value jsonb can hold")
         })?;
         self.decrypted += 1;
         Ok(Some(v))
     }
 
     /// Decrypts a single value encrypted by `encrypt_value` (bound to the root location).
-    pub fn decrypt_value(&mut self, text: &str) -> Result<Option<Value>> {
-        match self.open(text, &Location::root())? {
+    pub fn decrypt_value(&mut self, text: &str) -> Result<Option<Parsed>> {
+        self.loc = Location::root();
+        match self.open(text.as_bytes())? {
             Some(v) => Ok(Some(v)),
-            None if self.on_shredded == OnShredded::Keep => Ok(Some(Value::String(text.to_string()))),
+            None if self.on_shredded == OnShredded::Keep => Ok(Some(Parsed::String(text.as_bytes().to_vec()))),
             None => Ok(None),
         }
     }
 
-    pub fn decrypt_document(&mut self, doc: &mut Value) -> Result<()> {
-        let mut loc = Location::root();
-        self.walk(doc, &mut loc)
+    /// Writes the document with every envelope decrypted into `out` (a datum with its header). Returns false,
+    /// leaving `out` unspecified, when the document holds no envelope and can be kept as it is.
+    pub fn decrypt_document(&mut self, doc: &Document<'_>, out: &mut Vec<u8>) -> Result<bool> {
+        self.loc = Location::root();
+        let (before_d, before_s) = (self.decrypted, self.shredded);
+        let root = doc.root();
+        if root.is_scalar() {
+            let Value::String(s) = doc.value()? else {
+                return Ok(false);
+            };
+            if !looks_like_envelope(s) {
+                return Ok(false);
+            }
+            match self.open(s)? {
+                Some(v) => v.write_document(out)?,
+                None if self.on_shredded == OnShredded::Null => Parsed::Null.write_document(out)?,
+                None => return Ok(false),
+            }
+            return Ok(true);
+        }
+        new_datum_buffer(out);
+        self.rewrite(root, out, 0)?;
+        if (self.decrypted, self.shredded) == (before_d, before_s) {
+            return Ok(false);
+        }
+        set_varlena_header(out)?;
+        Ok(true)
     }
 
-    fn walk(&mut self, v: &mut Value, loc: &mut Location) -> Result<()> {
-        match v {
-            Value::String(s) if looks_like_envelope(s) => {
-                if let Some(plain) = self.open(s, loc)? {
-                    *v = plain;
-                } else if self.on_shredded == OnShredded::Null {
-                    *v = Value::Null;
-                }
+    fn rewrite(&mut self, c: Container<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        if c.is_object() {
+            let mut w = ContainerWriter::object(out, c.len())?;
+            for k in c.keys() {
+                let ty = write_string(out, k?);
+                w.done(out, ty)?;
             }
-            Value::Object(map) => {
-                for (k, child) in map.iter_mut() {
-                    let mark = loc.push_key(k);
-                    self.walk(child, loc)?;
-                    loc.truncate(mark);
-                }
+            for pair in c.pairs() {
+                let (k, v) = pair?;
+                let mark = self.loc.push_key_bytes(k);
+                let ty = self.child(v, out, depth);
+                self.loc.truncate(mark);
+                w.done(out, ty?)?;
             }
-            Value::Array(items) => {
-                for (i, child) in items.iter_mut().enumerate() {
-                    let mark = loc.push_index(i);
-                    self.walk(child, loc)?;
-                    loc.truncate(mark);
-                }
+        } else {
+            let mut w = ContainerWriter::array(out, c.len())?;
+            for (i, e) in c.elements().enumerate() {
+                let mark = self.loc.push_index(i);
+                let ty = self.child(e?, out, depth);
+                self.loc.truncate(mark);
+                w.done(out, ty?)?;
             }
-            _ => {}
         }
         Ok(())
+    }
+
+    fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
+        match v {
+            Value::String(s) if looks_like_envelope(s) => match self.open(s)? {
+                Some(plain) => plain.write(out, depth + 1),
+                None if self.on_shredded == OnShredded::Null => Ok(T_NULL),
+                None => Ok(write_string(out, s)),
+            },
+            Value::Object(c) | Value::Array(c) => {
+                self.rewrite(c, out, depth + 1)?;
+                Ok(T_CONTAINER)
+            }
+            other => copy_value(out, &other),
+        }
     }
 }

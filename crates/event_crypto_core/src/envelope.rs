@@ -39,8 +39,8 @@ pub struct Envelope {
 
 /// Whether a string claims to be an envelope of any version (`$ec<digits>$`); such strings are never treated as
 /// plaintext: they must parse, or decryption fails closed.
-pub fn looks_like_envelope(s: &str) -> bool {
-    let b = s.as_bytes();
+pub fn looks_like_envelope(s: impl AsRef<[u8]>) -> bool {
+    let b = s.as_ref();
     if b.len() < 5 || &b[..3] != b"$ec" {
         return false;
     }
@@ -108,6 +108,21 @@ pub fn seal(
     nonce: &[u8; NONCE_LEN],
     scratch: &mut Scratch,
 ) -> Result<String> {
+    let mut out = Vec::new();
+    seal_into(key, location, context, plaintext, nonce, scratch, &mut out)?;
+    Ok(String::from_utf8(out).expect("an envelope is ASCII"))
+}
+
+/// [`seal`], appending the envelope text to `out` (no allocation once the buffers have grown).
+pub fn seal_into(
+    key: &SealKey<'_>,
+    location: &Location,
+    context: Option<&[u8]>,
+    plaintext: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     check_key_id(key.key_id)?;
     let blob_len = FIXED_OVERHEAD + key.key_id.len() + plaintext.len();
     let text_len = PREFIX.len() + blob_len.div_ceil(3) * 4;
@@ -129,59 +144,63 @@ pub fn seal(
     blob.extend_from_slice(plaintext);
     let tag = key.cipher.seal_in_place(nonce, &scratch.aad, &mut blob[ct_start..]);
     blob.extend_from_slice(&tag);
-    let mut text = String::with_capacity(text_len);
-    text.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(&blob[..], &mut text);
-    Ok(text)
+    out.extend_from_slice(PREFIX.as_bytes());
+    let start = out.len();
+    out.resize(start + base64::encoded_len(blob.len(), false).expect("bounded above"), 0);
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(&blob[..], &mut out[start..])
+        .expect("the buffer has the encoded length");
+    out.truncate(start + written);
+    Ok(())
 }
 
 impl Envelope {
     /// Parses the text form. `location` is only used in error messages.
     pub fn parse(text: &str, location: &Location) -> Result<Envelope> {
-        let path = location.display();
+        let bad = |reason: &str| Error::malformed(&location.display(), reason);
         let Some(b64) = text.strip_prefix(PREFIX) else {
             if looks_like_envelope(text) {
                 let v: String = text[3..].chars().take_while(|c| c.is_ascii_digit()).take(9).collect();
                 return Err(Error::new(
                     ErrorKind::UnsupportedVersion,
-                    format!("unsupported envelope format version {v} at {}", display_path(&path)),
+                    format!("unsupported envelope format version {v} at {}", display_path(&location.display())),
                 )
                 .with_hint(format!(
                     "This build reads envelope format version {FORMAT_VERSION}; upgrade event_crypto."
                 )));
             }
-            return Err(Error::malformed(&path, "the value does not start with $ec1$"));
+            return Err(bad("the value does not start with $ec1$"));
         };
         let blob = URL_SAFE_NO_PAD
             .decode(b64)
-            .map_err(|_| Error::malformed(&path, "the body is not canonical unpadded base64url"))?;
+            .map_err(|_| bad("the body is not canonical unpadded base64url"))?;
         if blob.len() < 3 {
-            return Err(Error::malformed(&path, "the envelope is truncated"));
+            return Err(bad("the envelope is truncated"));
         }
         let algorithm =
-            Algorithm::from_code(blob[0]).ok_or_else(|| Error::malformed(&path, "the algorithm code is unknown"))?;
+            Algorithm::from_code(blob[0]).ok_or_else(|| bad("the algorithm code is unknown"))?;
         let flags = blob[1];
         if flags & !FLAG_CONTEXT != 0 {
-            return Err(Error::malformed(&path, "reserved flag bits are set"));
+            return Err(bad("reserved flag bits are set"));
         }
         let kid_len = blob[2] as usize;
         if kid_len == 0 {
-            return Err(Error::malformed(&path, "the key id is empty"));
+            return Err(bad("the key id is empty"));
         }
         let header_len = 3 + kid_len + 4;
         if blob.len() < header_len + NONCE_LEN + TAG_LEN {
-            return Err(Error::malformed(&path, "the envelope is truncated"));
+            return Err(bad("the envelope is truncated"));
         }
         let key_id = std::str::from_utf8(&blob[3..3 + kid_len])
-            .map_err(|_| Error::malformed(&path, "the key id is not UTF-8"))?
+            .map_err(|_| bad("the key id is not UTF-8"))?
             .to_string();
         if key_id.chars().any(char::is_control) {
-            return Err(Error::malformed(&path, "the key id contains control characters"));
+            return Err(bad("the key id contains control characters"));
         }
         let v = &blob[3 + kid_len..header_len];
         let key_version = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
         if key_version == 0 {
-            return Err(Error::malformed(&path, "the key version is 0"));
+            return Err(bad("the key version is 0"));
         }
         Ok(Envelope {
             algorithm,

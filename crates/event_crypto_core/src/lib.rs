@@ -14,6 +14,7 @@ pub mod blind;
 pub mod document;
 pub mod envelope;
 pub mod error;
+pub mod jsonb;
 pub mod master;
 pub mod path;
 pub mod random;

@@ -157,6 +157,129 @@ fn parse_key(text: &str, start: usize) -> Result<(String, usize)> {
 
 /// The concrete location of a field while walking a document, kept in its associated-data encoding:
 /// per step `0x01 u32be(len) key-bytes` or `0x02 u32be(index)`. The root location is empty.
+/// A set of patterns compiled into a tree, so a document is walked once however many patterns there are.
+///
+/// A node is *selected* when a pattern ends there; a selected node's whole value is encrypted as one, so a
+/// pattern below it (`address` and `address.street`) adds nothing. An index step (`items[0]`) also receives
+/// everything a wildcard step (`items[*]`) at the same place selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    root: SelectorNode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectorNode {
+    selected: bool,
+    keys: Vec<(String, SelectorNode)>,
+    indexes: Vec<(usize, SelectorNode)>,
+    wildcard: Option<Box<SelectorNode>>,
+}
+
+impl SelectorNode {
+    pub fn is_selected(&self) -> bool {
+        self.selected
+    }
+    /// The node for an object member.
+    pub fn key(&self, key: &[u8]) -> Option<&SelectorNode> {
+        self.keys.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, n)| n)
+    }
+    /// The node for an array element.
+    pub fn index(&self, i: usize) -> Option<&SelectorNode> {
+        self.indexes
+            .iter()
+            .find(|(n, _)| *n == i)
+            .map(|(_, n)| n)
+            .or(self.wildcard.as_deref())
+    }
+    /// The object members the node looks into.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &SelectorNode)> {
+        self.keys.iter().map(|(k, n)| (k.as_str(), n))
+    }
+    /// Whether the node looks into arrays or objects at all.
+    pub fn has_children(&self) -> bool {
+        !self.keys.is_empty() || !self.indexes.is_empty() || self.wildcard.is_some()
+    }
+
+    fn insert(&mut self, steps: &[Step]) {
+        let Some((step, rest)) = steps.split_first() else {
+            self.selected = true;
+            return;
+        };
+        let child = match step {
+            Step::Key(k) => match self.keys.iter().position(|(x, _)| x == k) {
+                Some(p) => &mut self.keys[p].1,
+                None => {
+                    self.keys.push((k.clone(), SelectorNode::default()));
+                    &mut self.keys.last_mut().expect("just pushed").1
+                }
+            },
+            Step::Index(i) => match self.indexes.iter().position(|(x, _)| x == i) {
+                Some(p) => &mut self.indexes[p].1,
+                None => {
+                    self.indexes.push((*i, SelectorNode::default()));
+                    &mut self.indexes.last_mut().expect("just pushed").1
+                }
+            },
+            Step::Wildcard => self.wildcard.get_or_insert_with(Default::default),
+        };
+        child.insert(rest);
+    }
+
+    fn merge(&mut self, other: &SelectorNode) {
+        self.selected |= other.selected;
+        for (k, n) in &other.keys {
+            match self.keys.iter_mut().find(|(x, _)| x == k) {
+                Some((_, mine)) => mine.merge(n),
+                None => self.keys.push((k.clone(), n.clone())),
+            }
+        }
+        for (i, n) in &other.indexes {
+            match self.indexes.iter_mut().find(|(x, _)| x == i) {
+                Some((_, mine)) => mine.merge(n),
+                None => self.indexes.push((*i, n.clone())),
+            }
+        }
+        if let Some(w) = &other.wildcard {
+            self.wildcard.get_or_insert_with(Default::default).merge(w);
+        }
+    }
+
+    /// Folds the wildcard's subtree into each explicit index, then does the same below.
+    fn normalize(&mut self) {
+        if let Some(w) = self.wildcard.as_deref().cloned() {
+            for (_, n) in self.indexes.iter_mut() {
+                n.merge(&w);
+            }
+        }
+        if self.selected {
+            // the whole value is encrypted: nothing below matters
+            self.keys.clear();
+            self.indexes.clear();
+            self.wildcard = None;
+        }
+        for n in self.keys.iter_mut().map(|(_, n)| n).chain(self.indexes.iter_mut().map(|(_, n)| n)) {
+            n.normalize();
+        }
+        if let Some(w) = self.wildcard.as_deref_mut() {
+            w.normalize();
+        }
+    }
+}
+
+impl Selector {
+    pub fn new(paths: &[FieldPath]) -> Selector {
+        let mut root = SelectorNode::default();
+        for p in paths {
+            root.insert(p.steps());
+        }
+        root.normalize();
+        Selector { root }
+    }
+    pub fn root(&self) -> &SelectorNode {
+        &self.root
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Location {
     enc: Vec<u8>,
@@ -168,10 +291,13 @@ impl Location {
     }
     /// Appends a step and returns the length to truncate back to.
     pub fn push_key(&mut self, key: &str) -> usize {
+        self.push_key_bytes(key.as_bytes())
+    }
+    pub fn push_key_bytes(&mut self, key: &[u8]) -> usize {
         let mark = self.enc.len();
         self.enc.push(0x01);
         self.enc.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        self.enc.extend_from_slice(key.as_bytes());
+        self.enc.extend_from_slice(key);
         mark
     }
     pub fn push_index(&mut self, index: usize) -> usize {

@@ -5,10 +5,50 @@ use event_crypto_core::document::{
     check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
 };
 use event_crypto_core::envelope::{looks_like_envelope, Envelope};
-use event_crypto_core::path::{FieldPath, Location};
+use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
+use event_crypto_core::path::{FieldPath, Location, Selector};
 use event_crypto_core::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
 use std::rc::Rc;
+
+// The documents are written as serde_json values for readability and converted to and from binary jsonb (the
+// form the core works on) through the core's own JSON text conversion.
+
+fn bin(v: &Value) -> Vec<u8> {
+    from_json_text(&v.to_string()).unwrap()
+}
+
+fn val(datum: &[u8]) -> Value {
+    serde_json::from_str(&to_json_text(datum).unwrap()).unwrap()
+}
+
+/// Encrypts the fields of `doc` in place; returns how many were encrypted.
+fn encrypt_fields(e: &mut Encryptor<'_>, doc: &mut Value, paths: &[FieldPath]) -> Result<usize> {
+    let b = bin(doc);
+    let d = Document::from_datum(&b)?;
+    let mut out = Vec::new();
+    let n = e.encrypt_document(&d, &Selector::new(paths), &mut out)?;
+    if n > 0 {
+        *doc = val(&out);
+    }
+    Ok(n)
+}
+
+/// Decrypts `doc` in place.
+fn decrypt_document<K: KeySource>(d: &mut Decryptor<'_, K>, doc: &mut Value) -> Result<()> {
+    let b = bin(doc);
+    let parsed = Document::from_datum(&b)?;
+    let mut out = Vec::new();
+    if d.decrypt_document(&parsed, &mut out)? {
+        *doc = val(&out);
+    }
+    Ok(())
+}
+
+fn needs(doc: &Value, paths: &[FieldPath]) -> bool {
+    let b = bin(doc);
+    needs_encryption(&Document::from_datum(&b).unwrap(), &Selector::new(paths)).unwrap()
+}
 
 struct Keys {
     cipher: Rc<Cipher>,
@@ -64,8 +104,7 @@ const ALL: &[&str] = &[
 
 fn encrypt(alg: Algorithm, doc: &mut Value, ctx: Option<&[u8]>) -> (Rc<Cipher>, usize) {
     let c = Rc::new(Cipher::new(alg, &[3u8; 32]));
-    let n = Encryptor::new(&c, "k", 1, ctx)
-        .encrypt_fields(doc, &paths(ALL))
+    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, ctx), doc, &paths(ALL))
         .unwrap();
     (c, n)
 }
@@ -108,7 +147,7 @@ fn every_type_round_trips_under_both_algorithms() {
                 shredded: false,
             };
             let mut d = Decryptor::new(&mut keys, ctx, OnShredded::Error);
-            d.decrypt_document(&mut doc).unwrap();
+            decrypt_document(&mut d, &mut doc).unwrap();
             assert_eq!(d.decrypted, 14);
             assert_eq!(doc, original);
             assert_eq!(doc["n"].to_string(), "12.50", "numbers keep their exact text");
@@ -121,13 +160,11 @@ fn same_value_twice_differs_and_no_double_encryption() {
     let mut a = json!({"email": "a@x.io"});
     let mut b = a.clone();
     let (c, _) = encrypt(Algorithm::Aes256Gcm, &mut a, None);
-    Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut b, &paths(&["email"]))
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut b, &paths(&["email"]))
         .unwrap();
     assert_ne!(a["email"], b["email"]);
     let before = a.clone();
-    let n = Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut a, &paths(&["email", "email"]))
+    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut a, &paths(&["email", "email"]))
         .unwrap();
     assert_eq!(n, 0);
     assert_eq!(a, before, "an envelope is never encrypted again");
@@ -137,8 +174,7 @@ fn same_value_twice_differs_and_no_double_encryption() {
 fn encrypting_a_parent_then_child_does_not_double_encrypt() {
     let mut doc = json!({"address": {"street": "x"}});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
-    let n = Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut doc, &paths(&["address", "address.street"]))
+    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["address", "address.street"]))
         .unwrap();
     assert_eq!(n, 1);
 }
@@ -154,22 +190,19 @@ fn shredded_policies() {
     };
 
     let mut doc = enc.clone();
-    Decryptor::new(&mut keys, None, OnShredded::Null)
-        .decrypt_document(&mut doc)
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
         .unwrap();
     assert_eq!(doc["email"], Value::Null);
     assert_eq!(doc["items"][0]["card"], Value::Null);
     assert_eq!(doc["address"]["city"], json!("Springfield"), "other fields are intact");
 
     let mut doc = enc.clone();
-    Decryptor::new(&mut keys, None, OnShredded::Keep)
-        .decrypt_document(&mut doc)
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Keep), &mut doc)
         .unwrap();
     assert_eq!(doc, enc);
 
     let mut doc = enc.clone();
-    let e = Decryptor::new(&mut keys, None, OnShredded::Error)
-        .decrypt_document(&mut doc)
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut doc)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::KeyShredded);
     assert!(OnShredded::parse("drop").is_err());
@@ -179,8 +212,7 @@ fn shredded_policies() {
 fn moving_an_envelope_between_fields_fails() {
     let mut doc = json!({"email": "a@x.io", "phone": "555", "list": ["x", "y"]});
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]));
-    Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut doc, &paths(&["email", "phone", "list[*]"]))
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email", "phone", "list[*]"]))
         .unwrap();
     let mut keys = Keys {
         cipher: c,
@@ -188,15 +220,13 @@ fn moving_an_envelope_between_fields_fails() {
     };
     let mut swapped = doc.clone();
     swapped["email"] = doc["phone"].clone();
-    let e = Decryptor::new(&mut keys, None, OnShredded::Error)
-        .decrypt_document(&mut swapped)
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut swapped)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
     assert!(!e.to_string().contains("555"));
     let mut reordered = doc.clone();
     reordered["list"] = json!([doc["list"][1], doc["list"][0]]);
-    let e = Decryptor::new(&mut keys, None, OnShredded::Error)
-        .decrypt_document(&mut reordered)
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut reordered)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
 }
@@ -206,15 +236,13 @@ fn non_container_payloads_and_contexts() {
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     for v in [json!("a string"), json!(1), json!(null), json!(true)] {
         let mut d = v.clone();
-        let e = Encryptor::new(&c, "k", 1, None)
-            .encrypt_fields(&mut d, &paths(&["x"]))
+        let e = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut d, &paths(&["x"]))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
     let mut arr = json!([{"email": "a"}, {"email": "b"}]);
     assert_eq!(
-        Encryptor::new(&c, "k", 1, None)
-            .encrypt_fields(&mut arr, &paths(&["[*].email"]))
+        encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut arr, &paths(&["[*].email"]))
             .unwrap(),
         2
     );
@@ -225,8 +253,9 @@ fn non_container_payloads_and_contexts() {
 #[test]
 fn single_values_are_bound_to_the_root() {
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]));
+    let x = bin(&json!({"x": [1, 2]}));
     let text = Encryptor::new(&c, "k", 1, Some(b"ctx"))
-        .encrypt_value(&json!({"x": [1, 2]}))
+        .encrypt_value(&Document::from_datum(&x).unwrap().value().unwrap())
         .unwrap();
     let mut keys = Keys {
         cipher: c.clone(),
@@ -234,20 +263,21 @@ fn single_values_are_bound_to_the_root() {
     };
     let v = Decryptor::new(&mut keys, Some(b"ctx"), OnShredded::Error)
         .decrypt_value(&text)
+        .unwrap()
         .unwrap();
-    assert_eq!(v, Some(json!({"x": [1, 2]})));
+    let mut out = Vec::new();
+    v.write_document(&mut out).unwrap();
+    assert_eq!(val(&out), json!({"x": [1, 2]}));
     // A field envelope is not a single value, and vice versa.
     let mut doc = json!({"email": "a"});
-    Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut doc, &paths(&["email"]))
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email"]))
         .unwrap();
     let e = Decryptor::new(&mut keys, None, OnShredded::Error)
         .decrypt_value(doc["email"].as_str().unwrap())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
     let mut moved = json!({"email": text});
-    let e = Decryptor::new(&mut keys, Some(b"ctx"), OnShredded::Error)
-        .decrypt_document(&mut moved)
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, Some(b"ctx"), OnShredded::Error), &mut moved)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
 }
@@ -261,16 +291,14 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
     for fake in ["$ec1$", "$ec1$not-base64!", "$ec9$AAAA", "$ec1$AQAA"] {
         let mut doc = json!({ "x": fake });
         assert!(
-            Decryptor::new(&mut keys, None, OnShredded::Null)
-                .decrypt_document(&mut doc)
+            decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
                 .is_err(),
             "{fake}"
         );
     }
     let mut doc = json!({"x": "$ec is just text", "y": "$ecx$"});
     let before = doc.clone();
-    Decryptor::new(&mut keys, None, OnShredded::Null)
-        .decrypt_document(&mut doc)
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
         .unwrap();
     assert_eq!(doc, before);
     assert!(Envelope::parse("$ec1$", &Location::root()).is_err());
@@ -280,15 +308,13 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
 fn unknown_keys_are_errors() {
     let mut doc = json!({"email": "a"});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
-    Encryptor::new(&c, "other", 1, None)
-        .encrypt_fields(&mut doc, &paths(&["email"]))
+    encrypt_fields(&mut Encryptor::new(&c, "other", 1, None), &mut doc, &paths(&["email"]))
         .unwrap();
     let mut keys = Keys {
         cipher: Rc::new(c),
         shredded: false,
     };
-    let e = Decryptor::new(&mut keys, None, OnShredded::Null)
-        .decrypt_document(&mut doc)
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnknownKey);
     assert!(e.message().contains("\"other\""));
@@ -299,28 +325,42 @@ fn needs_encryption_sees_only_plaintext_at_selected_paths() {
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     let mut doc = json!({"email": "a", "items": [{"card": "1"}, {"card": "2"}], "other": "x"});
     let p = paths(&["email", "items[*].card", "missing"]);
-    assert!(needs_encryption(&doc, &p));
-    Encryptor::new(&c, "k", 1, None)
-        .encrypt_fields(&mut doc, &paths(&["email", "items[0].card"]))
+    assert!(needs(&doc, &p));
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email", "items[0].card"]))
         .unwrap();
-    assert!(needs_encryption(&doc, &p), "items[1].card is still plaintext");
-    Encryptor::new(&c, "k", 1, None).encrypt_fields(&mut doc, &p).unwrap();
-    assert!(!needs_encryption(&doc, &p));
-    assert!(!needs_encryption(&json!({"x": 1}), &p));
+    assert!(needs(&doc, &p), "items[1].card is still plaintext");
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &p).unwrap();
+    assert!(!needs(&doc, &p));
+    assert!(!needs(&json!({"x": 1}), &p));
     assert!(
-        needs_encryption(&json!({"email": null}), &p),
+        needs(&json!({"email": null}), &p),
         "JSON null is a value to encrypt"
     );
 }
 
 #[test]
 fn value_at_follows_a_path() {
-    let doc = json!({"a": {"b": [10, {"c": "x"}]}});
-    assert_eq!(
-        value_at(&doc, &FieldPath::parse("a.b[1].c").unwrap()),
-        Some(&json!("x"))
-    );
-    assert_eq!(value_at(&doc, &FieldPath::parse("a.z").unwrap()), None);
-    assert_eq!(value_at(&doc, &FieldPath::parse("a.b[5]").unwrap()), None);
+    let b = bin(&json!({"a": {"b": [10, {"c": "x"}]}}));
+    let doc = Document::from_datum(&b).unwrap();
+    let at = |p: &str| value_at(&doc, &FieldPath::parse(p).unwrap()).unwrap();
+    assert!(matches!(at("a.b[1].c"), Some(event_crypto_core::jsonb::Value::String(b"x"))));
+    assert!(at("a.z").is_none());
+    assert!(at("a.b[5]").is_none());
+    assert!(at("a.b[1].c.d").is_none());
     assert!(FieldPath::parse("a[*]").unwrap().has_wildcard());
+}
+
+#[test]
+fn overlapping_patterns_encrypt_each_value_once() {
+    let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
+    let mut doc = json!({"items": [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}], "address": {"street": "s"}});
+    let n = encrypt_fields(
+        &mut Encryptor::new(&c, "k", 1, None),
+        &mut doc,
+        &paths(&["items[*].a", "items[0].b", "items[0].a", "address.street", "address"]),
+    )
+    .unwrap();
+    assert_eq!(n, 4, "items[0].a, items[0].b, items[1].a and the whole address");
+    assert!(looks_like_envelope(doc["address"].as_str().unwrap()));
+    assert_eq!(doc["items"][1]["b"], json!("4"));
 }
