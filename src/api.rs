@@ -7,7 +7,7 @@ use crate::keys::{self, CachedKeys};
 use event_crypto_core::aead::Algorithm;
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, Decryptor, Encryptor, OnShredded};
-use event_crypto_core::path::FieldPath;
+use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::Error;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -17,11 +17,11 @@ fn required<T>(v: Option<T>, name: &str) -> T {
 }
 
 thread_local! {
-    /// The last `fields` array parsed, so a scan with a constant array parses it once.
-    static PATHS: RefCell<(Vec<String>, Vec<FieldPath>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The last `fields` array compiled, so a scan with a constant array compiles it once.
+    static PATHS: RefCell<(Vec<String>, Selector)> = RefCell::new((Vec::new(), Selector::default()));
 }
 
-fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) -> R {
+fn with_selector<R>(fields: &Array<'_, &str>, f: impl FnOnce(&Selector) -> R) -> R {
     let texts: Vec<&str> = fields
         .iter()
         .map(|p| {
@@ -38,7 +38,7 @@ fn with_paths<R>(fields: &Array<'_, &str>, f: impl FnOnce(&[FieldPath]) -> R) ->
         if stale {
             // Parse first: a malformed path raises before the cache is touched.
             let paths: Vec<FieldPath> = texts.iter().map(|t| FieldPath::parse(t).or_raise()).collect();
-            *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), paths);
+            *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), Selector::new(&paths));
         }
         f(&cell.borrow().1)
     })
@@ -77,14 +77,17 @@ fn encrypt_fields(
     let fields = required(fields, "fields");
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
-    let Jsonb(mut doc) = payload?;
+    let payload = payload?;
+    let doc = payload.document();
     let entry = keys::lookup(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
-    with_paths(&fields, |paths| {
-        Encryptor::new(&cipher, key_id, version, context).encrypt_fields(&mut doc, paths)
-    })
-    .or_raise();
-    Some(Jsonb(doc))
+    let encrypted = with_selector(&fields, |selector| {
+        Jsonb::build(|out| {
+            let n = Encryptor::new(&cipher, key_id, version, context).encrypt_document(&doc, selector, out)?;
+            Ok(n > 0)
+        })
+    });
+    Some(encrypted.unwrap_or(payload))
 }
 
 /// Decrypts every envelope in the document. on_shredded: 'null' (default), 'keep' or 'error'.
@@ -96,12 +99,11 @@ fn decrypt_fields(
 ) -> Option<Jsonb> {
     let on_shredded = OnShredded::parse(required(on_shredded, "on_shredded")).or_raise();
     let context = check_context(context).or_raise();
-    let Jsonb(mut doc) = payload?;
+    let payload = payload?;
+    let doc = payload.document();
     let mut keys = CachedKeys::default();
-    Decryptor::new(&mut keys, context, on_shredded)
-        .decrypt_document(&mut doc)
-        .or_raise();
-    Some(Jsonb(doc))
+    let decrypted = Jsonb::build(|out| Decryptor::new(&mut keys, context, on_shredded).decrypt_document(&doc, out));
+    Some(decrypted.unwrap_or(payload))
 }
 
 /// Encrypts one JSON value; returns the envelope text.
@@ -113,7 +115,8 @@ fn encrypt_value(
 ) -> Option<String> {
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
-    let Jsonb(v) = value?;
+    let value = value?;
+    let v = value.document().value().or_raise();
     let entry = keys::lookup(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     Some(
@@ -134,10 +137,10 @@ fn decrypt_value(
     let context = check_context(context).or_raise();
     let text = envelope?;
     let mut keys = CachedKeys::default();
-    Decryptor::new(&mut keys, context, on_shredded)
+    let plain = Decryptor::new(&mut keys, context, on_shredded)
         .decrypt_value(text)
-        .or_raise()
-        .map(Jsonb)
+        .or_raise()?;
+    Jsonb::build(|out| plain.write_document(out).map(|()| true))
 }
 
 /// Deterministic keyed digest of a value for equality lookups; the same under every version of the key id.

@@ -12,10 +12,12 @@ use crate::keys::{self, as_catalog_owner, current_role, KeyEntry};
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, needs_encryption, value_at, Encryptor};
 use event_crypto_core::envelope::looks_like_envelope;
-use event_crypto_core::path::FieldPath;
+use event_crypto_core::jsonb::{write_json, Value as JsonbValue};
+use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::JsonB;
 use pgrx::PgTupleDesc;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -49,9 +51,9 @@ struct Config {
     table: String,
     payload: Col,
     /// Fields for every row.
-    fields: Vec<FieldPath>,
-    /// Fields for rows of a type: the common fields followed by the type's own.
-    by_type: HashMap<String, Vec<FieldPath>>,
+    fields: Selector,
+    /// Fields for rows of a type: the common fields and the type's own.
+    by_type: HashMap<String, Selector>,
     type_col: Option<Col>,
     key: KeySpec,
     context: Option<Col>,
@@ -114,7 +116,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
         String,
         Option<String>,
         Option<String>,
-        Option<Jsonb>,
+        Option<JsonB>,
         String,
     );
     type BlindRow = (String, String, String, Option<String>);
@@ -141,7 +143,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
                     r.get::<String>(5).ok().flatten().unwrap_or_default(),
                     r.get::<String>(6).ok().flatten(),
                     r.get::<String>(7).ok().flatten(),
-                    r.get::<Jsonb>(8).ok().flatten(),
+                    r.get::<JsonB>(8).ok().flatten(),
                     r.get::<String>(9).ok().flatten().unwrap_or_default(),
                 )
             });
@@ -179,7 +181,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
     let payload = resolve_col(tupdesc, &table, column)?;
     let fields = parse_paths(&fields)?;
     let mut by_type_paths = HashMap::new();
-    if let Some(Jsonb(Value::Object(map))) = by_type {
+    if let Some(JsonB(Value::Object(map))) = by_type {
         for (ty, list) in map {
             let texts: Vec<String> = list
                 .as_array()
@@ -187,7 +189,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
                 .unwrap_or_default();
             let mut all = fields.clone();
             all.extend(parse_paths(&texts)?);
-            by_type_paths.insert(ty, all);
+            by_type_paths.insert(ty, Selector::new(&all));
         }
     }
     let key = match (key_id, key_column) {
@@ -214,7 +216,7 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
     Ok(Config {
         table,
         payload,
-        fields,
+        fields: Selector::new(&fields),
         by_type: by_type_paths,
         type_col,
         key,
@@ -374,10 +376,9 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     let Some(datum) = new.datum(&cfg.payload) else {
         return Ok(None);
     };
-    // SAFETY: a non-null datum of the jsonb column.
-    let Some(Jsonb(mut doc)) = (unsafe { Jsonb::from_datum(datum, false) }) else {
-        return Ok(None);
-    };
+    // SAFETY: a non-null datum of the jsonb column, detoasted for the duration of this call.
+    let payload = unsafe { Jsonb::from_datum_packed(datum) };
+    let doc = payload.document();
 
     let mut cols: Vec<i32> = Vec::new();
     let mut values: Vec<pg_sys::Datum> = Vec::new();
@@ -391,26 +392,32 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     // Blind indexes are computed from the plaintext, before encryption. A value that is already an envelope
     // (replay, restore, unrelated UPDATE) keeps the index value the row came with.
     for b in &cfg.blind {
-        let digest = match value_at(&doc, &b.path) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if looks_like_envelope(s) => continue,
-            Some(Value::String(s)) => Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(s, b.normalize)),
-            Some(v) => Some(
-                keys::ensure_key(&b.key_id)?
-                    .indexer()?
-                    .digest(&v.to_string(), b.normalize),
-            ),
+        let digest = match value_at(&doc, &b.path)? {
+            None | Some(JsonbValue::Null) => None,
+            Some(JsonbValue::String(s)) if looks_like_envelope(s) => continue,
+            Some(JsonbValue::String(s)) => {
+                let s = std::str::from_utf8(s).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))?;
+                Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(s, b.normalize))
+            }
+            Some(v) => {
+                // numbers, booleans and containers are indexed by their compact JSON text
+                let mut text = Vec::new();
+                write_json(&v, &mut text, 0)?;
+                let text =
+                    String::from_utf8(text).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))?;
+                Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(&text, b.normalize))
+            }
         };
         set(&b.target, digest.and_then(IntoDatum::into_datum));
     }
 
-    let paths = cfg
+    let selector = cfg
         .type_col
         .as_ref()
         .and_then(|c| new.text(c))
         .and_then(|t| cfg.by_type.get(&t))
         .unwrap_or(&cfg.fields);
-    if needs_encryption(&doc, paths) {
+    if needs_encryption(&doc, selector)? {
         let (key_id, entry) = row_key(&cfg, &new)?;
         let context = match &cfg.context {
             None => None,
@@ -429,8 +436,14 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         };
         let context = check_context(context.as_deref())?;
         let (version, cipher) = entry.encryption_key()?;
-        Encryptor::new(&cipher, &key_id, version, context).encrypt_fields(&mut doc, paths)?;
-        set(&cfg.payload, Jsonb(doc).into_datum());
+        let encrypted = Jsonb::build(|out| {
+            Encryptor::new(&cipher, &key_id, version, context)
+                .encrypt_document(&doc, selector, out)
+                .map(|n| n > 0)
+        });
+        if let Some(e) = encrypted {
+            set(&cfg.payload, e.into_datum());
+        }
     }
 
     if cols.is_empty() {
@@ -530,7 +543,7 @@ fn audit(action: &str, subject: &str, key_ids: &[String], details: Value) -> i64
                         action.into(),
                         subject.into(),
                         key_ids.to_vec().into(),
-                        Jsonb(details).into(),
+                        JsonB(details).into(),
                     ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())
@@ -551,7 +564,7 @@ fn check_subject(subject: Option<&str>) -> &str {
 /// Forgets a subject: shreds every key generation of the subject under every configured key prefix, clears the
 /// subject's blind index values in protected tables, records an audit row and returns a receipt. Harmless to repeat.
 #[pg_extern(volatile, parallel_unsafe)]
-fn forget_subject(subject: Option<&str>) -> Jsonb {
+fn forget_subject(subject: Option<&str>) -> JsonB {
     let subject = check_subject(subject);
     let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut prefixes: Vec<String> = tables.iter().map(|t| t.key_prefix.clone()).collect();
@@ -638,13 +651,13 @@ fn forget_subject(subject: Option<&str>) -> Jsonb {
     if let (Value::Object(r), Value::Object(d)) = (&mut receipt, details) {
         r.extend(d);
     }
-    Jsonb(receipt)
+    JsonB(receipt)
 }
 
 /// Every row of the subject in every protected table keyed by subject, with the protected column decrypted
 /// (the right of access). Needs SELECT on the tables and the decryptor role; records an audit row.
 #[pg_extern(volatile, parallel_unsafe)]
-fn export_subject(subject: Option<&str>) -> Jsonb {
+fn export_subject(subject: Option<&str>) -> JsonB {
     let subject = check_subject(subject);
     let tables = as_catalog_owner(|| Spi::connect(subject_tables));
     let mut out = Vec::new();
@@ -666,7 +679,7 @@ fn export_subject(subject: Option<&str>) -> Jsonb {
             );
             let rows = client
                 .select(&sql, Some(1), &[subject.into(), t.column.as_str().into()])
-                .and_then(|r| r.first().get_one::<Jsonb>())
+                .and_then(|r| r.first().get_one::<JsonB>())
                 .unwrap_or_else(|e| spi_failed(e))
                 .map(|j| j.0)
                 .unwrap_or(Value::Array(vec![]));
@@ -681,5 +694,5 @@ fn export_subject(subject: Option<&str>) -> Jsonb {
         &[],
         json!({"rows": rows_total, "tables": tables.len()}),
     );
-    Jsonb(json!({"subject": subject, "tables": out}))
+    JsonB(json!({"subject": subject, "tables": out}))
 }

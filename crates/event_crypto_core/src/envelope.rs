@@ -146,7 +146,10 @@ pub fn seal_into(
     blob.extend_from_slice(&tag);
     out.extend_from_slice(PREFIX.as_bytes());
     let start = out.len();
-    out.resize(start + base64::encoded_len(blob.len(), false).expect("bounded above"), 0);
+    out.resize(
+        start + base64::encoded_len(blob.len(), false).expect("bounded above"),
+        0,
+    );
     let written = URL_SAFE_NO_PAD
         .encode_slice(&blob[..], &mut out[start..])
         .expect("the buffer has the encoded length");
@@ -163,7 +166,10 @@ impl Envelope {
                 let v: String = text[3..].chars().take_while(|c| c.is_ascii_digit()).take(9).collect();
                 return Err(Error::new(
                     ErrorKind::UnsupportedVersion,
-                    format!("unsupported envelope format version {v} at {}", display_path(&location.display())),
+                    format!(
+                        "unsupported envelope format version {v} at {}",
+                        display_path(&location.display())
+                    ),
                 )
                 .with_hint(format!(
                     "This build reads envelope format version {FORMAT_VERSION}; upgrade event_crypto."
@@ -177,8 +183,7 @@ impl Envelope {
         if blob.len() < 3 {
             return Err(bad("the envelope is truncated"));
         }
-        let algorithm =
-            Algorithm::from_code(blob[0]).ok_or_else(|| bad("the algorithm code is unknown"))?;
+        let algorithm = Algorithm::from_code(blob[0]).ok_or_else(|| bad("the algorithm code is unknown"))?;
         let flags = blob[1];
         if flags & !FLAG_CONTEXT != 0 {
             return Err(bad("reserved flag bits are set"));

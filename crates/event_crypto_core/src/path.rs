@@ -257,7 +257,12 @@ impl SelectorNode {
             self.indexes.clear();
             self.wildcard = None;
         }
-        for n in self.keys.iter_mut().map(|(_, n)| n).chain(self.indexes.iter_mut().map(|(_, n)| n)) {
+        for n in self
+            .keys
+            .iter_mut()
+            .map(|(_, n)| n)
+            .chain(self.indexes.iter_mut().map(|(_, n)| n))
+        {
             n.normalize();
         }
         if let Some(w) = self.wildcard.as_deref_mut() {

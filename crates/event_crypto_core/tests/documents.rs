@@ -104,8 +104,7 @@ const ALL: &[&str] = &[
 
 fn encrypt(alg: Algorithm, doc: &mut Value, ctx: Option<&[u8]>) -> (Rc<Cipher>, usize) {
     let c = Rc::new(Cipher::new(alg, &[3u8; 32]));
-    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, ctx), doc, &paths(ALL))
-        .unwrap();
+    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, ctx), doc, &paths(ALL)).unwrap();
     (c, n)
 }
 
@@ -160,12 +159,15 @@ fn same_value_twice_differs_and_no_double_encryption() {
     let mut a = json!({"email": "a@x.io"});
     let mut b = a.clone();
     let (c, _) = encrypt(Algorithm::Aes256Gcm, &mut a, None);
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut b, &paths(&["email"]))
-        .unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut b, &paths(&["email"])).unwrap();
     assert_ne!(a["email"], b["email"]);
     let before = a.clone();
-    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut a, &paths(&["email", "email"]))
-        .unwrap();
+    let n = encrypt_fields(
+        &mut Encryptor::new(&c, "k", 1, None),
+        &mut a,
+        &paths(&["email", "email"]),
+    )
+    .unwrap();
     assert_eq!(n, 0);
     assert_eq!(a, before, "an envelope is never encrypted again");
 }
@@ -174,8 +176,12 @@ fn same_value_twice_differs_and_no_double_encryption() {
 fn encrypting_a_parent_then_child_does_not_double_encrypt() {
     let mut doc = json!({"address": {"street": "x"}});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
-    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["address", "address.street"]))
-        .unwrap();
+    let n = encrypt_fields(
+        &mut Encryptor::new(&c, "k", 1, None),
+        &mut doc,
+        &paths(&["address", "address.street"]),
+    )
+    .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -190,20 +196,17 @@ fn shredded_policies() {
     };
 
     let mut doc = enc.clone();
-    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
-        .unwrap();
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).unwrap();
     assert_eq!(doc["email"], Value::Null);
     assert_eq!(doc["items"][0]["card"], Value::Null);
     assert_eq!(doc["address"]["city"], json!("Springfield"), "other fields are intact");
 
     let mut doc = enc.clone();
-    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Keep), &mut doc)
-        .unwrap();
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Keep), &mut doc).unwrap();
     assert_eq!(doc, enc);
 
     let mut doc = enc.clone();
-    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut doc)
-        .unwrap_err();
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut doc).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::KeyShredded);
     assert!(OnShredded::parse("drop").is_err());
 }
@@ -212,22 +215,24 @@ fn shredded_policies() {
 fn moving_an_envelope_between_fields_fails() {
     let mut doc = json!({"email": "a@x.io", "phone": "555", "list": ["x", "y"]});
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]));
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email", "phone", "list[*]"]))
-        .unwrap();
+    encrypt_fields(
+        &mut Encryptor::new(&c, "k", 1, None),
+        &mut doc,
+        &paths(&["email", "phone", "list[*]"]),
+    )
+    .unwrap();
     let mut keys = Keys {
         cipher: c,
         shredded: false,
     };
     let mut swapped = doc.clone();
     swapped["email"] = doc["phone"].clone();
-    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut swapped)
-        .unwrap_err();
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut swapped).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
     assert!(!e.to_string().contains("555"));
     let mut reordered = doc.clone();
     reordered["list"] = json!([doc["list"][1], doc["list"][0]]);
-    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut reordered)
-        .unwrap_err();
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Error), &mut reordered).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
 }
 
@@ -236,14 +241,12 @@ fn non_container_payloads_and_contexts() {
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     for v in [json!("a string"), json!(1), json!(null), json!(true)] {
         let mut d = v.clone();
-        let e = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut d, &paths(&["x"]))
-            .unwrap_err();
+        let e = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut d, &paths(&["x"])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
     let mut arr = json!([{"email": "a"}, {"email": "b"}]);
     assert_eq!(
-        encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut arr, &paths(&["[*].email"]))
-            .unwrap(),
+        encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut arr, &paths(&["[*].email"])).unwrap(),
         2
     );
     assert_eq!(check_context(Some("")).unwrap_err().kind(), ErrorKind::InvalidArgument);
@@ -270,15 +273,17 @@ fn single_values_are_bound_to_the_root() {
     assert_eq!(val(&out), json!({"x": [1, 2]}));
     // A field envelope is not a single value, and vice versa.
     let mut doc = json!({"email": "a"});
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email"]))
-        .unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email"])).unwrap();
     let e = Decryptor::new(&mut keys, None, OnShredded::Error)
         .decrypt_value(doc["email"].as_str().unwrap())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
     let mut moved = json!({"email": text});
-    let e = decrypt_document(&mut Decryptor::new(&mut keys, Some(b"ctx"), OnShredded::Error), &mut moved)
-        .unwrap_err();
+    let e = decrypt_document(
+        &mut Decryptor::new(&mut keys, Some(b"ctx"), OnShredded::Error),
+        &mut moved,
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
 }
 
@@ -291,15 +296,13 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
     for fake in ["$ec1$", "$ec1$not-base64!", "$ec9$AAAA", "$ec1$AQAA"] {
         let mut doc = json!({ "x": fake });
         assert!(
-            decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
-                .is_err(),
+            decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).is_err(),
             "{fake}"
         );
     }
     let mut doc = json!({"x": "$ec is just text", "y": "$ecx$"});
     let before = doc.clone();
-    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
-        .unwrap();
+    decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).unwrap();
     assert_eq!(doc, before);
     assert!(Envelope::parse("$ec1$", &Location::root()).is_err());
 }
@@ -308,14 +311,12 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
 fn unknown_keys_are_errors() {
     let mut doc = json!({"email": "a"});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
-    encrypt_fields(&mut Encryptor::new(&c, "other", 1, None), &mut doc, &paths(&["email"]))
-        .unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, "other", 1, None), &mut doc, &paths(&["email"])).unwrap();
     let mut keys = Keys {
         cipher: Rc::new(c),
         shredded: false,
     };
-    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc)
-        .unwrap_err();
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnknownKey);
     assert!(e.message().contains("\"other\""));
 }
@@ -326,16 +327,17 @@ fn needs_encryption_sees_only_plaintext_at_selected_paths() {
     let mut doc = json!({"email": "a", "items": [{"card": "1"}, {"card": "2"}], "other": "x"});
     let p = paths(&["email", "items[*].card", "missing"]);
     assert!(needs(&doc, &p));
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email", "items[0].card"]))
-        .unwrap();
+    encrypt_fields(
+        &mut Encryptor::new(&c, "k", 1, None),
+        &mut doc,
+        &paths(&["email", "items[0].card"]),
+    )
+    .unwrap();
     assert!(needs(&doc, &p), "items[1].card is still plaintext");
     encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &p).unwrap();
     assert!(!needs(&doc, &p));
     assert!(!needs(&json!({"x": 1}), &p));
-    assert!(
-        needs(&json!({"email": null}), &p),
-        "JSON null is a value to encrypt"
-    );
+    assert!(needs(&json!({"email": null}), &p), "JSON null is a value to encrypt");
 }
 
 #[test]
@@ -343,7 +345,10 @@ fn value_at_follows_a_path() {
     let b = bin(&json!({"a": {"b": [10, {"c": "x"}]}}));
     let doc = Document::from_datum(&b).unwrap();
     let at = |p: &str| value_at(&doc, &FieldPath::parse(p).unwrap()).unwrap();
-    assert!(matches!(at("a.b[1].c"), Some(event_crypto_core::jsonb::Value::String(b"x"))));
+    assert!(matches!(
+        at("a.b[1].c"),
+        Some(event_crypto_core::jsonb::Value::String(b"x"))
+    ));
     assert!(at("a.z").is_none());
     assert!(at("a.b[5]").is_none());
     assert!(at("a.b[1].c.d").is_none());

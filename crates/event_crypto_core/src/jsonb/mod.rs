@@ -179,7 +179,10 @@ impl<'a> Document<'a> {
     /// The document's value: the root container, or the scalar it wraps.
     pub fn value(&self) -> Result<Value<'a>> {
         if self.root.is_scalar() {
-            self.root.elements().next().ok_or_else(|| corrupt("empty scalar root"))?
+            self.root
+                .elements()
+                .next()
+                .ok_or_else(|| corrupt("empty scalar root"))?
         } else {
             Ok(self.root.as_value())
         }
@@ -252,7 +255,9 @@ impl<'a> Container<'a> {
         } else {
             self.data_start() + self.end_offset(self.n_entries() - 1)
         };
-        self.base.get(self.pos..end).ok_or_else(|| corrupt("a container is truncated"))
+        self.base
+            .get(self.pos..end)
+            .ok_or_else(|| corrupt("a container is truncated"))
     }
 
     /// Start offset (relative to the data area) of entry `index`, as PostgreSQL's getJsonbOffset computes it.
@@ -428,7 +433,10 @@ impl ContainerWriter {
 
     fn begin(out: &mut Vec<u8>, flags: u32, count: usize, n_entries: usize) -> Result<ContainerWriter> {
         if count > JB_CMASK as usize {
-            return Err(Error::new(ErrorKind::TooLarge, "a JSON container has too many elements"));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                "a JSON container has too many elements",
+            ));
         }
         pad4(out);
         out.extend_from_slice(&(flags | count as u32).to_ne_bytes());
@@ -453,7 +461,7 @@ impl ContainerWriter {
                 "a JSON container would exceed the jsonb limit of 256 MB",
             ));
         }
-        let meta = if self.index % JB_OFFSET_STRIDE == 0 {
+        let meta = if self.index.is_multiple_of(JB_OFFSET_STRIDE) {
             ty | JENTRY_HAS_OFF | total as u32
         } else {
             ty | (total - self.total) as u32
@@ -527,15 +535,22 @@ mod tests {
         let d = doc(r#"{"b": [1, "x", null, true, false, {"k": 2.50}], "aa": "y", "a": {}}"#);
         let d = Document::from_datum(&d).unwrap();
         let keys: Vec<_> = d.root().keys().map(|k| k.unwrap().to_vec()).collect();
-        assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"aa".to_vec()], "shorter keys first");
+        assert_eq!(
+            keys,
+            vec![b"a".to_vec(), b"b".to_vec(), b"aa".to_vec()],
+            "shorter keys first"
+        );
         let Some(Value::Array(b)) = d.root().get(b"b").unwrap() else {
             panic!("b is an array")
         };
         assert_eq!(b.len(), 6);
         assert!(matches!(b.index(1).unwrap(), Some(Value::String(b"x"))));
-        assert!(matches!(d.root().get(b"zz").unwrap(), None));
+        assert!(d.root().get(b"zz").unwrap().is_none());
         assert_eq!(
-            to_json_text(&doc(r#"{"b": [1, "x", null, true, false, {"k": 2.50}], "aa": "y", "a": {}}"#)).unwrap(),
+            to_json_text(&doc(
+                r#"{"b": [1, "x", null, true, false, {"k": 2.50}], "aa": "y", "a": {}}"#
+            ))
+            .unwrap(),
             r#"{"a":{},"b":[1,"x",null,true,false,{"k":2.50}],"aa":"y"}"#
         );
     }
@@ -543,7 +558,10 @@ mod tests {
     #[test]
     fn offsets_every_32nd_entry() {
         // 100 elements cross several JB_OFFSET_STRIDE boundaries; every element must still be found.
-        let text = format!("[{}]", (0..100).map(|i| format!("\"v{i}\"")).collect::<Vec<_>>().join(","));
+        let text = format!(
+            "[{}]",
+            (0..100).map(|i| format!("\"v{i}\"")).collect::<Vec<_>>().join(",")
+        );
         let d = doc(&text);
         let d = Document::from_datum(&d).unwrap();
         for i in 0..100 {
@@ -552,7 +570,13 @@ mod tests {
             };
             assert_eq!(s, format!("v{i}").as_bytes());
         }
-        let obj = format!("{{{}}}", (0..70).map(|i| format!("\"k{i:03}\":{i}")).collect::<Vec<_>>().join(","));
+        let obj = format!(
+            "{{{}}}",
+            (0..70)
+                .map(|i| format!("\"k{i:03}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let d = doc(&obj);
         let d = Document::from_datum(&d).unwrap();
         for i in 0..70 {
@@ -581,7 +605,11 @@ mod tests {
         for cut in 0..good.len() {
             let mut b = good[..cut].to_vec();
             if b.len() >= 4 {
-                let word = if cfg!(target_endian = "little") { (cut as u32) << 2 } else { cut as u32 };
+                let word = if cfg!(target_endian = "little") {
+                    (cut as u32) << 2
+                } else {
+                    cut as u32
+                };
                 b[..4].copy_from_slice(&word.to_ne_bytes());
             }
             let _ = Document::from_datum(&b).and_then(|d| to_json_text_doc(&d));

@@ -72,7 +72,7 @@ fn parts(datum: &[u8]) -> Result<Parts<'_>> {
             &b[4..],
         )
     };
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(corrupt("a number has a partial digit"));
     }
     let p = Parts {
@@ -220,14 +220,20 @@ pub fn numeric_from_text(text: &[u8]) -> Result<Vec<u8>> {
     let digits = &digits[lead..];
     let trail = digits.iter().rev().take_while(|&&d| d == 0).count();
     let digits = &digits[..digits.len() - trail];
-    let (negative, weight) = if digits.is_empty() { (false, 0) } else { (negative, weight) };
+    let (negative, weight) = if digits.is_empty() {
+        (false, 0)
+    } else {
+        (negative, weight)
+    };
 
-    let short = dscale <= NUMERIC_SHORT_DSCALE_MAX
-        && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
+    let short =
+        dscale <= NUMERIC_SHORT_DSCALE_MAX && (NUMERIC_SHORT_WEIGHT_MIN..=NUMERIC_SHORT_WEIGHT_MAX).contains(&weight);
     let mut out = Vec::with_capacity(8 + 2 * digits.len());
     out.extend_from_slice(&[0; 4]);
     if short {
-        let mut h = NUMERIC_SHORT | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT) | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
+        let mut h = NUMERIC_SHORT
+            | ((dscale as u16) << NUMERIC_SHORT_DSCALE_SHIFT)
+            | (weight as u16 & NUMERIC_SHORT_WEIGHT_MASK);
         if negative {
             h |= NUMERIC_SHORT_SIGN_MASK;
         }
@@ -237,7 +243,10 @@ pub fn numeric_from_text(text: &[u8]) -> Result<Vec<u8>> {
         out.extend_from_slice(&h.to_ne_bytes());
     } else {
         if dscale > NUMERIC_DSCALE_MASK as i64 || weight > i16::MAX as i64 || weight < i16::MIN as i64 {
-            return Err(Error::new(ErrorKind::TooLarge, "a JSON number overflows the numeric format"));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                "a JSON number overflows the numeric format",
+            ));
         }
         let sd = if negative { NUMERIC_NEG } else { 0 } | dscale as u16;
         out.extend_from_slice(&sd.to_ne_bytes());
@@ -278,7 +287,10 @@ mod tests {
             ("1E-5", "0.00001"),
             ("1.5e2", "150"),
             ("1.23e-2", "0.0123"),
-            ("123456789012345678901234567890.000000000001", "123456789012345678901234567890.000000000001"),
+            (
+                "123456789012345678901234567890.000000000001",
+                "123456789012345678901234567890.000000000001",
+            ),
             ("9999", "9999"),
             ("99999999.99999999", "99999999.99999999"),
             ("1e300", &format!("1{}", "0".repeat(300))),

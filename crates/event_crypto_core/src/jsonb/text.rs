@@ -305,7 +305,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32> {
-        let h = self.s.get(self.i..self.i + 4).ok_or_else(|| syntax("truncated \\u escape"))?;
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| syntax("truncated \\u escape"))?;
         let text = std::str::from_utf8(h).map_err(|_| syntax("invalid \\u escape"))?;
         if !text.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(syntax("invalid \\u escape"));
@@ -417,8 +420,22 @@ mod tests {
     #[test]
     fn refuses_what_jsonb_refuses() {
         for bad in [
-            "", "nul", "[1,]", "{\"a\" 1}", "\"\\u0000\"", "\"\\ud800\"", "\"\\udc00\"", "01", "1.", "-", "\"a",
-            "[1] x", "\"\u{1}\"", "{1:2}", ".5", "+1",
+            "",
+            "nul",
+            "[1,]",
+            "{\"a\" 1}",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "01",
+            "1.",
+            "-",
+            "\"a",
+            "[1] x",
+            "\"\u{1}\"",
+            "{1:2}",
+            ".5",
+            "+1",
         ] {
             assert!(parse_json(bad.as_bytes()).is_err(), "{bad:?}");
         }
@@ -433,7 +450,12 @@ mod tests {
 
     #[test]
     fn depth_is_bounded() {
-        std::thread::Builder::new().stack_size(256 << 20).spawn(depth_checks).unwrap().join().unwrap();
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(depth_checks)
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     fn depth_checks() {
