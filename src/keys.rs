@@ -34,11 +34,16 @@ pub struct KeyEntry {
     pub shredded: bool,
     /// The newest active version, if any.
     active: Option<u32>,
-    versions: HashMap<u32, VersionState>,
+    /// Every version, in no particular order (a handful at most: a linear search beats hashing).
+    versions: Vec<(u32, VersionState)>,
     indexer: Option<std::result::Result<BlindIndexer, Error>>,
 }
 
 impl KeyEntry {
+    fn version(&self, v: u32) -> Option<&VersionState> {
+        self.versions.iter().find(|(n, _)| *n == v).map(|(_, s)| s)
+    }
+
     /// The cipher and version that new encryptions use.
     pub fn encryption_key(&self) -> Result<(u32, Rc<Cipher>)> {
         if self.shredded {
@@ -52,7 +57,7 @@ impl KeyEntry {
             )
             .with_hint("Rotate the key with event_crypto.rotate_key() to create an active version.")
         })?;
-        match self.versions.get(&v) {
+        match self.version(v) {
             Some(VersionState::Ready(c)) => Ok((v, c.clone())),
             Some(VersionState::Broken(e)) => Err(e.clone()),
             None => Err(Error::unknown_key_version(&self.key_id, v)),
@@ -270,7 +275,7 @@ fn unwrap_row(key_id: &str, row: &Row, purpose: KeyPurpose) -> Result<event_cryp
 }
 
 fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
-    let mut versions = HashMap::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
     let mut active = None;
     let shredded = rows.iter().all(|r| r.status == "shredded");
     for row in rows.iter().filter(|r| r.status != "shredded") {
@@ -281,7 +286,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
             },
             Err(e) => VersionState::Broken(e),
         };
-        versions.insert(row.version, state);
+        versions.push((row.version, state));
         if row.status == "active" {
             active = Some(row.version);
         }
@@ -343,7 +348,7 @@ impl KeySource for CachedKeys {
         if entry.shredded {
             return Ok(KeyLookup::Shredded);
         }
-        match entry.versions.get(&version) {
+        match entry.version(version) {
             Some(VersionState::Ready(c)) => Ok(KeyLookup::Found(c.clone())),
             Some(VersionState::Broken(e)) => Err(e.clone()),
             None => Err(Error::unknown_key_version(key_id, version)),

@@ -31,7 +31,8 @@ use std::rc::Rc;
 struct Col {
     name: String,
     attno: NonZeroUsize,
-    /// Output function of the column's type, for the text form of key and context values.
+    /// The column's type and its output function, for the text form of key and context values.
+    type_oid: pg_sys::Oid,
     output: pg_sys::Oid,
 }
 
@@ -93,6 +94,7 @@ fn resolve_col(tupdesc: &PgTupleDesc<'_>, table: &str, name: &str) -> Result<Col
             return Ok(Col {
                 name: name.to_string(),
                 attno: NonZeroUsize::new(i + 1).expect("i + 1 > 0"),
+                type_oid: att.type_oid().value(),
                 output,
             });
         }
@@ -252,14 +254,34 @@ impl Row {
         unsafe { pgrx::heap_getattr_raw(self.tuple, col.attno, self.tupdesc) }
     }
 
-    /// The text form of a column (its type's output function), as `::text` gives in SQL.
+    /// The text form of a column (its type's output function), as `::text` gives in SQL. text, varchar and uuid,
+    /// the usual types of subject and stream ids, are formatted here without a call into PostgreSQL; the
+    /// pg_regress and integration tests check the result against SQL's own `::text`.
     fn text(&self, col: &Col) -> Option<String> {
-        self.datum(col).map(|d| {
+        self.datum(col).map(|d| match col.type_oid {
+            // SAFETY: a non-null text/varchar datum; detoasting keeps a short header, which the slice handles.
+            pg_sys::TEXTOID | pg_sys::VARCHAROID => unsafe {
+                let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
+            },
+            pg_sys::UUIDOID => {
+                // SAFETY: a uuid datum points to its 16 bytes.
+                let b = unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>() as *const u8, 16) };
+                let mut out = String::with_capacity(36);
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out.push('-');
+                    }
+                    out.push(char::from(b"0123456789abcdef"[(byte >> 4) as usize]));
+                    out.push(char::from(b"0123456789abcdef"[(byte & 15) as usize]));
+                }
+                out
+            }
             // SAFETY: the output function of the column's own type, applied to a non-null datum of that type.
-            unsafe {
+            _ => unsafe {
                 let s = pg_sys::OidOutputFunctionCall(col.output, d);
                 CStr::from_ptr(s).to_string_lossy().into_owned()
-            }
+            },
         })
     }
 }

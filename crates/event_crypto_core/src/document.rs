@@ -2,7 +2,7 @@
 //! replaced, everything else is copied byte for byte.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::envelope::{looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
+use crate::envelope::{check_key_id, looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::jsonb::{
     copy_value, new_datum_buffer, parse_json, set_varlena_header, too_deep, write_json, write_string, Container,
@@ -73,6 +73,7 @@ impl<'a> Encryptor<'a> {
 
     /// Encrypts a single value bound to the document root (`encrypt_value`); returns the envelope text.
     pub fn encrypt_value(&mut self, v: &Value<'_>) -> Result<String> {
+        check_key_id(self.key.key_id)?;
         let mut out = Vec::new();
         self.loc = Location::root();
         self.seal_value(v, &mut out)?;
@@ -81,7 +82,7 @@ impl<'a> Encryptor<'a> {
 
     /// Encrypts every field that the selector selects, writing the new document (a datum with its header) into
     /// `out`. Absent fields are skipped; values that already are envelopes are left as they are. Returns the
-    /// number of values encrypted; when it is 0, `out` is not written and the document can be kept as it is.
+    /// number of values encrypted; when it is 0 the document can be kept as it is (see also [`needs_encryption`]).
     pub fn encrypt_document(&mut self, doc: &Document<'_>, selector: &Selector, out: &mut Vec<u8>) -> Result<usize> {
         let root = doc.root();
         if root.is_scalar() {
@@ -91,9 +92,7 @@ impl<'a> Encryptor<'a> {
             ))
             .with_hint("Use event_crypto.encrypt_value() to encrypt a single value."));
         }
-        if !needs_encryption(doc, selector)? {
-            return Ok(0);
-        }
+        check_key_id(self.key.key_id)?;
         self.count = 0;
         self.loc = Location::root();
         new_datum_buffer(out);

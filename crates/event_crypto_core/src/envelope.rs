@@ -108,13 +108,15 @@ pub fn seal(
     nonce: &[u8; NONCE_LEN],
     scratch: &mut Scratch,
 ) -> Result<String> {
+    check_key_id(key.key_id)?;
     let mut out = Vec::new();
     seal_into(key, location, context, plaintext, nonce, scratch, &mut out)?;
     Ok(String::from_utf8(out).expect("an envelope is ASCII"))
 }
 
-/// [`seal`], appending the envelope text to `out` (no allocation once the buffers have grown).
-pub fn seal_into(
+/// [`seal`], appending the envelope text to `out` (no allocation once the buffers have grown). The caller has
+/// checked the key id.
+pub(crate) fn seal_into(
     key: &SealKey<'_>,
     location: &Location,
     context: Option<&[u8]>,
@@ -123,7 +125,6 @@ pub fn seal_into(
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    check_key_id(key.key_id)?;
     let blob_len = FIXED_OVERHEAD + key.key_id.len() + plaintext.len();
     let text_len = PREFIX.len() + blob_len.div_ceil(3) * 4;
     if text_len > MAX_ENVELOPE_LEN {

@@ -189,4 +189,20 @@ SELECT event_crypto.export_subject('r1');                         -- 42501
 SELECT event_crypto.forget_subject('r1');                         -- 42501
 SELECT event_crypto.protect('rls_events', 'payload', fields => ARRAY['x'], key_id => 'k'); -- 42501
 RESET ROLE;
+
+-- key and context columns of other types: the key id and the bound context are the columns' ::text forms
+-- (varchar and uuid are formatted by the extension itself, other types by their output functions)
+CREATE TABLE typed (id int PRIMARY KEY, subj varchar(40), tenant bigint, stream uuid, at date, payload jsonb);
+SELECT count(*) FROM event_crypto.protect('typed', 'payload', fields => ARRAY['x'], key_column => 'subj',
+                                          key_prefix => 'typed:', context_column => 'stream');
+INSERT INTO typed VALUES (1, 'Ünïcode Subject', 7, 'DEADBEEF-0123-4567-89AB-CDEFFEDCBA98', '2026-01-02', '{"x":"secret-1"}');
+SELECT subj, stream::text, event_crypto.decrypt_fields(payload, stream::text)->>'x' AS x FROM typed;
+-- the same uuid spelt otherwise is another context
+SELECT event_crypto.decrypt_fields(payload, 'DEADBEEF0123456789ABCDEFFEDCBA98') FROM typed;  -- XX001
+SELECT key_id FROM event_crypto.key_info WHERE key_id LIKE 'typed:%';
+SELECT count(*) FROM event_crypto.protect('typed', 'payload', fields => ARRAY['y'], key_column => 'tenant',
+                                          context_column => 'at');
+INSERT INTO typed VALUES (2, 's', 7, NULL, '2026-01-02', '{"y":"secret-2"}');
+SELECT id, event_crypto.decrypt_fields(payload, at::text)->>'y' AS y FROM typed WHERE id = 2;
+SELECT key_id FROM event_crypto.key_info WHERE key_id LIKE '%7' ORDER BY 1;
 ROLLBACK;
