@@ -119,11 +119,10 @@ fn encrypt_value(
     let v = value.document().value().or_raise();
     let entry = keys::lookup(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
-    Some(
-        Encryptor::new(&cipher, key_id, version, context)
-            .encrypt_value(&v)
-            .or_raise(),
-    )
+    let envelope = Encryptor::new(&cipher, key_id, version, context)
+        .encrypt_value(&v)
+        .or_raise();
+    Some(envelope)
 }
 
 /// Decrypts an envelope made by encrypt_value. A shredded key gives NULL ('null'), the envelope ('keep') or an error.

@@ -63,7 +63,8 @@ struct Config {
 }
 
 thread_local! {
-    static CONFIG: RefCell<HashMap<(pg_sys::Oid, String), Rc<Config>>> = RefCell::new(HashMap::new());
+    /// (table, column, configuration): a handful of entries per backend, searched linearly without allocating.
+    static CONFIG: RefCell<Vec<(pg_sys::Oid, String, Rc<Config>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Drops cached configurations: all of them, or those of one table.
@@ -72,7 +73,7 @@ pub fn invalidate_config(relid: Option<pg_sys::Oid>) {
         if let Ok(mut m) = c.try_borrow_mut() {
             match relid {
                 None => m.clear(),
-                Some(r) => m.retain(|k, _| k.0 != r),
+                Some(r) => m.retain(|(t, _, _)| *t != r),
             }
         }
     });
@@ -229,14 +230,19 @@ fn load_config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> R
 }
 
 fn config(relid: pg_sys::Oid, column: &str, tupdesc: &PgTupleDesc<'_>) -> Result<Rc<Config>> {
-    let key = (relid, column.to_string());
-    if let Some(c) = CONFIG.with(|m| m.borrow().get(&key).cloned()) {
+    let cached = CONFIG.with(|m| {
+        m.borrow()
+            .iter()
+            .find(|(t, c, _)| *t == relid && c == column)
+            .map(|(_, _, cfg)| cfg.clone())
+    });
+    if let Some(c) = cached {
         return Ok(c);
     }
     let c = Rc::new(load_config(relid, column, tupdesc)?);
     CONFIG.with(|m| {
         if let Ok(mut m) = m.try_borrow_mut() {
-            m.insert(key, c.clone());
+            m.push((relid, column.to_string(), c.clone()));
         }
     });
     Ok(c)
@@ -349,8 +355,13 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             "event_crypto.protect_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
         ));
     }
-    let args = trigger.extra_args().unwrap_or_default();
-    let Some(column) = args.first() else {
+    // The trigger's first argument, read in place (pgrx's extra_args() copies every argument into a String).
+    // SAFETY: tg_trigger is valid during the call; tgargs has tgnargs NUL-terminated strings.
+    let column = unsafe {
+        let t = &*td.tg_trigger;
+        (t.tgnargs > 0).then(|| CStr::from_ptr(*t.tgargs).to_str().unwrap_or(""))
+    };
+    let Some(column) = column else {
         return Err(Error::invalid_argument(
             "event_crypto.protect_trigger() needs the protected column as its argument",
         ));

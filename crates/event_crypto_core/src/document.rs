@@ -27,6 +27,18 @@ fn is_envelope_at(s: &[u8], loc: &Location) -> bool {
     looks_like_envelope(s) && std::str::from_utf8(s).is_ok_and(|t| Envelope::parse(t, loc).is_ok())
 }
 
+/// The buffers an encryptor works in, kept per thread between encryptors so a scan allocates them once.
+#[derive(Default)]
+struct Buffers {
+    scratch: Scratch,
+    plaintext: Vec<u8>,
+    loc: Location,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Encrypts values one at a time with fresh nonces, reusing its buffers.
 pub struct Encryptor<'a> {
     key: SealKey<'a>,
@@ -37,8 +49,24 @@ pub struct Encryptor<'a> {
     count: usize,
 }
 
+impl Drop for Encryptor<'_> {
+    fn drop(&mut self) {
+        // the plaintext buffer is wiped before it waits for the next encryptor
+        zeroize::Zeroize::zeroize(&mut self.plaintext);
+        let bufs = Buffers {
+            scratch: std::mem::take(&mut self.scratch),
+            plaintext: std::mem::take(&mut self.plaintext),
+            loc: std::mem::take(&mut self.loc),
+        };
+        if bufs.plaintext.capacity() <= 1 << 16 {
+            let _ = SPARE.try_with(|s| s.replace(Some(bufs)));
+        }
+    }
+}
+
 impl<'a> Encryptor<'a> {
     pub fn new(cipher: &'a Cipher, key_id: &'a str, version: u32, context: Option<&'a [u8]>) -> Encryptor<'a> {
+        let bufs = SPARE.try_with(|s| s.take()).ok().flatten().unwrap_or_default();
         Encryptor {
             key: SealKey {
                 cipher,
@@ -46,9 +74,9 @@ impl<'a> Encryptor<'a> {
                 version,
             },
             context,
-            scratch: Scratch::default(),
-            plaintext: Vec::new(),
-            loc: Location::root(),
+            scratch: bufs.scratch,
+            plaintext: bufs.plaintext,
+            loc: bufs.loc,
             count: 0,
         }
     }
@@ -106,11 +134,7 @@ impl<'a> Encryptor<'a> {
             return Err(too_deep());
         }
         if c.is_object() {
-            let mut w = ContainerWriter::object(out, c.len())?;
-            for k in c.keys() {
-                let ty = write_string(out, k?);
-                w.done(out, ty)?;
-            }
+            let mut w = ContainerWriter::object_like(out, &c)?;
             for pair in c.pairs() {
                 let (k, v) = pair?;
                 let ty = match node.key(k) {
@@ -267,6 +291,8 @@ pub struct Decryptor<'a, K: KeySource> {
     context: Option<&'a [u8]>,
     on_shredded: OnShredded,
     aad: Vec<u8>,
+    /// The decoded envelope being opened (reused).
+    blob: Vec<u8>,
     loc: Location,
     pub decrypted: usize,
     pub shredded: usize,
@@ -279,18 +305,19 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             context,
             on_shredded,
             aad: Vec::new(),
+            blob: Vec::new(),
             loc: Location::root(),
             decrypted: 0,
             shredded: 0,
         }
     }
 
-    /// Decrypts one envelope text at the current location; `Ok(None)` when the key is shredded and the policy
-    /// keeps or nulls it.
-    fn open(&mut self, text: &[u8]) -> Result<Option<Parsed>> {
+    /// Authenticates and decrypts one envelope text at the current location and hands the plaintext to `f`;
+    /// `Ok(None)` when the key is shredded and the policy keeps or nulls it.
+    fn unseal<R>(&mut self, text: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
         let loc = &self.loc;
         let text = std::str::from_utf8(text).map_err(|_| Error::malformed(&loc.display(), "the value is not UTF-8"))?;
-        let env = Envelope::parse(text, loc)?;
+        let mut env = Envelope::parse_reusing(text, loc, std::mem::take(&mut self.blob))?;
         let cipher = match self.keys.decryption_key(&env.key_id, env.key_version)? {
             KeyLookup::Found(c) => c,
             KeyLookup::Shredded => {
@@ -301,13 +328,29 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
                 };
             }
         };
-        let pt = env.open(&cipher, loc, self.context, &mut self.aad)?;
-        let v = parse_json(&pt).map_err(|_| {
-            Error::new(ErrorKind::MalformedEnvelope, "decrypted value is not JSON")
-                .with_detail("the envelope authenticated but its content is not a JSON value jsonb can hold")
-        })?;
+        let result = env
+            .open_in_place(&cipher, loc, self.context, &mut self.aad)
+            .and_then(|pt| {
+                f(pt).map_err(|e| match e.kind() {
+                    // what the JSON parser refuses; size limits keep their own kind
+                    ErrorKind::InvalidArgument => {
+                        Error::new(ErrorKind::MalformedEnvelope, "decrypted value is not JSON").with_detail(
+                            "the envelope authenticated but its content is not a JSON value jsonb can hold",
+                        )
+                    }
+                    _ => e,
+                })
+            });
+        let mut blob = env.into_blob();
+        zeroize::Zeroize::zeroize(&mut blob);
+        self.blob = blob;
+        let r = result?;
         self.decrypted += 1;
-        Ok(Some(v))
+        Ok(Some(r))
+    }
+
+    fn open(&mut self, text: &[u8]) -> Result<Option<Parsed>> {
+        self.unseal(text, parse_json)
     }
 
     /// Decrypts a single value encrypted by `encrypt_value` (bound to the root location).
@@ -354,11 +397,7 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             return Err(too_deep());
         }
         if c.is_object() {
-            let mut w = ContainerWriter::object(out, c.len())?;
-            for k in c.keys() {
-                let ty = write_string(out, k?);
-                w.done(out, ty)?;
-            }
+            let mut w = ContainerWriter::object_like(out, &c)?;
             for pair in c.pairs() {
                 let (k, v) = pair?;
                 let mark = self.loc.push_key_bytes(k);
@@ -380,16 +419,58 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
 
     fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
         match v {
-            Value::String(s) if looks_like_envelope(s) => match self.open(s)? {
-                Some(plain) => plain.write(out, depth + 1),
-                None if self.on_shredded == OnShredded::Null => Ok(T_NULL),
-                None => Ok(write_string(out, s)),
-            },
-            Value::Object(c) | Value::Array(c) => {
+            Value::String(s) if looks_like_envelope(s) => {
+                match self.unseal(s, |pt| write_plaintext(pt, out, depth + 1))? {
+                    Some(ty) => Ok(ty),
+                    None if self.on_shredded == OnShredded::Null => Ok(T_NULL),
+                    None => Ok(write_string(out, s)),
+                }
+            }
+            Value::Object(c) | Value::Array(c) if may_hold_envelope(c, depth + 1)? => {
                 self.rewrite(c, out, depth + 1)?;
                 Ok(T_CONTAINER)
             }
             other => copy_value(out, &other),
         }
     }
+}
+
+/// Writes a decrypted plaintext (JSON text) as a jsonb child. A plain string, the usual case, is copied straight
+/// from between its quotes; anything else goes through the JSON parser.
+fn write_plaintext(pt: &[u8], out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
+    if let [b'"', inner @ .., b'"'] = pt {
+        if inner.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\') && std::str::from_utf8(inner).is_ok() {
+            return Ok(write_string(out, inner));
+        }
+    }
+    parse_json(pt)?.write(out, depth)
+}
+
+/// Whether a container holds a string that looks like an envelope anywhere inside (keys aside); containers
+/// without one are copied whole instead of being rebuilt.
+fn may_hold_envelope(c: Container<'_>, depth: usize) -> Result<bool> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    let check = |v: Value<'_>| -> Result<bool> {
+        match v {
+            Value::String(s) => Ok(looks_like_envelope(s)),
+            Value::Object(inner) | Value::Array(inner) => may_hold_envelope(inner, depth + 1),
+            _ => Ok(false),
+        }
+    };
+    if c.is_object() {
+        for v in c.values() {
+            if check(v?)? {
+                return Ok(true);
+            }
+        }
+    } else {
+        for v in c.elements() {
+            if check(v?)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }

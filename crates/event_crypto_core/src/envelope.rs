@@ -161,6 +161,11 @@ pub(crate) fn seal_into(
 impl Envelope {
     /// Parses the text form. `location` is only used in error messages.
     pub fn parse(text: &str, location: &Location) -> Result<Envelope> {
+        Self::parse_reusing(text, location, Vec::new())
+    }
+
+    /// [`Envelope::parse`], decoding into `blob`'s allocation (get it back with [`Envelope::into_blob`]).
+    pub fn parse_reusing(text: &str, location: &Location, mut blob: Vec<u8>) -> Result<Envelope> {
         let bad = |reason: &str| Error::malformed(&location.display(), reason);
         let Some(b64) = text.strip_prefix(PREFIX) else {
             if looks_like_envelope(text) {
@@ -178,8 +183,9 @@ impl Envelope {
             }
             return Err(bad("the value does not start with $ec1$"));
         };
-        let blob = URL_SAFE_NO_PAD
-            .decode(b64)
+        blob.clear();
+        URL_SAFE_NO_PAD
+            .decode_vec(b64, &mut blob)
             .map_err(|_| bad("the body is not canonical unpadded base64url"))?;
         if blob.len() < 3 {
             return Err(bad("the envelope is truncated"));
@@ -236,6 +242,36 @@ impl Envelope {
         context: Option<&[u8]>,
         aad: &mut Vec<u8>,
     ) -> Result<Vec<u8>> {
+        let range = self.open_range(cipher, location, context, aad)?;
+        self.blob.truncate(range.end);
+        self.blob.drain(..range.start);
+        Ok(self.blob)
+    }
+
+    /// Authenticates and decrypts in place; returns the plaintext, which lives in the envelope's buffer.
+    pub fn open_in_place(
+        &mut self,
+        cipher: &Cipher,
+        location: &Location,
+        context: Option<&[u8]>,
+        aad: &mut Vec<u8>,
+    ) -> Result<&[u8]> {
+        let range = self.open_range(cipher, location, context, aad)?;
+        Ok(&self.blob[range])
+    }
+
+    /// The decoded buffer, for reuse by the next [`Envelope::parse_reusing`].
+    pub fn into_blob(self) -> Vec<u8> {
+        self.blob
+    }
+
+    fn open_range(
+        &mut self,
+        cipher: &Cipher,
+        location: &Location,
+        context: Option<&[u8]>,
+        aad: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>> {
         let fail = |detail: &str| {
             Error::new(
                 ErrorKind::AuthenticationFailed,
@@ -283,9 +319,7 @@ impl Envelope {
         if !cipher.open_in_place(&nonce, aad, &mut self.blob[ct_start..tag_start], &tag) {
             return Err(fail("the authentication tag does not match"));
         }
-        self.blob.truncate(tag_start);
-        self.blob.drain(..ct_start);
-        Ok(self.blob)
+        Ok(ct_start..tag_start)
     }
 }
 

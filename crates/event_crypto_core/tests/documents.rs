@@ -369,3 +369,24 @@ fn overlapping_patterns_encrypt_each_value_once() {
     assert!(looks_like_envelope(doc["address"].as_str().unwrap()));
     assert_eq!(doc["items"][1]["b"], json!("4"));
 }
+
+#[test]
+fn rewriting_without_changes_reproduces_the_input_byte_for_byte() {
+    // Objects with more than 32 keys (offsets instead of lengths), numbers and nested containers that need
+    // alignment: a walk that selects nothing present must write exactly the bytes it read.
+    let wide: serde_json::Map<String, Value> = (0..70)
+        .map(|i| (format!("k{i}"), json!([i, {"n": 1.5, "s": "x".repeat(i)}])))
+        .collect();
+    for doc in [sample(), Value::Object(wide), json!([1, "a", [2.25, {"b": null}]])] {
+        let b = bin(&doc);
+        let d = Document::from_datum(&b).unwrap();
+        let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
+        let mut out = Vec::new();
+        let sel = Selector::new(&paths(&["k5.missing", "address.nothing", "[1].x", "[2][9]"]));
+        let n = Encryptor::new(&c, "k", 1, None)
+            .encrypt_document(&d, &sel, &mut out)
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(out, b);
+    }
+}

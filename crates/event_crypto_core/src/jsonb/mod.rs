@@ -346,6 +346,13 @@ impl<'a> Container<'a> {
         })
     }
 
+    /// The values of an object, in the order of its keys.
+    pub fn values(self) -> impl Iterator<Item = Result<Value<'a>>> {
+        let n = if self.is_object() { self.len() } else { 0 };
+        let mut cur = self.cursor(n);
+        (0..n).map(move |_| self.next(&mut cur))
+    }
+
     /// The key/value pairs of an object, in storage order.
     pub fn pairs(self) -> impl Iterator<Item = Result<(&'a [u8], Value<'a>)>> {
         let n = if self.is_object() { self.len() } else { 0 };
@@ -429,6 +436,29 @@ impl ContainerWriter {
     /// Starts the one-element array that wraps a scalar at the top level.
     pub fn raw_scalar(out: &mut Vec<u8>) -> Result<ContainerWriter> {
         Self::begin(out, JB_FARRAY | JB_FSCALAR, 1, 1)
+    }
+
+    /// Starts an object with the same keys as `src`: its header, key entries and key bytes are copied in one
+    /// piece (keys never change when values are replaced); the caller then writes the values in `src`'s order.
+    pub fn object_like(out: &mut Vec<u8>, src: &Container<'_>) -> Result<ContainerWriter> {
+        if !src.is_object() {
+            return Err(corrupt("an object was expected"));
+        }
+        let n = src.len();
+        let mut w = Self::begin(out, JB_FOBJECT, n, n * 2)?;
+        if n > 0 {
+            let keys_end = src.end_offset(n - 1);
+            let entries = src.base.get(src.pos + 4..src.pos + 4 + 4 * n);
+            let key_bytes = src.base.get(src.data_start()..src.data_start() + keys_end);
+            let (Some(entries), Some(key_bytes)) = (entries, key_bytes) else {
+                return Err(corrupt("the keys of an object are truncated"));
+            };
+            out[w.jentry_pos..w.jentry_pos + 4 * n].copy_from_slice(entries);
+            out.extend_from_slice(key_bytes);
+            w.index = n;
+            w.total = keys_end;
+        }
+        Ok(w)
     }
 
     fn begin(out: &mut Vec<u8>, flags: u32, count: usize, n_entries: usize) -> Result<ContainerWriter> {
