@@ -84,4 +84,21 @@ SELECT event_crypto.decrypt_fields('{"s":"$ec7$AAAA"}');               -- 0A000 
 SELECT length(event_crypto.decrypt_fields(event_crypto.encrypt_fields(jsonb_build_object('s', repeat('x', 10000000)), '{s}', 'aes'))->>'s') AS len;
 -- deeply nested path
 SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields('{"a":{"b":{"c":{"d":{"e":"deep"}}}}}', '{a.b.c.d.e}', 'aes')) AS deep;
+-- numbers keep their exact digits and numeric value: large and small exponents, trailing zeros, negative zero,
+-- every jsonb number form PostgreSQL accepts; the decrypted document equals the original byte for byte (text)
+WITH d(doc) AS (VALUES ('{"a":1e400,"b":-1.5e-300,"c":0.000100,"d":-0.0,"e":12345678901234567890123456789,"f":[1E2,2.50e+1]}'::jsonb))
+SELECT doc::text, event_crypto.decrypt_fields(event_crypto.encrypt_fields(doc, '{a,b,c,d,e,f}', 'aes'))::text = doc::text AS same
+FROM d;
+-- strings that need escaping, and wide objects and arrays (more than 32 members: jsonb stores offsets, not lengths)
+WITH d(doc) AS (SELECT jsonb_build_object('s', E'quote " backslash \\ tab \t nl \n \u0001 ünï ✓',
+                                          'wide', (SELECT jsonb_object_agg('k' || i, i) FROM generate_series(1, 70) i),
+                                          'arr', (SELECT jsonb_agg(jsonb_build_object('v', 'x' || i)) FROM generate_series(1, 70) i)))
+SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields(doc, '{s,wide.k33,arr[*].v,arr[40]}', 'aes')) = doc AS same,
+       (SELECT count(*) FROM jsonb_path_query(event_crypto.encrypt_fields(doc, '{s,wide.k33,arr[*].v}', 'aes'), 'strict $.**') v
+        WHERE v #>> '{}' LIKE '$ec1$%') AS envelopes
+FROM d;
+-- nesting beyond 1,000 levels is refused, not a crash
+SELECT event_crypto.encrypt_fields(jsonb_build_object('a', (repeat('[', 1200) || repeat(']', 1200))::jsonb), '{a}', 'aes');  -- 54000
+SELECT event_crypto.decrypt_fields((repeat('[', 1200) || repeat(']', 1200))::jsonb);  -- 54000
+SELECT jsonb_array_length(event_crypto.encrypt_fields((repeat('[', 900) || repeat(']', 900))::jsonb, '{x}', 'aes')) AS kept;
 ROLLBACK;

@@ -46,7 +46,7 @@ pub const T_NULL: EntryType = 0x4000_0000;
 pub const T_CONTAINER: EntryType = 0x5000_0000;
 
 /// The deepest nesting read or written; deeper documents are refused rather than risking the stack.
-pub const MAX_DEPTH: usize = 4096;
+pub const MAX_DEPTH: usize = 1000;
 /// The largest container the format can describe.
 pub const MAX_CONTAINER_LEN: usize = JENTRY_OFFLENMASK as usize;
 
