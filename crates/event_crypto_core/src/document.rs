@@ -140,9 +140,7 @@ impl<'a> Encryptor<'a> {
                 let ty = match node.key(k) {
                     Some(n) => {
                         let mark = self.loc.push_key_bytes(k);
-                        let ty = self.child(v, n, out, depth);
-                        self.loc.truncate(mark);
-                        ty?
+                        self.child_at(mark, v, n, out, depth)?
                     }
                     None => copy_value(out, &v)?,
                 };
@@ -155,9 +153,7 @@ impl<'a> Encryptor<'a> {
                 let ty = match node.index(i) {
                     Some(n) => {
                         let mark = self.loc.push_index(i);
-                        let ty = self.child(v, n, out, depth);
-                        self.loc.truncate(mark);
-                        ty?
+                        self.child_at(mark, v, n, out, depth)?
                     }
                     None => copy_value(out, &v)?,
                 };
@@ -165,6 +161,20 @@ impl<'a> Encryptor<'a> {
             }
         }
         Ok(())
+    }
+
+    /// [`Encryptor::child`] at a location pushed just before (`mark`), which it pops again.
+    fn child_at(
+        &mut self,
+        mark: usize,
+        v: Value<'_>,
+        node: &SelectorNode,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<EntryType> {
+        let ty = self.child(v, node, out, depth);
+        self.loc.truncate(mark);
+        ty
     }
 
     fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {

@@ -133,18 +133,18 @@ fn bad_number() -> Error {
 
 /// Builds a numeric datum (4-byte varlena header) from a JSON number's text, as `numeric_in` does.
 pub fn numeric_from_text(text: &[u8]) -> Result<Vec<u8>> {
-    let mut i = 0;
-    let negative = match text.first() {
-        Some(b'-') => {
-            i += 1;
-            true
+    // an optional sign at `i`, skipped; true for '-'
+    let sign = |i: &mut usize| -> bool {
+        match text.get(*i) {
+            Some(c @ (b'-' | b'+')) => {
+                *i += 1;
+                *c == b'-'
+            }
+            _ => false,
         }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
     };
+    let mut i = 0;
+    let negative = sign(&mut i);
     // Decimal digits with DEC_DIGITS zeroes in front (room to align the first base-10000 digit).
     let mut dec: Vec<u8> = vec![0; DEC_DIGITS as usize];
     let (mut dweight, mut dscale, mut have_dp) = (-1i64, 0i64, false);
@@ -169,17 +169,7 @@ pub fn numeric_from_text(text: &[u8]) -> Result<Vec<u8>> {
     }
     if let Some(b'e' | b'E') = text.get(i) {
         i += 1;
-        let neg_exp = match text.get(i) {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
+        let neg_exp = sign(&mut i);
         let start = i;
         let mut exponent: i64 = 0;
         while let Some(&c @ b'0'..=b'9') = text.get(i) {

@@ -277,28 +277,23 @@ impl Parser<'_> {
             }
             _ => return Err(syntax("invalid number")),
         }
-        if s.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while let Some(b'0'..=b'9') = s.get(i) {
-                i += 1;
-            }
-            if i == d {
+        // at least one digit after the point and in the exponent
+        let digits = |from: usize| -> Result<usize> {
+            let end = from + s[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if end == from {
                 return Err(syntax("invalid number"));
             }
+            Ok(end)
+        };
+        if s.get(i) == Some(&b'.') {
+            i = digits(i + 1)?;
         }
         if let Some(b'e' | b'E') = s.get(i) {
             i += 1;
             if let Some(b'+' | b'-') = s.get(i) {
                 i += 1;
             }
-            let d = i;
-            while let Some(b'0'..=b'9') = s.get(i) {
-                i += 1;
-            }
-            if i == d {
-                return Err(syntax("invalid number"));
-            }
+            i = digits(i)?;
         }
         self.i = i;
         Ok(Parsed::Number(numeric_from_text(&s[start..i])?))
