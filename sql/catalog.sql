@@ -84,7 +84,10 @@ CREATE TABLE event_crypto.blind_indexes (
 COMMENT ON TABLE event_crypto.blind_indexes IS 'Blind index columns filled by the protect trigger.';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.blind_indexes', '');
 
--- Who did what to which subject and keys.
+-- Who did what to which key and subject. Append-only for everyone but superusers (no UPDATE or DELETE grant, and
+-- a trigger refuses them), and hash-chained: at commit the deferred trigger audit_seal gives each new row its
+-- position (seq) and row_hash = SHA-256(previous row_hash, the row's content); event_crypto.verify_audit_log()
+-- walks the chain. audit_head holds the last position and hash, so deleting the newest rows is detected too.
 CREATE TABLE event_crypto.audit_log (
     id            bigserial   PRIMARY KEY,
     at            timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -94,8 +97,21 @@ CREATE TABLE event_crypto.audit_log (
     subject       text,
     key_ids       text[]      NOT NULL DEFAULT '{}',
     details       jsonb       NOT NULL DEFAULT '{}',
-    xact_id       xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+    xact_id       xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    seq           bigint      UNIQUE,
+    prev_hash     bytea,
+    row_hash      bytea,
+    CONSTRAINT audit_sealed_whole CHECK ((seq IS NULL) = (prev_hash IS NULL) AND (seq IS NULL) = (row_hash IS NULL))
 );
-COMMENT ON TABLE event_crypto.audit_log IS 'Subject-level actions (forget_subject, export_subject): who, when, which keys, counts.';
+COMMENT ON TABLE event_crypto.audit_log IS
+    'Key lifecycle and subject actions: who, when, which keys, counts. Append-only and hash-chained (verify_audit_log()).';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log_id_seq', '');
+
+CREATE TABLE event_crypto.audit_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seq       bigint  NOT NULL,
+    row_hash  bytea   NOT NULL
+);
+COMMENT ON TABLE event_crypto.audit_head IS 'The position and hash of the newest sealed audit row.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_head', '');

@@ -10,10 +10,11 @@ CREATE TRIGGER blind_indexes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCAT
 
 REVOKE ALL ON ALL TABLES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON SCHEMA event_crypto FROM PUBLIC;
 GRANT USAGE ON SCHEMA event_crypto TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
 
-GRANT SELECT ON event_crypto.key_info, event_crypto.audit_log TO event_crypto_admin;
+GRANT SELECT ON event_crypto.key_info, event_crypto.audit_log, event_crypto.audit_head TO event_crypto_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON event_crypto.protected_columns, event_crypto.blind_indexes TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name),
                           event_crypto.unprotect(regclass, name),
@@ -23,8 +24,11 @@ GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, nam
                           event_crypto.forget_subject(text)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rotate_key(text, text),
-                          event_crypto.shred_key(text), event_crypto.master_key_id()
+                          event_crypto.shred_key(text), event_crypto.master_key_id(),
+                          event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
+                          event_crypto.verify_audit_log()
     TO event_crypto_admin;
+GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint) TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
                           event_crypto.encrypt_value(jsonb, text, text),
                           event_crypto.blind_index(text, text, text)

@@ -155,5 +155,38 @@ fn blind_index(value: Option<&str>, key_id: Option<&str>, normalize: default!(Op
 /// The fingerprint (not the key) of the master key this server has loaded.
 #[pg_extern(stable, parallel_safe)]
 fn master_key_id() -> String {
-    crate::master::get().or_raise().id().to_string()
+    crate::master::get().or_raise().active().id().to_string()
+}
+
+/// Re-wraps up to `batch_size` key versions under the active master key, in the calling transaction; returns
+/// what it did and what is left. `CALL event_crypto.rewrap_keys()` runs it batch after batch, committing each.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rewrap_keys_batch(
+    batch_size: default!(Option<i32>, 1000),
+) -> TableIterator<'static, (name!(rewrapped, i64), name!(remaining, i64), name!(unknown_master, i64))> {
+    let batch_size = required(batch_size, "batch_size");
+    if !(1..=100_000).contains(&batch_size) {
+        raise(Error::invalid_argument("batch_size must be between 1 and 100000"));
+    }
+    let o = keys::rewrap_batch(batch_size as i64).or_raise();
+    TableIterator::once((o.rewrapped, o.remaining, o.unknown_master))
+}
+
+/// The master keys of the ring and those the key catalog names, with the live key versions each wraps.
+#[pg_extern(stable, parallel_restricted)]
+fn master_key_status() -> TableIterator<
+    'static,
+    (
+        name!(master_key_id, String),
+        name!(in_ring, bool),
+        name!(active, bool),
+        name!(live_key_versions, i64),
+        name!(removable, bool),
+    ),
+> {
+    let rows = keys::master_key_status().or_raise();
+    TableIterator::new(rows.into_iter().map(|s| {
+        let removable = s.in_ring && !s.active && s.live_key_versions == 0;
+        (s.master_key_id, s.in_ring, s.active, s.live_key_versions, removable)
+    }))
 }

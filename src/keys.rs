@@ -12,11 +12,12 @@ use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::blind::BlindIndexer;
 use event_crypto_core::document::{KeyLookup, KeySource};
 use event_crypto_core::envelope::check_key_id;
-use event_crypto_core::master::{KeyPurpose, WrapContext};
+use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
 use event_crypto_core::random::random_key;
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use serde_json::json;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -243,20 +244,23 @@ fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
     rows
 }
 
-fn mismatch(key_id: &str, version: u32, wrapped_by: &str, loaded: &str) -> Error {
+fn mismatch(key_id: &str, version: u32, wrapped_by: &str, ring: &MasterKeyRing) -> Error {
     Error::new(
         ErrorKind::MasterKeyMismatch,
         format!("master key mismatch for encryption key \"{key_id}\" version {version}"),
     )
-    .with_detail(format!("The key was wrapped by master key {wrapped_by}; this server has master key {loaded}."))
-    .with_hint("Start the server with the master key this key catalog was created with (event_crypto.master_key_file or master_key_command).")
+    .with_detail(format!(
+        "The key was wrapped by master key {wrapped_by}; this server's master key ring holds {}.",
+        ring.describe()
+    ))
+    .with_hint("Add the master key this key was wrapped by to the ring (a line of event_crypto.master_key_file or of master_key_command's output) and restart the server.")
 }
 
 fn unwrap_row(key_id: &str, row: &Row, purpose: KeyPurpose) -> Result<event_crypto_core::SecretKey> {
-    let m = master::get()?;
-    if row.master_key_id != m.id() {
-        return Err(mismatch(key_id, row.version, &row.master_key_id, m.id()));
-    }
+    let ring = master::get()?;
+    let m = ring
+        .get(&row.master_key_id)
+        .ok_or_else(|| mismatch(key_id, row.version, &row.master_key_id, ring))?;
     let algorithm = Algorithm::from_name(&row.algorithm)?;
     let wrapped = match purpose {
         KeyPurpose::Data => row.wrapped_key.as_deref(),
@@ -358,9 +362,9 @@ impl KeySource for CachedKeys {
 
 /// Inserts version 1 of `key_id` unless the key id exists. `None` when inserted; otherwise whether the existing
 /// key id is shredded.
-fn insert_first_version(key_id: &str, algorithm: Algorithm) -> Result<Option<bool>> {
+fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> Result<Option<bool>> {
     check_key_id(key_id)?;
-    let m = master::get()?;
+    let m = master::get()?.active();
     let role = current_role();
     let dk = random_key()?;
     let ik = random_key()?;
@@ -372,7 +376,7 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm) -> Result<Option<boo
     };
     let wrapped = m.wrap(&dk, &ctx(KeyPurpose::Data))?;
     let wrapped_index = m.wrap(&ik, &ctx(KeyPurpose::BlindIndex))?;
-    Ok(as_catalog_owner(|| {
+    let outcome = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             // ON CONFLICT without a target also covers the one-active-version index, so concurrent creators of one
             // key id wait for each other and exactly one inserts.
@@ -390,12 +394,21 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm) -> Result<Option<boo
             let existing = read_rows(client, SELECT_ROWS, key_id);
             Some(existing.iter().all(|r| r.status == "shredded"))
         })
-    }))
+    });
+    if outcome.is_none() {
+        crate::audit::record(
+            "create_key",
+            None,
+            &[key_id.to_string()],
+            json!({"version": 1, "algorithm": algorithm.name(), "master_key_id": m.id(), "automatic": automatic}),
+        );
+    }
+    Ok(outcome)
 }
 
 /// Creates version 1 of a new key id.
 pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
-    match insert_first_version(key_id, algorithm)? {
+    match insert_first_version(key_id, algorithm, false)? {
         None => Ok(1),
         Some(true) => {
             Err(Error::key_shredded(key_id).with_hint("A shredded key id is never re-created; use a new key id."))
@@ -413,7 +426,7 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
 pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
     match lookup(key_id) {
         Err(e) if e.kind() == ErrorKind::UnknownKey => {
-            insert_first_version(key_id, Algorithm::Aes256Gcm)?;
+            insert_first_version(key_id, Algorithm::Aes256Gcm, true)?;
             lookup(key_id)
         }
         other => other,
@@ -423,7 +436,7 @@ pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
 /// Adds a new active version; the previous active version is retired (it still decrypts).
 pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
     check_key_id(key_id)?;
-    let m = master::get()?;
+    let m = master::get()?.active();
     let role = current_role();
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
@@ -489,6 +502,12 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
                 )
                 .unwrap_or_else(|e| spi_failed(e));
             // The UPDATE above fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
+            crate::audit::record(
+                "rotate_key",
+                None,
+                &[key_id.to_string()],
+                json!({"version": version, "algorithm": algorithm.name(), "master_key_id": m.id()}),
+            );
             Ok(version as i32)
         })
     })
@@ -514,9 +533,164 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
             if n == 0 && read_rows(client, SELECT_ROWS, key_id).is_empty() {
                 return Err(Error::unknown_key(key_id));
             }
+            if n > 0 {
+                crate::audit::record("shred_key", None, &[key_id.to_string()], json!({"versions": n}));
+            }
             Ok(n)
         })
     })?;
     // The UPDATE fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
     Ok(n)
+}
+
+/// What one rewrap batch did and what is left.
+pub struct RewrapOutcome {
+    /// Key versions moved to the active master key by this batch.
+    pub rewrapped: i64,
+    /// Live key versions still wrapped by another master key of the ring (locked ones included).
+    pub remaining: i64,
+    /// Live key versions wrapped by a master key that is not in the ring at all (they cannot be rewrapped here).
+    pub unknown_master: i64,
+}
+
+/// Re-wraps up to `limit` live key versions wrapped by an older master key of the ring under the active one:
+/// both wrapped keys of a row move together in one UPDATE, so a crash leaves each row wholly old or wholly new,
+/// and either way unwrappable by a key of the ring. Rows another transaction has locked are skipped and left
+/// for a later batch. Event rows are never touched: the data keys themselves do not change.
+pub fn rewrap_batch(limit: i64) -> Result<RewrapOutcome> {
+    let ring = master::get()?;
+    let active = ring.active().id().to_string();
+    let older: Vec<String> = ring.ids().skip(1).map(String::from).collect();
+    let all: Vec<String> = ring.ids().map(String::from).collect();
+    let outcome = as_catalog_owner(|| {
+        Spi::connect_mut(|client| -> Result<RewrapOutcome> {
+            let rows = client
+                .update(
+                    "SELECT key_id, version, algorithm, wrapped_key, wrapped_index_key, master_key_id \
+                     FROM event_crypto.keys \
+                     WHERE wrapped_key IS NOT NULL AND master_key_id OPERATOR(pg_catalog.=) ANY ($1) \
+                     ORDER BY key_id, version LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    None,
+                    &[older.clone().into(), limit.into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut versions = Vec::with_capacity(rows.len());
+            let mut wrapped = Vec::with_capacity(rows.len());
+            let mut wrapped_index = Vec::with_capacity(rows.len());
+            for r in rows {
+                let key_id = r.get::<String>(1).ok().flatten().unwrap_or_default();
+                let version = r.get::<i32>(2).ok().flatten().unwrap_or(0);
+                let algorithm = Algorithm::from_name(&r.get::<String>(3).ok().flatten().unwrap_or_default())?;
+                let from = r.get::<String>(6).ok().flatten().unwrap_or_default();
+                let ctx = |purpose| WrapContext {
+                    key_id: &key_id,
+                    version: version as u32,
+                    algorithm,
+                    purpose,
+                };
+                let corrupt = || Error::key_shredded(&key_id);
+                let w = r.get::<Vec<u8>>(4).ok().flatten().ok_or_else(corrupt)?;
+                let wi = r.get::<Vec<u8>>(5).ok().flatten().ok_or_else(corrupt)?;
+                wrapped.push(ring.rewrap(&from, &w, &ctx(KeyPurpose::Data))?);
+                wrapped_index.push(ring.rewrap(&from, &wi, &ctx(KeyPurpose::BlindIndex))?);
+                versions.push(version);
+                ids.push(key_id);
+            }
+            let rewrapped = ids.len() as i64;
+            if rewrapped > 0 {
+                client
+                    .update(
+                        "UPDATE event_crypto.keys k SET wrapped_key = u.w, wrapped_index_key = u.wi, master_key_id = $5 \
+                         FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
+                                         pg_catalog.unnest($3::pg_catalog.bytea[]), pg_catalog.unnest($4::pg_catalog.bytea[])) \
+                              AS u(key_id, version, w, wi) \
+                         WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id AND k.version OPERATOR(pg_catalog.=) u.version",
+                        None,
+                        &[ids.into(), versions.into(), wrapped.into(), wrapped_index.into(), active.as_str().into()],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+            }
+            let counts = client
+                .select(
+                    "SELECT pg_catalog.count(*) FILTER (WHERE master_key_id OPERATOR(pg_catalog.=) ANY ($1)), \
+                            pg_catalog.count(*) FILTER (WHERE master_key_id OPERATOR(pg_catalog.<>) ALL ($2)) \
+                     FROM event_crypto.keys WHERE wrapped_key IS NOT NULL",
+                    Some(1),
+                    &[older.clone().into(), all.clone().into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e));
+            let row = counts.first();
+            Ok(RewrapOutcome {
+                rewrapped,
+                remaining: row.get::<i64>(1).ok().flatten().unwrap_or(0),
+                unknown_master: row.get::<i64>(2).ok().flatten().unwrap_or(0),
+            })
+        })
+    })?;
+    if outcome.rewrapped > 0 {
+        crate::audit::record(
+            "rewrap_keys",
+            None,
+            &[],
+            json!({"rewrapped": outcome.rewrapped, "remaining": outcome.remaining, "to_master_key_id": active,
+                   "from_master_key_ids": older}),
+        );
+    }
+    Ok(outcome)
+}
+
+/// One master key as `master_key_status()` reports it.
+pub struct MasterKeyStatus {
+    pub master_key_id: String,
+    pub in_ring: bool,
+    pub active: bool,
+    pub live_key_versions: i64,
+}
+
+/// Every master key of the ring and every master key the catalog names, with how many live key versions each
+/// wraps. A master key that is not active and wraps nothing can be removed from the ring and destroyed.
+pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
+    let ring = master::get()?;
+    let counts: Vec<(String, i64)> = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT master_key_id, pg_catalog.count(*) FROM event_crypto.keys \
+                     WHERE wrapped_key IS NOT NULL GROUP BY 1 ORDER BY 1",
+                    None,
+                    &[],
+                )
+                .unwrap_or_else(|e| spi_failed(e))
+                .map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<i64>(2).ok().flatten().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+    });
+    let count_of = |id: &str| counts.iter().find(|(m, _)| m == id).map_or(0, |(_, n)| *n);
+    let mut out: Vec<MasterKeyStatus> = ring
+        .ids()
+        .enumerate()
+        .map(|(i, id)| MasterKeyStatus {
+            master_key_id: id.to_string(),
+            in_ring: true,
+            active: i == 0,
+            live_key_versions: count_of(id),
+        })
+        .collect();
+    for (id, n) in &counts {
+        if ring.get(id).is_none() {
+            out.push(MasterKeyStatus {
+                master_key_id: id.clone(),
+                in_ring: false,
+                active: false,
+                live_key_versions: *n,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod audit;
 mod error;
 mod guc;
 mod jsonb;
@@ -28,6 +29,8 @@ pub extern "C-unwind" fn _PG_init() {
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/protect.sql", name = "protect", requires = ["catalog"]);
+extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["catalog"]);
+extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

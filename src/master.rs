@@ -1,11 +1,13 @@
-//! Loading the master key from `event_crypto.master_key_file` or `event_crypto.master_key_command`.
+//! Loading the master key ring from `event_crypto.master_key_file` or `event_crypto.master_key_command`: one
+//! key a line, the first active (it wraps new and rewrapped data keys), the others kept to unwrap what they
+//! wrapped until `event_crypto.rewrap_keys` has moved it to the active key.
 //!
 //! With `shared_preload_libraries = 'event_crypto'` the key is loaded once in the postmaster and every backend
 //! inherits it; otherwise each backend loads it on first use. The outcome (the key, or why it could not be
 //! loaded) is kept for the life of the process. Key bytes only ever live in zeroized buffers.
 
 use crate::guc;
-use event_crypto_core::master::MasterKey;
+use event_crypto_core::master::MasterKeyRing;
 use event_crypto_core::{Error, ErrorKind, Result};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,10 +16,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use zeroize::Zeroizing;
 
-static MASTER: OnceLock<std::result::Result<MasterKey, Error>> = OnceLock::new();
+static MASTER: OnceLock<std::result::Result<MasterKeyRing, Error>> = OnceLock::new();
 
 /// The longest key file or command output read.
-const MAX_KEY_TEXT: u64 = 4096;
+const MAX_KEY_TEXT: u64 = 16384;
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::new(ErrorKind::MasterKeyUnavailable, "the event_crypto master key could not be loaded")
@@ -39,7 +41,7 @@ fn data_directory() -> Option<std::path::PathBuf> {
     }
 }
 
-fn load_file(path: &str) -> Result<MasterKey> {
+fn load_file(path: &str) -> Result<MasterKeyRing> {
     let p = Path::new(path);
     if !p.is_absolute() {
         return Err(unavailable(format!(
@@ -86,10 +88,10 @@ fn load_file(path: &str) -> Result<MasterKey> {
     if text.len() as u64 > MAX_KEY_TEXT {
         return Err(unavailable(format!("\"{path}\" is larger than {MAX_KEY_TEXT} bytes")));
     }
-    MasterKey::parse_text(&text).map_err(|e| unavailable(format!("\"{path}\": {}", e.detail().unwrap_or(""))))
+    MasterKeyRing::parse_text(&text).map_err(|e| unavailable(format!("\"{path}\": {}", e.detail().unwrap_or(""))))
 }
 
-fn load_command(cmd: &str) -> Result<MasterKey> {
+fn load_command(cmd: &str) -> Result<MasterKeyRing> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -123,7 +125,7 @@ fn load_command(cmd: &str) -> Result<MasterKey> {
             "event_crypto.master_key_command printed more than {MAX_KEY_TEXT} bytes"
         )));
     }
-    MasterKey::parse_text(&text).map_err(|e| {
+    MasterKeyRing::parse_text(&text).map_err(|e| {
         unavailable(format!(
             "event_crypto.master_key_command output: {}",
             e.detail().unwrap_or("")
@@ -136,7 +138,7 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-fn load() -> std::result::Result<MasterKey, Error> {
+fn load() -> std::result::Result<MasterKeyRing, Error> {
     match (guc::master_key_file(), guc::master_key_command()) {
         (Some(path), _) => load_file(&path),
         (None, Some(cmd)) => load_command(&cmd),
@@ -149,12 +151,12 @@ fn load() -> std::result::Result<MasterKey, Error> {
 pub fn preload() {
     let outcome = MASTER.get_or_init(load);
     match outcome {
-        Ok(m) => pgrx::log!("event_crypto: master key {} loaded", m.id()),
+        Ok(ring) => pgrx::log!("event_crypto: master key ring loaded: {}", ring.describe()),
         Err(e) => pgrx::warning!("event_crypto: {e}"),
     }
 }
 
-/// The master key, loading it on first use when the library was not preloaded.
-pub fn get() -> Result<&'static MasterKey> {
+/// The master key ring, loading it on first use when the library was not preloaded.
+pub fn get() -> Result<&'static MasterKeyRing> {
     MASTER.get_or_init(load).as_ref().map_err(Clone::clone)
 }

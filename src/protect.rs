@@ -8,7 +8,7 @@
 
 use crate::error::{raise, spi_failed, OrRaise};
 use crate::jsonb::Jsonb;
-use crate::keys::{self, as_catalog_owner, current_role, KeyEntry};
+use crate::keys::{self, as_catalog_owner, KeyEntry};
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, needs_encryption, value_at, Encryptor};
 use event_crypto_core::envelope::looks_like_envelope;
@@ -562,30 +562,6 @@ fn subject_tables(client: &SpiClient<'_>) -> Vec<SubjectTable> {
         .collect()
 }
 
-fn audit(action: &str, subject: &str, key_ids: &[String], details: Value) -> i64 {
-    let actor = current_role();
-    as_catalog_owner(|| {
-        Spi::connect_mut(|client| {
-            client
-                .update(
-                    "INSERT INTO event_crypto.audit_log (actor, session_actor, action, subject, key_ids, details) \
-                     VALUES ($1, SESSION_USER, $2, $3, $4, $5) RETURNING id",
-                    Some(1),
-                    &[
-                        actor.as_str().into(),
-                        action.into(),
-                        subject.into(),
-                        key_ids.to_vec().into(),
-                        JsonB(details).into(),
-                    ],
-                )
-                .and_then(|t| t.first().get_one::<i64>())
-                .unwrap_or_else(|e| spi_failed(e))
-                .unwrap_or_default()
-        })
-    })
-}
-
 fn check_subject(subject: Option<&str>) -> &str {
     match subject {
         None => raise(Error::null_argument("subject")),
@@ -675,7 +651,7 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
         "tables": touched,
         "already_forgotten": already,
     });
-    let audit_id = audit("forget_subject", subject, &key_ids, details.clone());
+    let audit_id = crate::audit::record("forget_subject", Some(subject), &key_ids, details.clone());
     let mut receipt = json!({
         "subject": subject,
         "key_ids": key_ids,
@@ -721,9 +697,9 @@ fn export_subject(subject: Option<&str>) -> JsonB {
             out.push(json!({"table": t.table, "column": t.column, "rows": rows}));
         }
     });
-    audit(
+    crate::audit::record(
         "export_subject",
-        subject,
+        Some(subject),
         &[],
         json!({"rows": rows_total, "tables": tables.len()}),
     );

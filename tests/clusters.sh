@@ -5,6 +5,8 @@
 #   c (54333)  key file readable by group and others  -- must be refused
 #   d (54334)  key file inside the data directory     -- must be refused
 #   e (54335)  preloaded, no master key configured    -- clear error, never a crash
+#   f (54336)  master key ring file, restarted by the tests with other rings (rotation, rewrap, crashes);
+#              (DIR/f/first.key is the key it starts with, DIR/f/new.key a second key for them)
 # Usage: tests/clusters.sh start|stop DIR      (as root; servers run as postgres). Writes DIR/env for the tests.
 set -euo pipefail
 ACTION=$1
@@ -14,7 +16,7 @@ RUN_AS=postgres
 as_pg() { runuser -u "$RUN_AS" -- "$@"; }
 
 stop_all() {
-  for n in a b c d e; do
+  for n in a b c d e f; do
     if [ -f "$DIR/$n/data/postmaster.pid" ]; then
       as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -m immediate stop >/dev/null 2>&1 || true
     fi
@@ -32,7 +34,7 @@ install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR"
 newkey() { (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$1"); chown "$RUN_AS:$RUN_AS" "$1"; chmod 600 "$1"; }
 
 port=54331
-for n in a b c d e; do
+for n in a b c d e f; do
   install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
   as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
   case $n in
@@ -41,6 +43,8 @@ for n in a b c d e; do
          key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
     d)   newkey "$DIR/$n/data/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/data/master.key'" ;;
     e)   key_line="" ;;
+    f)   newkey "$DIR/$n/first.key"; newkey "$DIR/$n/new.key"; cp -p "$DIR/$n/first.key" "$DIR/$n/master.key"
+         key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
   esac
   cat >> "$DIR/$n/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
@@ -63,6 +67,8 @@ export EC_IT_B="host=127.0.0.1 port=54332 user=postgres"
 export EC_IT_C="host=127.0.0.1 port=54333 user=postgres"
 export EC_IT_D="host=127.0.0.1 port=54334 user=postgres"
 export EC_IT_E="host=127.0.0.1 port=54335 user=postgres"
+export EC_IT_F="host=127.0.0.1 port=54336 user=postgres"
+export EC_IT_F_DIR=$DIR/f
 export EC_IT_SCRATCH=$DIR
 ENV
-echo "clusters a-e started under $DIR"
+echo "clusters a-f started under $DIR"

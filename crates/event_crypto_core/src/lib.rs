@@ -6,10 +6,12 @@
 //! - [`path`]: field path patterns and concrete locations;
 //! - [`document`]: encrypting and decrypting the fields of a JSON document;
 //! - [`blind`]: the blind index;
+//! - [`audit`]: the hash chain of the audit log;
 //! - [`random`]: keys and nonces from the OS CSPRNG;
 //! - [`error`]: the one error type.
 
 pub mod aead;
+pub mod audit;
 pub mod blind;
 pub mod document;
 pub mod envelope;

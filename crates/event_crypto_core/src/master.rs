@@ -1,6 +1,9 @@
 //! The master key: parsed from the text a key file or key command supplies, identified by a fingerprint, and used
 //! (through an HKDF-derived wrapping key, never directly) to wrap data keys with AES-256-GCM.
 //!
+//! The text may hold a ring of master keys, one a line (blank lines and `#` comments ignored): the first line is
+//! the active key, which wraps every new or rewrapped data key; the others only unwrap keys they wrapped earlier.
+//!
 //! Wrapped key layout (61 bytes): `0x01 nonce(12) ciphertext(32) tag(16)`; associated data:
 //! `"event_crypto/wrap/v1" 0x00 purpose 0x00 algorithm 0x00 u32be(version) key_id`.
 
@@ -156,6 +159,97 @@ impl MasterKey {
     }
 }
 
+/// The master keys a key file or key command supplies: the active one first, then older ones kept to unwrap
+/// the data keys they wrapped until `rewrap_keys` has moved those to the active key.
+pub struct MasterKeyRing {
+    keys: Vec<MasterKey>,
+}
+
+/// The most master keys one ring holds.
+pub const MAX_RING: usize = 16;
+
+impl MasterKeyRing {
+    /// Parses one key a line (64 hex digits or base64 of 32 bytes); blank lines and lines starting with `#` are
+    /// skipped. The first key is the active one. A repeated key or more than [`MAX_RING`] keys is refused.
+    /// Messages name line numbers and fingerprints only, never key text.
+    pub fn parse_text(text: &[u8]) -> Result<MasterKeyRing> {
+        let mut keys: Vec<MasterKey> = Vec::new();
+        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+            let line = trim_ascii(line);
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            let key = MasterKey::parse_text(line)
+                .map_err(|e| master_error(format!("line {}: {}", n + 1, e.detail().unwrap_or("not a key"))))?;
+            if let Some(first) = keys.iter().position(|k| k.id() == key.id()) {
+                return Err(master_error(format!(
+                    "line {}: master key {} appears twice in the ring (first as key {})",
+                    n + 1,
+                    key.id(),
+                    first + 1
+                )));
+            }
+            if keys.len() == MAX_RING {
+                return Err(master_error(format!("the ring holds more than {MAX_RING} master keys")));
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(master_error("the key source supplied no key (it is empty)"));
+        }
+        Ok(MasterKeyRing { keys })
+    }
+
+    /// A ring of the given keys, the first active.
+    pub fn from_keys(keys: Vec<MasterKey>) -> Option<MasterKeyRing> {
+        (!keys.is_empty()).then_some(MasterKeyRing { keys })
+    }
+
+    /// The key that wraps new and rewrapped data keys.
+    pub fn active(&self) -> &MasterKey {
+        &self.keys[0]
+    }
+
+    /// The key of the ring with fingerprint `id`.
+    pub fn get(&self, id: &str) -> Option<&MasterKey> {
+        self.keys.iter().find(|k| k.id() == id)
+    }
+
+    /// The fingerprints, active first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(MasterKey::id)
+    }
+
+    /// The fingerprints as one line for messages: `"a1b2... (active), c3d4..."`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (i, id) in self.ids().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(id);
+            if i == 0 {
+                s.push_str(" (active)");
+            }
+        }
+        s
+    }
+
+    /// Moves a wrapped key from the master key `from` (a fingerprint of this ring) to the active key: unwraps,
+    /// re-wraps with a fresh nonce under the active key. The plaintext key lives only in a zeroized buffer.
+    pub fn rewrap(&self, from: &str, wrapped: &[u8], ctx: &WrapContext<'_>) -> Result<Vec<u8>> {
+        let old = self.get(from).ok_or_else(|| {
+            Error::new(
+                ErrorKind::MasterKeyMismatch,
+                format!("master key {from} is not in this server's master key ring"),
+            )
+            .with_detail(format!("The ring holds {}.", self.describe()))
+        })?;
+        let key = old.unwrap(wrapped, ctx)?;
+        self.active().wrap(&key, ctx)
+    }
+}
+
 fn trim_ascii(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
@@ -214,6 +308,66 @@ mod tests {
             }
             assert!(e.hint().unwrap().contains("event_crypto.master_key_file"));
         }
+    }
+
+    #[test]
+    fn a_ring_parses_one_key_a_line_the_first_active() {
+        let k2 = "ff".repeat(32);
+        let b64 = STANDARD.encode([7u8; 32]);
+        let text = format!("# active first\n{k2}\n\n  {HEX}  \r\n# old\n{b64}\n");
+        let ring = MasterKeyRing::parse_text(text.as_bytes()).unwrap();
+        let ids: Vec<&str> = ring.ids().collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ring.active().id(), MasterKey::parse_text(k2.as_bytes()).unwrap().id());
+        assert_eq!(ids[1], MasterKey::parse_text(HEX.as_bytes()).unwrap().id());
+        assert!(ring.get(ids[2]).is_some());
+        assert!(ring.get("0000000000000000").is_none());
+        assert!(ring.describe().starts_with(&format!("{} (active), ", ids[0])));
+        // A single key, as before the ring existed, is a ring of one.
+        let one = MasterKeyRing::parse_text(format!("{HEX}\n").as_bytes()).unwrap();
+        assert_eq!(one.ids().count(), 1);
+    }
+
+    #[test]
+    fn a_bad_ring_is_refused_by_line_without_echoing_keys() {
+        let dup = format!("{HEX}\n{}\n", HEX.to_uppercase());
+        let e = MasterKeyRing::parse_text(dup.as_bytes()).err().unwrap();
+        assert!(e.detail().unwrap().contains("line 2") && e.detail().unwrap().contains("twice"));
+        let bad = format!("{HEX}\nnot-a-key-{}\n", &HEX[..20]);
+        let e = MasterKeyRing::parse_text(bad.as_bytes()).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::MasterKeyUnavailable);
+        assert!(e.detail().unwrap().contains("line 2"), "{:?}", e.detail());
+        assert!(!e.to_string().contains(&HEX[..20]) && !e.detail().unwrap().contains(&HEX[..20]));
+        for empty in ["", "\n\n", "# only a comment\n"] {
+            assert!(MasterKeyRing::parse_text(empty.as_bytes()).is_err());
+        }
+        let many: String = (1..=MAX_RING as u8 + 1)
+            .map(|i| format!("{}\n", hex::encode([i; 32])))
+            .collect();
+        assert!(MasterKeyRing::parse_text(many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn rewrap_moves_a_key_to_the_active_master_key() {
+        let old = MasterKey::from_bytes(&[1u8; 32]);
+        let old_id = old.id().to_string();
+        let dk = [42u8; 32];
+        let w = old.wrap(&dk, &ctx()).unwrap();
+        let ring = MasterKeyRing::from_keys(vec![MasterKey::from_bytes(&[2u8; 32]), old]).unwrap();
+        let moved = ring.rewrap(&old_id, &w, &ctx()).unwrap();
+        assert_ne!(moved, w);
+        assert_eq!(*ring.active().unwrap(&moved, &ctx()).unwrap(), dk);
+        assert!(ring.get(&old_id).unwrap().unwrap(&moved, &ctx()).is_err());
+        // Bound to its identity: rewrapping under the wrong key id fails and never yields a key.
+        let mut other = ctx();
+        other.key_id = "tenant-43";
+        assert_eq!(
+            ring.rewrap(&old_id, &w, &other).unwrap_err().kind(),
+            ErrorKind::WrappedKeyCorrupt
+        );
+        let e = ring.rewrap("00000000deadbeef", &w, &ctx()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MasterKeyMismatch);
+        assert!(e.detail().unwrap().contains("(active)"));
     }
 
     #[test]

@@ -37,6 +37,15 @@ fn dump_and_restore_decrypts_identically_with_the_same_master_key_and_fails_clea
         let mut r = connect(cluster, &dst);
         let stored = texts(&mut r, "SELECT payload::text FROM events ORDER BY id");
         assert_eq!(stored, stored_before, "restore must not re-encrypt or alter envelopes");
+        // The audit log arrives with its chain and head, sealed as it was (not re-sealed), and verifies.
+        let q_audit =
+            "SELECT action || ':' || seq || ':' || encode(row_hash, 'hex') FROM event_crypto.audit_log ORDER BY seq";
+        assert_eq!(texts(&mut r, q_audit), texts(&mut c, q_audit));
+        let v = r
+            .query_one("SELECT ok, rows_checked FROM event_crypto.verify_audit_log()", &[])
+            .unwrap();
+        assert!(v.get::<_, bool>(0));
+        assert_eq!(v.get::<_, i64>(1), 5, "create, create, rotate, create, shred");
         let q = "SELECT event_crypto.decrypt_fields(payload, 'stream-' || subject)::text FROM events ORDER BY id";
         if cluster == "A" {
             let original = texts(&mut c, q);

@@ -55,3 +55,31 @@ INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, 
 SELECT key_id, 2, algorithm, 'active', wrapped_key, wrapped_index_key, master_key_id FROM event_crypto.keys
 WHERE key_id = 'one-active';                                -- 23505
 ROLLBACK;
+
+-- The master key ring (one key here): its status and rewrapping. A catalog row naming a master key the ring lacks
+-- is reported, and never rewrapped.
+BEGIN;
+SELECT event_crypto.create_key('ring-a');
+SELECT event_crypto.create_key('ring-b');
+SELECT event_crypto.shred_key('ring-b');
+SELECT master_key_id = event_crypto.master_key_id() AS is_loaded, in_ring, active, live_key_versions, removable
+FROM event_crypto.master_key_status();
+SELECT * FROM event_crypto.rewrap_keys_batch();             -- nothing wrapped by an older key
+CALL event_crypto.rewrap_keys();                            -- nothing to do, so no COMMIT is attempted
+INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id)
+SELECT 'from-elsewhere', 1, algorithm, 'active', wrapped_key, wrapped_index_key, 'feedfacefeedface'
+FROM event_crypto.keys WHERE key_id = 'ring-a';
+SELECT master_key_id, in_ring, active, live_key_versions, removable FROM event_crypto.master_key_status()
+WHERE NOT in_ring;
+SELECT * FROM event_crypto.rewrap_keys_batch(10);           -- unknown_master = 1, untouched
+SELECT master_key_id FROM event_crypto.keys WHERE key_id = 'from-elsewhere';
+\set VERBOSITY default
+SELECT event_crypto.encrypt_value('1', 'from-elsewhere');   -- 28000, the detail names the missing fingerprint
+\set VERBOSITY sqlstate
+SELECT * FROM event_crypto.rewrap_keys_batch(0);            -- 22023
+SELECT * FROM event_crypto.rewrap_keys_batch(100001);       -- 22023
+SELECT * FROM event_crypto.rewrap_keys_batch(NULL);         -- 22004
+SELECT * FROM event_crypto.rewrap_keys_batch('many');       -- 22P02
+ROLLBACK;
+-- In a transaction block, a rewrap that has work to do cannot commit its batches: use rewrap_keys_batch() there.
+-- (Tested with two master keys in the integration tests.)
