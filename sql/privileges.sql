@@ -28,7 +28,16 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
                           event_crypto.verify_audit_log()
     TO event_crypto_admin;
-GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint) TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.retire_key_version(text, integer, boolean),
+                          event_crypto.reencrypt_batch(regclass, name, integer), event_crypto.reencrypt_end(regclass)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.reencrypt_fields(jsonb, text), event_crypto.needs_reencryption(jsonb, text[]),
+                          event_crypto.uses_key_version(jsonb, text, integer)
+    TO event_crypto_admin, event_crypto_encryptor;
+GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint),
+                           event_crypto.reencrypt_table(regclass, name, integer, bigint, bigint)
+    TO event_crypto_admin;
+GRANT SELECT, INSERT, UPDATE ON event_crypto.reencrypt_progress TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
                           event_crypto.encrypt_value(jsonb, text, text),
                           event_crypto.blind_index(text, text, text)

@@ -6,8 +6,9 @@ use crate::jsonb::Jsonb;
 use crate::keys::{self, CachedKeys};
 use event_crypto_core::aead::Algorithm;
 use event_crypto_core::blind::Normalize;
-use event_crypto_core::document::{check_context, Decryptor, Encryptor, OnShredded};
+use event_crypto_core::document::{check_context, needs_encryption, Decryptor, Encryptor, OnShredded};
 use event_crypto_core::path::{FieldPath, Selector};
+use event_crypto_core::reencrypt::{self, has_stale_envelopes, Reencryptor};
 use event_crypto_core::Error;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -189,4 +190,53 @@ fn master_key_status() -> TableIterator<
         let removable = s.in_ring && !s.active && s.live_key_versions == 0;
         (s.master_key_id, s.in_ring, s.active, s.live_key_versions, removable)
     }))
+}
+
+/// Re-encrypts every envelope whose key version is older than its key id's active version (same plaintext,
+/// location and context, fresh nonce); everything else is kept byte for byte. Fails if an envelope does not
+/// authenticate with this context.
+#[pg_extern(volatile, parallel_safe)]
+fn reencrypt_fields(payload: Option<Jsonb>, context: default!(Option<&str>, "NULL")) -> Option<Jsonb> {
+    let context = check_context(context).or_raise();
+    let payload = payload?;
+    let doc = payload.document();
+    let mut keys = CachedKeys::default();
+    let moved = Jsonb::build(|out| Reencryptor::new(&mut keys, context).reencrypt_document(&doc, out));
+    Some(moved.unwrap_or(payload))
+}
+
+/// Whether `reencrypt_fields` would change the document, or (with `fields`) a selected field still holds
+/// plaintext. Reads headers only; decrypts nothing.
+#[pg_extern(stable, parallel_safe)]
+fn needs_reencryption(payload: Option<Jsonb>, fields: default!(Option<Array<'_, &str>>, "NULL")) -> Option<bool> {
+    let payload = payload?;
+    let doc = payload.document();
+    if let Some(fields) = fields {
+        if with_selector(&fields, |selector| needs_encryption(&doc, selector)).or_raise() {
+            return Some(true);
+        }
+    }
+    Some(has_stale_envelopes(&doc, &mut CachedKeys::default()).or_raise())
+}
+
+/// Whether some envelope of the document is under `key_id` version `version` (headers only; no key is read).
+#[pg_extern(immutable, parallel_safe)]
+fn uses_key_version(payload: Option<Jsonb>, key_id: Option<&str>, version: Option<i32>) -> Option<bool> {
+    let key_id = required(key_id, "key_id");
+    let version = required(version, "version");
+    let payload = payload?;
+    if version < 1 {
+        return Some(false);
+    }
+    Some(reencrypt::uses_key_version(&payload.document(), key_id, version as u32).or_raise())
+}
+
+/// Destroys one retired version of a key id once no protected table (and no table `reencrypt_table` has
+/// processed) still has rows encrypted under it; `force` skips that check. Returns a receipt.
+#[pg_extern(volatile, parallel_unsafe)]
+fn retire_key_version(key_id: Option<&str>, version: Option<i32>, force: default!(Option<bool>, false)) -> pgrx::JsonB {
+    let key_id = required(key_id, "key_id");
+    let version = required(version, "version");
+    let force = required(force, "force");
+    pgrx::JsonB(keys::retire_version(key_id, version, force).or_raise())
 }

@@ -26,6 +26,7 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::RebindRefused => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
         ErrorKind::ConfigColumn => ERRCODE_UNDEFINED_COLUMN,       // 42703
         ErrorKind::CatalogAccess => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+        ErrorKind::KeyInUse => ERRCODE_OBJECT_IN_USE,              // 55006
     }
 }
 

@@ -14,6 +14,7 @@ use event_crypto_core::document::{KeyLookup, KeySource};
 use event_crypto_core::envelope::check_key_id;
 use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
 use event_crypto_core::random::random_key;
+use event_crypto_core::reencrypt::NewestKey;
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -27,6 +28,8 @@ enum VersionState {
     Ready(Rc<Cipher>),
     /// Unusable for a reason that is raised when the version is needed (e.g. master key mismatch).
     Broken(Error),
+    /// This version alone was destroyed (`retire_key_version`); its envelopes read as shredded.
+    Destroyed,
 }
 
 /// Everything about one key id, unwrapped.
@@ -61,8 +64,17 @@ impl KeyEntry {
         match self.version(v) {
             Some(VersionState::Ready(c)) => Ok((v, c.clone())),
             Some(VersionState::Broken(e)) => Err(e.clone()),
+            Some(VersionState::Destroyed) => Err(Error::key_shredded(&self.key_id)),
             None => Err(Error::unknown_key_version(&self.key_id, v)),
         }
+    }
+
+    /// The active version and its cipher, or `None` when the key id is shredded or has no active version.
+    pub fn newest(&self) -> Result<Option<(u32, Rc<Cipher>)>> {
+        if self.shredded || self.active.is_none() {
+            return Ok(None);
+        }
+        self.encryption_key().map(Some)
     }
 
     pub fn indexer(&self) -> Result<&BlindIndexer> {
@@ -282,7 +294,13 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
     let mut versions = Vec::with_capacity(rows.len());
     let mut active = None;
     let shredded = rows.iter().all(|r| r.status == "shredded");
-    for row in rows.iter().filter(|r| r.status != "shredded") {
+    for row in rows {
+        if row.status == "shredded" {
+            if !shredded {
+                versions.push((row.version, VersionState::Destroyed));
+            }
+            continue;
+        }
         let state = match unwrap_row(key_id, row, KeyPurpose::Data) {
             Ok(k) => match Algorithm::from_name(&row.algorithm) {
                 Ok(a) => VersionState::Ready(Rc::new(Cipher::new(a, &k))),
@@ -339,24 +357,38 @@ pub struct CachedKeys {
     last: Option<Rc<KeyEntry>>,
 }
 
-impl KeySource for CachedKeys {
-    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
-        let entry = match &self.last {
-            Some(e) if e.key_id == key_id => e.clone(),
+impl CachedKeys {
+    fn entry(&mut self, key_id: &str) -> Result<Rc<KeyEntry>> {
+        match &self.last {
+            Some(e) if e.key_id == key_id => Ok(e.clone()),
             _ => {
                 let e = lookup(key_id)?;
                 self.last = Some(e.clone());
-                e
+                Ok(e)
             }
-        };
+        }
+    }
+}
+
+impl KeySource for CachedKeys {
+    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
+        let entry = self.entry(key_id)?;
         if entry.shredded {
             return Ok(KeyLookup::Shredded);
         }
         match entry.version(version) {
             Some(VersionState::Ready(c)) => Ok(KeyLookup::Found(c.clone())),
             Some(VersionState::Broken(e)) => Err(e.clone()),
+            Some(VersionState::Destroyed) => Ok(KeyLookup::Shredded),
             None => Err(Error::unknown_key_version(key_id, version)),
         }
+    }
+}
+
+impl NewestKey for CachedKeys {
+    fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>> {
+        let entry = self.entry(key_id)?;
+        entry.newest()
     }
 }
 
@@ -693,4 +725,117 @@ pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
         }
     }
     Ok(out)
+}
+
+/// Destroys one retired version of a key id (its wrapped bytes overwritten with NULL; envelopes under it then
+/// read as shredded). Unless `force`, first checks every protected column, and every column `reencrypt_table`
+/// has processed, for rows still encrypted under it; those scans run with the caller's privileges.
+pub fn retire_version(key_id: &str, version: i32, force: bool) -> Result<serde_json::Value> {
+    check_key_id(key_id)?;
+    if version < 1 {
+        return Err(Error::invalid_argument(format!(
+            "key version {version} does not exist (versions start at 1)"
+        )));
+    }
+    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
+    if rows.is_empty() {
+        return Err(Error::unknown_key(key_id));
+    }
+    let row = rows
+        .iter()
+        .find(|r| r.version == version as u32)
+        .ok_or_else(|| Error::unknown_key_version(key_id, version as u32))?;
+    match row.status.as_str() {
+        "shredded" => {
+            return Ok(json!({"key_id": key_id, "version": version, "destroyed": false, "already_destroyed": true}))
+        }
+        "active" => {
+            return Err(Error::new(
+                ErrorKind::KeyInUse,
+                format!("version {version} of encryption key \"{key_id}\" is its active version"),
+            )
+            .with_hint("Rotate the key (event_crypto.rotate_key), re-encrypt (event_crypto.reencrypt_table), then retire the old version."))
+        }
+        _ => {}
+    }
+    let mut checked = serde_json::Map::new();
+    if !force {
+        let targets: Vec<(String, String)> = as_catalog_owner(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.format('%s', t.table_name), pg_catalog.quote_ident(t.column_name) \
+                         FROM (SELECT table_name, column_name FROM event_crypto.protected_columns \
+                               UNION SELECT table_name, column_name FROM event_crypto.reencrypt_progress) t \
+                         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t.table_name::pg_catalog.oid) \
+                         ORDER BY 1, 2",
+                        None,
+                        &[],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e))
+                    .map(|r| {
+                        (
+                            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                            r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+        });
+        let mut in_use = Vec::new();
+        for (table, column) in targets {
+            let n = Spi::connect(|client| {
+                client
+                    .select(
+                        &format!(
+                            "SELECT pg_catalog.count(*) FROM {table} \
+                             WHERE event_crypto.uses_key_version({column}, $1, $2)"
+                        ),
+                        Some(1),
+                        &[key_id.into(), version.into()],
+                    )
+                    .and_then(|t| t.first().get_one::<i64>())
+                    .unwrap_or_else(|e| spi_failed(e))
+                    .unwrap_or(0)
+            });
+            if n > 0 {
+                in_use.push(format!("{n} rows of {table}.{column}"));
+            }
+            checked.insert(format!("{table}.{column}"), json!(n));
+        }
+        if !in_use.is_empty() {
+            return Err(Error::new(
+                ErrorKind::KeyInUse,
+                format!("version {version} of encryption key \"{key_id}\" still encrypts stored rows"),
+            )
+            .with_detail(format!("Still encrypted under it: {}.", in_use.join(", ")))
+            .with_hint("CALL event_crypto.reencrypt_table() on those columns first, or pass force => true to destroy it anyway (those fields then read as shredded)."));
+        }
+    }
+    let role = current_role();
+    let destroyed = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, \
+                     shredded_at = pg_catalog.now(), shredded_by = $3 \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2 \
+                       AND status OPERATOR(pg_catalog.=) 'retired' RETURNING version",
+                    None,
+                    &[key_id.into(), version.into(), role.as_str().into()],
+                )
+                .unwrap_or_else(|e| spi_failed(e))
+                .len()
+        })
+    }) > 0;
+    let checked = serde_json::Value::Object(checked);
+    if destroyed {
+        crate::audit::record(
+            "retire_key_version",
+            None,
+            &[key_id.to_string()],
+            json!({"version": version, "forced": force, "rows_checked": checked}),
+        );
+    }
+    Ok(json!({"key_id": key_id, "version": version, "destroyed": destroyed, "forced": force, "checked": checked}))
 }

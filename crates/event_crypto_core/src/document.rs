@@ -458,7 +458,7 @@ fn write_plaintext(pt: &[u8], out: &mut Vec<u8>, depth: usize) -> Result<EntryTy
 
 /// Whether a container holds a string that looks like an envelope anywhere inside (keys aside); containers
 /// without one are copied whole instead of being rebuilt.
-fn may_hold_envelope(c: Container<'_>, depth: usize) -> Result<bool> {
+pub(crate) fn may_hold_envelope(c: Container<'_>, depth: usize) -> Result<bool> {
     if depth > MAX_DEPTH {
         return Err(too_deep());
     }

@@ -45,11 +45,13 @@ pub enum ErrorKind {
     ConfigColumn,
     /// The extension's own catalog could not be read or written through SPI (55000).
     CatalogAccess,
+    /// A key version is still in use: it is the active version, or stored rows are still encrypted under it (55006).
+    KeyInUse,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::NullArgument,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPath,
@@ -69,6 +71,7 @@ impl ErrorKind {
         ErrorKind::RebindRefused,
         ErrorKind::ConfigColumn,
         ErrorKind::CatalogAccess,
+        ErrorKind::KeyInUse,
     ];
 
     /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
@@ -93,6 +96,7 @@ impl ErrorKind {
             ErrorKind::RebindRefused => 16,
             ErrorKind::ConfigColumn => 17,
             ErrorKind::CatalogAccess => 18,
+            ErrorKind::KeyInUse => 19,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`master`]: the master key, its fingerprint and the wrapping of data keys;
 //! - [`path`]: field path patterns and concrete locations;
 //! - [`document`]: encrypting and decrypting the fields of a JSON document;
+//! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
 //! - [`blind`]: the blind index;
 //! - [`audit`]: the hash chain of the audit log;
 //! - [`random`]: keys and nonces from the OS CSPRNG;
@@ -20,6 +21,7 @@ pub mod jsonb;
 pub mod master;
 pub mod path;
 pub mod random;
+pub mod reencrypt;
 
 pub use aead::{Algorithm, Cipher, SecretKey};
 pub use error::{Error, ErrorKind, Result};

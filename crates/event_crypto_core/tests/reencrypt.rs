@@ -1,0 +1,276 @@
+//! Re-encryption: envelopes move to the newest key version with the same plaintext, location and context;
+//! current, shredded and foreign envelopes stay byte for byte; anything that does not authenticate fails.
+
+use event_crypto_core::aead::{Algorithm, Cipher};
+use event_crypto_core::document::{Decryptor, Encryptor, KeyLookup, KeySource, OnShredded};
+use event_crypto_core::envelope::Envelope;
+use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
+use event_crypto_core::path::{FieldPath, Location, Selector};
+use event_crypto_core::reencrypt::{has_stale_envelopes, uses_key_version, NewestKey, Reencryptor};
+use event_crypto_core::{Error, ErrorKind, Result};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Key ids with versions 1..=n; `newest` per key id; shredded key ids and destroyed versions.
+#[derive(Default)]
+struct Ring {
+    versions: HashMap<(String, u32), Rc<Cipher>>,
+    newest: HashMap<String, u32>,
+    shredded: Vec<String>,
+    destroyed: Vec<(String, u32)>,
+}
+
+impl Ring {
+    fn add(&mut self, key_id: &str, version: u32, alg: Algorithm) -> Rc<Cipher> {
+        let c = Rc::new(Cipher::new(alg, &[version as u8 + key_id.len() as u8; 32]));
+        self.versions.insert((key_id.into(), version), c.clone());
+        self.newest.insert(key_id.into(), version);
+        c
+    }
+}
+
+impl KeySource for Ring {
+    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
+        if self.shredded.iter().any(|k| k == key_id) || self.destroyed.contains(&(key_id.to_string(), version)) {
+            return Ok(KeyLookup::Shredded);
+        }
+        self.versions
+            .get(&(key_id.to_string(), version))
+            .map(|c| KeyLookup::Found(c.clone()))
+            .ok_or_else(|| Error::unknown_key_version(key_id, version))
+    }
+}
+
+impl NewestKey for Ring {
+    fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>> {
+        if self.shredded.iter().any(|k| k == key_id) {
+            return Ok(None);
+        }
+        Ok(self
+            .newest
+            .get(key_id)
+            .map(|v| (*v, self.versions[&(key_id.to_string(), *v)].clone())))
+    }
+}
+
+fn bin(v: &Value) -> Vec<u8> {
+    from_json_text(&v.to_string()).unwrap()
+}
+
+fn val(datum: &[u8]) -> Value {
+    serde_json::from_str(&to_json_text(datum).unwrap()).unwrap()
+}
+
+fn encrypt(ring: &Ring, key_id: &str, version: u32, doc: &Value, fields: &[&str], ctx: Option<&[u8]>) -> Value {
+    let c = ring.versions[&(key_id.to_string(), version)].clone();
+    let paths: Vec<FieldPath> = fields.iter().map(|f| FieldPath::parse(f).unwrap()).collect();
+    let b = bin(doc);
+    let mut out = Vec::new();
+    let n = Encryptor::new(&c, key_id, version, ctx)
+        .encrypt_document(&Document::from_datum(&b).unwrap(), &Selector::new(&paths), &mut out)
+        .unwrap();
+    assert!(n > 0);
+    val(&out)
+}
+
+fn reencrypt(ring: &mut Ring, doc: &Value, ctx: Option<&[u8]>) -> Result<(Option<Value>, usize, usize, usize)> {
+    let b = bin(doc);
+    let d = Document::from_datum(&b)?;
+    let mut out = Vec::new();
+    let mut r = Reencryptor::new(ring, ctx);
+    let changed = r.reencrypt_document(&d, &mut out)?;
+    let counts = (r.reencrypted, r.current, r.shredded);
+    Ok((changed.then(|| val(&out)), counts.0, counts.1, counts.2))
+}
+
+fn decrypt(ring: &mut Ring, doc: &Value, ctx: Option<&[u8]>) -> Value {
+    let b = bin(doc);
+    let mut out = Vec::new();
+    let mut d = Decryptor::new(ring, ctx, OnShredded::Null);
+    if d.decrypt_document(&Document::from_datum(&b).unwrap(), &mut out)
+        .unwrap()
+    {
+        val(&out)
+    } else {
+        doc.clone()
+    }
+}
+
+fn version_of(v: &Value) -> u32 {
+    Envelope::parse(v.as_str().unwrap(), &Location::root())
+        .unwrap()
+        .key_version
+}
+
+fn sample() -> Value {
+    json!({"email": "a@x.io", "n": 12.50, "deep": {"list": [{"ssn": "123"}, {"ssn": "456"}], "keep": "plain"},
+           "other": "x", "amount": 3})
+}
+
+#[test]
+fn stale_envelopes_move_to_the_newest_version_with_the_same_plaintext() {
+    for alg in [Algorithm::Aes256Gcm, Algorithm::ChaCha20Poly1305] {
+        let mut ring = Ring::default();
+        ring.add("k", 1, alg);
+        ring.add("other", 1, alg);
+        let plain = sample();
+        let mut enc = encrypt(
+            &ring,
+            "k",
+            1,
+            &plain,
+            &["email", "n", "deep.list[*].ssn"],
+            Some(b"stream-1"),
+        );
+        // one field under another key id, already at its newest version
+        enc = encrypt(&ring, "other", 1, &enc, &["other"], Some(b"stream-1"));
+        // nothing to do while version 1 is the newest
+        let (same, n, current, _) = reencrypt(&mut ring, &enc, Some(b"stream-1")).unwrap();
+        assert!(same.is_none());
+        assert_eq!((n, current), (0, 5));
+        ring.add("k", 2, Algorithm::Aes256Gcm);
+        ring.add("k", 3, Algorithm::ChaCha20Poly1305);
+        let b = bin(&enc);
+        assert!(has_stale_envelopes(&Document::from_datum(&b).unwrap(), &mut ring).unwrap());
+        assert!(uses_key_version(&Document::from_datum(&b).unwrap(), "k", 1).unwrap());
+        let (moved, n, current, shredded) = reencrypt(&mut ring, &enc, Some(b"stream-1")).unwrap();
+        let moved = moved.expect("changed");
+        assert_eq!((n, current, shredded), (4, 1, 0));
+        for f in [
+            &moved["email"],
+            &moved["n"],
+            &moved["deep"]["list"][0]["ssn"],
+            &moved["deep"]["list"][1]["ssn"],
+        ] {
+            assert_eq!(version_of(f), 3);
+        }
+        assert_eq!(
+            moved["other"], enc["other"],
+            "an envelope already current stays byte for byte"
+        );
+        assert_eq!(moved["deep"]["keep"], json!("plain"));
+        assert_eq!(moved["amount"], json!(3));
+        assert_ne!(moved["email"], enc["email"], "a fresh nonce and version");
+        assert_eq!(
+            decrypt(&mut ring, &moved, Some(b"stream-1")),
+            plain,
+            "same plaintext, location and context"
+        );
+        let b = bin(&moved);
+        let d = Document::from_datum(&b).unwrap();
+        assert!(!has_stale_envelopes(&d, &mut ring).unwrap());
+        assert!(!uses_key_version(&d, "k", 1).unwrap() && uses_key_version(&d, "k", 3).unwrap());
+        // still bound to its location and context
+        let mut swapped = moved.clone();
+        swapped["email"] = moved["deep"]["list"][0]["ssn"].clone();
+        let b = bin(&swapped);
+        let mut out = Vec::new();
+        let e = Decryptor::new(&mut ring, Some(b"stream-1"), OnShredded::Null)
+            .decrypt_document(&Document::from_datum(&b).unwrap(), &mut out)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
+    }
+}
+
+#[test]
+fn shredded_keys_and_destroyed_versions_are_left_alone() {
+    let mut ring = Ring::default();
+    ring.add("k", 1, Algorithm::Aes256Gcm);
+    ring.add("gone", 1, Algorithm::Aes256Gcm);
+    let enc = encrypt(&ring, "k", 1, &sample(), &["email"], None);
+    let enc = encrypt(&ring, "gone", 1, &enc, &["n"], None);
+    ring.add("k", 2, Algorithm::Aes256Gcm);
+    ring.add("gone", 2, Algorithm::Aes256Gcm);
+    ring.shredded.push("gone".into());
+    ring.destroyed.push(("k".into(), 1));
+    let b = bin(&enc);
+    assert!(
+        !has_stale_envelopes(&Document::from_datum(&b).unwrap(), &mut ring).unwrap(),
+        "nothing it could move"
+    );
+    let (changed, n, current, shredded) = reencrypt(&mut ring, &enc, None).unwrap();
+    assert!(changed.is_none());
+    assert_eq!(
+        (n, current, shredded),
+        (0, 1, 1),
+        "shredded key id: current (no newest); destroyed version: shredded"
+    );
+}
+
+#[test]
+fn anything_that_does_not_authenticate_fails_the_document() {
+    let mut ring = Ring::default();
+    ring.add("k", 1, Algorithm::Aes256Gcm);
+    let enc = encrypt(&ring, "k", 1, &sample(), &["email", "n"], Some(b"ctx"));
+    ring.add("k", 2, Algorithm::Aes256Gcm);
+    // wrong context, no context
+    assert_eq!(
+        reencrypt(&mut ring, &enc, Some(b"other")).unwrap_err().kind(),
+        ErrorKind::AuthenticationFailed
+    );
+    assert_eq!(
+        reencrypt(&mut ring, &enc, None).unwrap_err().kind(),
+        ErrorKind::ContextMismatch
+    );
+    // moved to another field
+    let mut moved = enc.clone();
+    moved["other"] = enc["email"].clone();
+    assert_eq!(
+        reencrypt(&mut ring, &moved, Some(b"ctx")).unwrap_err().kind(),
+        ErrorKind::AuthenticationFailed
+    );
+    // tampered: flip one character of the body
+    let mut t = enc.clone();
+    let mut s = t["email"].as_str().unwrap().to_string();
+    let last = s.pop().unwrap();
+    s.push(if last == 'A' { 'B' } else { 'A' });
+    t["email"] = json!(s);
+    assert!(reencrypt(&mut ring, &t, Some(b"ctx")).is_err());
+    // malformed and unknown versions fail closed too
+    let mut m = enc.clone();
+    m["email"] = json!("$ec1$not-base64!");
+    assert_eq!(
+        reencrypt(&mut ring, &m, Some(b"ctx")).unwrap_err().kind(),
+        ErrorKind::MalformedEnvelope
+    );
+    m["email"] = json!("$ec9$AAAA");
+    assert_eq!(
+        reencrypt(&mut ring, &m, Some(b"ctx")).unwrap_err().kind(),
+        ErrorKind::UnsupportedVersion
+    );
+    // an unknown key version is an error, not a silent skip
+    let mut ring2 = Ring::default();
+    ring2.add("k", 1, Algorithm::Aes256Gcm);
+    ring2.versions.clear();
+    ring2.add("k", 2, Algorithm::Aes256Gcm);
+    assert_eq!(
+        reencrypt(&mut ring2, &enc, Some(b"ctx")).unwrap_err().kind(),
+        ErrorKind::UnknownKey
+    );
+}
+
+#[test]
+fn a_scalar_root_envelope_is_reencrypted_too() {
+    let mut ring = Ring::default();
+    let c = ring.add("k", 1, Algorithm::Aes256Gcm);
+    let text = Encryptor::new(&c, "k", 1, None)
+        .encrypt_value(&event_crypto_core::jsonb::Value::String(b"solo"))
+        .unwrap();
+    ring.add("k", 2, Algorithm::Aes256Gcm);
+    let (moved, n, _, _) = reencrypt(&mut ring, &json!(text), None).unwrap();
+    let moved = moved.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(version_of(&moved), 2);
+    let mut d = Decryptor::new(&mut ring, None, OnShredded::Null);
+    let pt = d.decrypt_value(moved.as_str().unwrap()).unwrap().unwrap();
+    let mut out = Vec::new();
+    pt.write_document(&mut out).unwrap();
+    assert_eq!(val(&out), json!("solo"));
+    // plain scalars and documents without envelopes are kept
+    assert!(reencrypt(&mut ring, &json!("plain"), None).unwrap().0.is_none());
+    assert!(reencrypt(&mut ring, &json!({"a": [1, {"b": "c"}]}), None)
+        .unwrap()
+        .0
+        .is_none());
+}

@@ -1,0 +1,150 @@
+-- Re-encryption after a rotation, migrating plaintext of a column protected late, and retiring key versions.
+\set VERBOSITY sqlstate
+\set ON_ERROR_ROLLBACK on
+BEGIN;
+SELECT event_crypto.create_key('re:k');
+SELECT event_crypto.create_key('re:other');
+CREATE TEMP TABLE v1 AS
+SELECT event_crypto.encrypt_fields('{"email": "a@x.io", "n": 1.50, "tags": ["x", {"y": true}], "keep": "plain"}',
+                                   '{email,n,tags[1].y}', 're:k', 'stream-1') AS p;
+-- nothing is stale while version 1 is active: the document comes back as it was
+SELECT event_crypto.needs_reencryption(p) AS stale, event_crypto.reencrypt_fields(p, 'stream-1') = p AS unchanged FROM v1;
+SELECT event_crypto.rotate_key('re:k');
+SELECT event_crypto.needs_reencryption(p) AS stale, event_crypto.uses_key_version(p, 're:k', 1) AS uses_v1,
+       event_crypto.uses_key_version(p, 're:k', 2) AS uses_v2 FROM v1;
+CREATE TEMP TABLE v2 AS SELECT event_crypto.reencrypt_fields(p, 'stream-1') AS p FROM v1;
+SELECT event_crypto.needs_reencryption(p) AS stale, event_crypto.uses_key_version(p, 're:k', 1) AS uses_v1,
+       event_crypto.uses_key_version(p, 're:k', 2) AS uses_v2,
+       p->>'keep' AS keep, (p->>'email') <> (SELECT p->>'email' FROM v1) AS new_envelope FROM v2;
+-- the same plaintext, at the same place, bound to the same context
+SELECT event_crypto.decrypt_fields(p, 'stream-1') FROM v2;
+SELECT event_crypto.decrypt_fields(p, 'stream-1') = (SELECT event_crypto.decrypt_fields(p, 'stream-1') FROM v1) AS same FROM v2;
+SELECT event_crypto.decrypt_fields(p, 'stream-2') FROM v2;                         -- XX001 other context
+SELECT event_crypto.decrypt_fields(p) FROM v2;                                     -- 22000 no context
+-- reencryption authenticates first: a wrong or missing context, a moved or tampered envelope fail
+SELECT event_crypto.reencrypt_fields(p, 'stream-2') FROM v1;                       -- XX001
+SELECT event_crypto.reencrypt_fields(p) FROM v1;                                   -- 22000
+SELECT event_crypto.reencrypt_fields(jsonb_set(p, '{keep}', p->'email'), 'stream-1') FROM v1;  -- XX001 moved
+SELECT event_crypto.reencrypt_fields(jsonb_set(p, '{email}', to_jsonb(overlay(p->>'email' placing
+           CASE substr(p->>'email', length(p->>'email') - 5, 1) WHEN 'A' THEN 'B' ELSE 'A' END
+           FROM length(p->>'email') - 5 FOR 1))), 'stream-1')
+FROM v1;                                                                           -- XX001 tampered
+SELECT event_crypto.reencrypt_fields('{"a": "$ec1$AAAA"}');                        -- 22P02 malformed
+SELECT event_crypto.reencrypt_fields('{"a": "$ec2$AAAA"}');                        -- 0A000 unknown format
+-- plain documents, scalars, NULLs
+SELECT event_crypto.reencrypt_fields('{"a": 1, "b": [true, null, "x"]}');
+SELECT event_crypto.reencrypt_fields('"just text"'), event_crypto.reencrypt_fields('[]'), event_crypto.reencrypt_fields(NULL);
+SELECT event_crypto.needs_reencryption(NULL), event_crypto.needs_reencryption('{}'),
+       event_crypto.needs_reencryption('{"email": "plain"}', '{email}') AS plaintext_field,
+       event_crypto.needs_reencryption('{"email": "plain"}', '{other}') AS absent_field;
+SELECT event_crypto.needs_reencryption('{"email": "plain"}', '{"bad path["}');      -- 42601
+SELECT event_crypto.uses_key_version(p, NULL, 1) FROM v1;                           -- 22004
+SELECT event_crypto.uses_key_version(p, 're:k', NULL) FROM v1;                      -- 22004
+SELECT event_crypto.uses_key_version(p, 're:k', 0), event_crypto.uses_key_version(NULL, 're:k', 1) FROM v1;
+SELECT event_crypto.reencrypt_fields(p, '') FROM v1;                               -- 22023 empty context
+-- a single value made by encrypt_value (a scalar document) is re-encrypted as well
+CREATE TEMP TABLE solo AS SELECT to_jsonb(event_crypto.encrypt_value('"solo"', 're:other')) AS e;
+SELECT event_crypto.rotate_key('re:other');
+SELECT event_crypto.uses_key_version(m, 're:other', 2) AS moved, event_crypto.decrypt_value(m #>> '{}') AS plain
+FROM (SELECT event_crypto.reencrypt_fields(e) AS m FROM solo) s;
+
+-- retire_key_version: never the active version, never while a protected table still uses it
+CREATE TABLE re_events (id serial PRIMARY KEY, subject text, stream text, payload jsonb, email_idx text);
+-- rows written before the table was protected: plaintext
+INSERT INTO re_events (subject, stream, payload)
+SELECT 'u' || (i % 3), 'stream-' || i, jsonb_build_object('email', 'early' || i || '@x.io', 'n', i) FROM generate_series(1, 5) i;
+SELECT count(*) FROM event_crypto.protect('re_events', 'payload', fields => ARRAY['email'], key_column => 'subject',
+                                          context_column => 'stream');
+SELECT count(*) FROM event_crypto.add_blind_index('re_events', 'payload', 'email', 'email_idx', 're:k');
+INSERT INTO re_events (subject, stream, payload)
+SELECT 'u' || (i % 3), 'stream-' || i, jsonb_build_object('email', 'late' || i || '@x.io', 'n', i) FROM generate_series(6, 10) i;
+SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%') AS encrypted, count(*) AS total FROM re_events;
+SELECT event_crypto.rotate_key('subject:u1');
+SELECT event_crypto.retire_key_version('subject:u1', 2);                  -- 55006 the active version
+SELECT event_crypto.retire_key_version('subject:u1', 1);                  -- 55006 rows still use it
+\set VERBOSITY default
+SELECT event_crypto.retire_key_version('subject:u1', 1);
+\set VERBOSITY sqlstate
+SELECT event_crypto.retire_key_version('subject:u1', 3);                  -- 42704 no such version
+SELECT event_crypto.retire_key_version('nope', 1);                        -- 42704
+SELECT event_crypto.retire_key_version('subject:u1', 0);                  -- 22023
+SELECT event_crypto.retire_key_version(NULL, 1);                          -- 22004
+SELECT event_crypto.retire_key_version('subject:u1', NULL);               -- 22004
+SELECT event_crypto.retire_key_version('subject:u1', 1, NULL);            -- 22004
+-- one pass in batches of 3 (in a transaction here; CALL reencrypt_table commits each batch)
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT table_name, column_name, batches, rows_scanned, rows_rewritten, finished_at IS NULL AS running
+FROM event_crypto.reencrypt_progress;
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);   -- rows rewritten on their own page come round again
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
+SELECT finished_at IS NOT NULL AS finished FROM event_crypto.reencrypt_progress;
+-- every row is encrypted now, under the newest version of its subject's key; early rows got blind index values
+SELECT subject, count(*) AS rows, count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%') AS encrypted,
+       bool_and(event_crypto.uses_key_version(payload, 'subject:' || subject, CASE subject WHEN 'u1' THEN 2 ELSE 1 END)) AS newest,
+       count(email_idx) AS indexed
+FROM re_events GROUP BY subject ORDER BY subject;
+SELECT id, event_crypto.decrypt_fields(payload, stream)->>'email' AS email FROM re_events ORDER BY id;
+SELECT count(*) FROM re_events WHERE email_idx = event_crypto.blind_index('early4@x.io', 're:k');
+-- the next call starts a new pass, which finds nothing to do
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
+-- now version 1 can go; envelopes still under it elsewhere read as shredded
+CREATE TEMP TABLE untracked AS SELECT event_crypto.encrypt_value('"kept"', 'subject:u0') AS e;
+SELECT event_crypto.rotate_key('subject:u0');
+SELECT event_crypto.retire_key_version('subject:u1', 1) - 'checked' AS receipt;
+SELECT event_crypto.retire_key_version('subject:u1', 1) AS again;
+SELECT event_crypto.retire_key_version('subject:u0', 1);                  -- 55006 re_events rows of u0 use it
+SELECT event_crypto.retire_key_version('subject:u0', 1, force => true) - 'checked' AS receipt;
+SELECT event_crypto.decrypt_value(e) AS shredded_reads_null, event_crypto.decrypt_value(e, on_shredded => 'keep') = to_jsonb(e) AS kept
+FROM untracked;
+SELECT event_crypto.decrypt_value(e, on_shredded => 'error') FROM untracked;          -- 55000
+SELECT event_crypto.decrypt_fields(payload, stream)->>'email' AS email FROM re_events WHERE subject = 'u0' ORDER BY id;
+SELECT key_id, version, status, has_key_material FROM event_crypto.key_info WHERE key_id IN ('subject:u0', 'subject:u1')
+ORDER BY 1, 2;
+-- the key id itself is live: new events and lookups work
+INSERT INTO re_events (subject, stream, payload) VALUES ('u0', 'stream-x', '{"email": "new@x.io"}');
+SELECT event_crypto.decrypt_fields(payload, stream)->>'email' FROM re_events WHERE stream = 'stream-x';
+SELECT action, key_ids, details - 'rows_checked' AS details FROM event_crypto.audit_log
+WHERE action = 'retire_key_version' ORDER BY id;
+-- a non-superuser with the admin and encryptor roles and UPDATE on the table can run a pass; without UPDATE not
+SELECT event_crypto.rotate_key('subject:u2');
+CREATE ROLE re_operator;
+GRANT event_crypto_admin, event_crypto_encryptor TO re_operator;
+GRANT SELECT ON re_events TO re_operator;
+SET ROLE re_operator;
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);   -- 42501 no UPDATE on the table
+RESET ROLE;
+GRANT UPDATE ON re_events TO re_operator;
+SET ROLE re_operator;
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
+SELECT event_crypto.decrypt_fields(payload, stream) FROM re_events LIMIT 1;  -- 42501 re-encrypting needs no decryptor role
+RESET ROLE;
+SELECT count(*) FILTER (WHERE event_crypto.uses_key_version(payload, 'subject:u2', 2)) AS u2_newest FROM re_events;
+-- bad arguments
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'nope');          -- 42703
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'subject');       -- 42804 not jsonb
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 0);    -- 22023
+SELECT * FROM event_crypto.reencrypt_batch(NULL, 'payload');              -- 22004
+SELECT * FROM event_crypto.reencrypt_batch('no_such_table', 'payload');   -- 42P01
+CALL event_crypto.reencrypt_table('re_events', 'payload');                -- 2D000 cannot commit inside a transaction block
+ROLLBACK;
+
+-- The procedure commits batch after batch (outside a transaction block).
+CREATE TABLE re_proc (id serial PRIMARY KEY, payload jsonb);
+SELECT event_crypto.create_key('re:proc');
+INSERT INTO re_proc (payload)
+SELECT event_crypto.encrypt_fields(jsonb_build_object('email', 'p' || i || '@x.io'), '{email}', 're:proc') FROM generate_series(1, 25) i;
+SELECT event_crypto.rotate_key('re:proc');
+CALL event_crypto.reencrypt_table('re_proc', 'payload', 10);
+SELECT batches, rows_scanned, rows_rewritten, finished_at IS NOT NULL AS finished FROM event_crypto.reencrypt_progress
+WHERE table_name = 're_proc'::regclass;
+SELECT count(*) FILTER (WHERE event_crypto.uses_key_version(payload, 're:proc', 2)) AS newest, count(*) FROM re_proc;
+SELECT (event_crypto.retire_key_version('re:proc', 1))->'checked' AS checked;
+SELECT count(*) FROM re_proc WHERE (event_crypto.decrypt_fields(payload)->>'email') LIKE 'p%@x.io';
+DROP TABLE re_proc;
+SELECT event_crypto.shred_key('re:proc');
