@@ -110,3 +110,24 @@ pub fn pg_restore(cluster: &str, dump: &str, name: &str) {
         ],
     );
 }
+
+/// Connects to `db` of `cluster`, waiting up to a minute for the server (e.g. while it recovers from a crash).
+pub fn connect_when_up(cluster: &str, db: &str) -> Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match Client::connect(&format!("{} dbname={db}", dsn(cluster)), NoTls) {
+            Ok(c) => return c,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(200)),
+            Err(e) => panic!("cluster {cluster} did not come back: {e}"),
+        }
+    }
+}
+
+/// Kills a server process with SIGKILL (the postmaster then restarts every backend and recovers).
+pub fn kill9(pid: i32) {
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -9 {pid} failed");
+}

@@ -3,7 +3,7 @@
 //! everything; a dump taken before the rewrap no longer opens without the old key. Also the audit log's chain over
 //! committed transactions.
 
-use event_crypto_it::{connect, dsn, fresh_db, pg_bin, pg_dump, pg_restore, sql_error, texts};
+use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, pg_bin, pg_dump, pg_restore, sql_error, texts};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -35,21 +35,6 @@ fn set_ring_and_restart(keys: &[&str]) {
         .status()
         .unwrap();
     assert!(st.success(), "pg_ctl restart failed");
-}
-
-/// Connects, waiting for the server to finish crash recovery.
-fn connect_when_up(db: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Client::connect(&format!("{} dbname={db}", dsn("F")), postgres::NoTls) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("cluster F did not come back: {e}"),
-        }
-    }
 }
 
 /// (fingerprint, in_ring, active, live key versions, removable) per master key.
@@ -175,16 +160,12 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    kill9(pid);
     assert!(handle.join().unwrap().is_err(), "the rewrapping backend was killed");
     drop(c);
 
     // 3. After crash recovery: some keys moved, some not, every one unwraps, nothing was lost.
-    let mut c = connect_when_up(&db);
+    let mut c = connect_when_up("F", &db);
     let moved = live_under(&mut c, &new_id) - 1;
     let left = live_under(&mut c, &old_id);
     assert!(moved >= 200 && left > 0, "killed half way: {moved} moved, {left} left");
