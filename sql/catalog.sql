@@ -40,12 +40,6 @@ CREATE UNIQUE INDEX keys_one_active ON event_crypto.keys (key_id) WHERE status =
 
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.keys', '');
 
-CREATE VIEW event_crypto.key_info AS
-    SELECT key_id, version, algorithm, status, master_key_id, created_at, created_by, retired_at,
-           shredded_at, shredded_by, wrapped_key IS NOT NULL AS has_key_material
-    FROM event_crypto.keys;
-COMMENT ON VIEW event_crypto.key_info IS 'The key catalog without the wrapped key material.';
-
 -- What protect() encrypts on insert: one row per protected column.
 CREATE TABLE event_crypto.protected_columns (
     table_name     regclass    NOT NULL,

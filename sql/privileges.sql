@@ -38,6 +38,17 @@ GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, big
                            event_crypto.reencrypt_table(regclass, name, integer, bigint, bigint)
     TO event_crypto_admin;
 GRANT SELECT, INSERT, UPDATE ON event_crypto.reencrypt_progress TO event_crypto_admin;
+GRANT SELECT ON event_crypto.key_usage, event_crypto.rotation_policies, event_crypto.retention_policies
+    TO event_crypto_admin;
+GRANT INSERT, UPDATE, DELETE ON event_crypto.rotation_policies, event_crypto.retention_policies TO event_crypto_admin;
+GRANT USAGE ON SEQUENCE event_crypto.retention_policies_id_seq TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.set_rotation(text, interval),
+                          event_crypto.set_retention(text, regclass, interval, interval, name),
+                          event_crypto.drop_retention(text, regclass), event_crypto.enforce_retention(boolean),
+                          event_crypto.run_maintenance(), event_crypto.flush_usage(), event_crypto.usage_tracking(),
+                          event_crypto.usage_pending(),
+                          event_crypto.record_maintenance(text, text[], jsonb)
+    TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
                           event_crypto.encrypt_value(jsonb, text, text),
                           event_crypto.blind_index(text, text, text)

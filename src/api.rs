@@ -85,6 +85,7 @@ fn encrypt_fields(
     let encrypted = with_selector(&fields, |selector| {
         Jsonb::build(|out| {
             let n = Encryptor::new(&cipher, key_id, version, context).encrypt_document(&doc, selector, out)?;
+            entry.note_encrypted(version, n);
             Ok(n > 0)
         })
     });
@@ -123,6 +124,7 @@ fn encrypt_value(
     let envelope = Encryptor::new(&cipher, key_id, version, context)
         .encrypt_value(&v)
         .or_raise();
+    entry.note_encrypted(version, 1);
     Some(envelope)
 }
 

@@ -43,3 +43,16 @@ fn audit_chain_hash(prev: &[u8], content: &str) -> Vec<u8> {
         Err(e) => raise(e),
     }
 }
+
+/// Records a maintenance action (`usage_rotation`, `scheduled_rotation`, `enforce_retention`) with the key ids it
+/// acted on; for the SQL maintenance functions, which run as their caller.
+#[pg_extern(volatile, parallel_unsafe)]
+fn record_maintenance(action: &str, key_ids: Vec<String>, details: pgrx::JsonB) -> i64 {
+    if !matches!(action, "usage_rotation" | "scheduled_rotation" | "enforce_retention") {
+        raise(event_crypto_core::Error::invalid_argument(format!(
+            "\"{}\" is not a maintenance action",
+            event_crypto_core::aead::truncate_for_message(action)
+        )));
+    }
+    record(action, None, &key_ids, details.0)
+}

@@ -1,11 +1,19 @@
 //! Every GUC of event_crypto, under the `event_crypto.` prefix. The master key settings are postmaster-level
-//! (postgresql.conf or the server command line only) and hidden from non-superusers.
+//! (postgresql.conf or the server command line only) and hidden from non-superusers; decryption auditing can only
+//! be changed by superusers; the rotation threshold and worker interval are server-wide (postgresql.conf, reload).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static AUDIT_DECRYPT: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<f64> = GucSetting::<f64>::new(DEFAULT_ROTATE_AFTER);
+pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// 2^31: half the ~2^32 encryptions AES-GCM with random 96-bit nonces allows per key.
+pub const DEFAULT_ROTATE_AFTER: f64 = 2_147_483_648.0;
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -24,6 +32,57 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_bool_guc(
+        c"event_crypto.audit_decrypt",
+        c"Count decrypted fields per session and key id, written to event_crypto.audit_log by the maintenance run.",
+        c"No row is written per decryption: counts are kept in shared memory (needs shared_preload_libraries) and flushed by event_crypto.run_maintenance() or the background worker. Only superusers can change it.",
+        &AUDIT_DECRYPT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"event_crypto.rotate_after_encryptions",
+        c"Number of encryptions after which the maintenance run rotates a key version.",
+        c"AES-GCM with random 96-bit nonces allows about 2^32 encryptions per key; the default is 2^31.",
+        &ROTATE_AFTER_ENCRYPTIONS,
+        1.0,
+        4_294_967_296.0,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"event_crypto.worker_database",
+        c"Database in which the event_crypto background worker runs maintenance (empty: no worker).",
+        c"Needs shared_preload_libraries = 'event_crypto'. The worker runs event_crypto.run_maintenance() every event_crypto.worker_interval.",
+        &WORKER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_crypto.worker_interval",
+        c"Seconds between two maintenance runs of the background worker.",
+        c"",
+        &WORKER_INTERVAL,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+pub fn audit_decrypt() -> bool {
+    AUDIT_DECRYPT.get()
+}
+
+pub fn worker_database() -> Option<String> {
+    WORKER_DATABASE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn worker_interval_secs() -> i32 {
+    WORKER_INTERVAL.get()
 }
 
 pub fn master_key_file() -> Option<String> {

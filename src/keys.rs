@@ -8,6 +8,7 @@
 
 use crate::error::{raise, spi_failed};
 use crate::master;
+use crate::usage::{self, Counter};
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::blind::BlindIndexer;
 use event_crypto_core::document::{KeyLookup, KeySource};
@@ -41,6 +42,9 @@ pub struct KeyEntry {
     /// Every version, in no particular order (a handful at most: a linear search beats hashing).
     versions: Vec<(u32, VersionState)>,
     indexer: Option<std::result::Result<BlindIndexer, Error>>,
+    /// Encryptions under the active version, and fields decrypted, counted by this backend (see `usage`).
+    encryptions: Rc<Counter>,
+    decryptions: Rc<Counter>,
 }
 
 impl KeyEntry {
@@ -66,6 +70,18 @@ impl KeyEntry {
             Some(VersionState::Broken(e)) => Err(e.clone()),
             Some(VersionState::Destroyed) => Err(Error::key_shredded(&self.key_id)),
             None => Err(Error::unknown_key_version(&self.key_id, v)),
+        }
+    }
+
+    /// Counts `n` values encrypted under the active version (`version`, as returned by `encryption_key`).
+    pub fn note_encrypted(&self, version: u32, n: usize) {
+        usage::note(&self.encryptions, usage::Kind::Encrypt, &self.key_id, version, n as u64);
+    }
+
+    /// Counts one field decrypted with this key id, when decryption auditing is on.
+    fn note_decrypted(&self) {
+        if crate::guc::audit_decrypt() {
+            usage::note(&self.decryptions, usage::Kind::Decrypt, &self.key_id, 0, 1);
         }
     }
 
@@ -325,6 +341,8 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         active,
         versions,
         indexer,
+        encryptions: Rc::default(),
+        decryptions: Rc::default(),
     }
 }
 
@@ -377,7 +395,10 @@ impl KeySource for CachedKeys {
             return Ok(KeyLookup::Shredded);
         }
         match entry.version(version) {
-            Some(VersionState::Ready(c)) => Ok(KeyLookup::Found(c.clone())),
+            Some(VersionState::Ready(c)) => {
+                entry.note_decrypted();
+                Ok(KeyLookup::Found(c.clone()))
+            }
             Some(VersionState::Broken(e)) => Err(e.clone()),
             Some(VersionState::Destroyed) => Ok(KeyLookup::Shredded),
             None => Err(Error::unknown_key_version(key_id, version)),
@@ -389,6 +410,12 @@ impl NewestKey for CachedKeys {
     fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>> {
         let entry = self.entry(key_id)?;
         entry.newest()
+    }
+
+    fn sealed(&mut self, key_id: &str, version: u32) {
+        if let Ok(entry) = self.entry(key_id) {
+            entry.note_encrypted(version, 1);
+        }
     }
 }
 

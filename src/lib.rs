@@ -11,9 +11,11 @@ mod error;
 mod guc;
 mod jsonb;
 mod keys;
+mod maintenance;
 mod master;
 mod protect;
 mod triggers;
+mod usage;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -21,9 +23,12 @@ mod triggers;
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     keys::register_invalidation();
+    usage::register_callback();
     // SAFETY: reading a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         master::preload();
+        usage::request_shared_memory();
+        maintenance::register_worker();
     }
 }
 
@@ -31,6 +36,11 @@ extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/protect.sql", name = "protect", requires = ["catalog"]);
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["catalog"]);
 extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["catalog"]);
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["catalog", "lifecycle", maintenance::usage_pending]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

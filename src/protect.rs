@@ -470,9 +470,9 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         let context = check_context(context.as_deref())?;
         let (version, cipher) = entry.encryption_key()?;
         let encrypted = Jsonb::build(|out| {
-            Encryptor::new(&cipher, &key_id, version, context)
-                .encrypt_document(&doc, selector, out)
-                .map(|n| n > 0)
+            let n = Encryptor::new(&cipher, &key_id, version, context).encrypt_document(&doc, selector, out)?;
+            entry.note_encrypted(version, n);
+            Ok(n > 0)
         });
         if let Some(e) = encrypted {
             set(&cfg.payload, e.into_datum());

@@ -61,7 +61,7 @@ impl Algorithm {
 }
 
 /// Shortens an argument echoed in a message (names only, never values being encrypted).
-pub(crate) fn truncate_for_message(s: &str) -> String {
+pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return s.to_string();

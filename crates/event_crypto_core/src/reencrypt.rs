@@ -17,6 +17,9 @@ pub trait NewestKey {
     /// The active version of `key_id` and its cipher; `None` when the key id is shredded or has no active
     /// version (its envelopes are then left as they are).
     fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>>;
+
+    /// Called after each value sealed under `key_id` version `version` (for usage counting).
+    fn sealed(&mut self, key_id: &str, version: u32);
 }
 
 /// Rewrites every envelope of a document whose key version is older than its key id's active version.
@@ -169,6 +172,7 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         zeroize::Zeroize::zeroize(&mut blob);
         self.blob = blob;
         result?;
+        self.keys.sealed(&key_id, newest.0);
         self.reencrypted += 1;
         Ok(())
     }

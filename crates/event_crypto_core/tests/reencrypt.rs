@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Key ids with versions 1..=n; `newest` per key id; shredded key ids and destroyed versions.
+/// Key ids with versions 1..=n; `newest` per key id; shredded key ids and destroyed versions; values sealed.
 #[derive(Default)]
 struct Ring {
+    sealed: HashMap<(String, u32), usize>,
     versions: HashMap<(String, u32), Rc<Cipher>>,
     newest: HashMap<String, u32>,
     shredded: Vec<String>,
@@ -51,6 +52,10 @@ impl NewestKey for Ring {
             .newest
             .get(key_id)
             .map(|v| (*v, self.versions[&(key_id.to_string(), *v)].clone())))
+    }
+
+    fn sealed(&mut self, key_id: &str, version: u32) {
+        *self.sealed.entry((key_id.to_string(), version)).or_default() += 1;
     }
 }
 
@@ -137,6 +142,11 @@ fn stale_envelopes_move_to_the_newest_version_with_the_same_plaintext() {
         let (moved, n, current, shredded) = reencrypt(&mut ring, &enc, Some(b"stream-1")).unwrap();
         let moved = moved.expect("changed");
         assert_eq!((n, current, shredded), (4, 1, 0));
+        assert_eq!(
+            ring.sealed.get(&("k".to_string(), 3)),
+            Some(&4),
+            "every new envelope is counted"
+        );
         for f in [
             &moved["email"],
             &moved["n"],

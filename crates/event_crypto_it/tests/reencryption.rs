@@ -35,7 +35,10 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     assert_eq!(before.len() as i64, ROWS);
     assert!(before[0].contains("u1@x.io") && before[ROWS as usize - 1].contains(&format!("u{ROWS}@x.io")));
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"
+        ),
         ROWS,
         "every row: 1,000 in plaintext, 5,000 under version 1"
     );
@@ -48,11 +51,15 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     .unwrap();
     let mut worker = connect("F", &db);
     let pid: i32 = worker.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let handle = std::thread::spawn(move || worker.batch_execute("CALL event_crypto.reencrypt_table('events', 'payload', 200)"));
+    let handle =
+        std::thread::spawn(move || worker.batch_execute("CALL event_crypto.reencrypt_table('events', 'payload', 200)"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let progress = "SELECT coalesce((SELECT batches FROM event_crypto.reencrypt_progress), 0)";
     while count(&mut c, progress) < 5 {
-        assert!(Instant::now() < deadline && !handle.is_finished(), "the pass made no progress or stopped early");
+        assert!(
+            Instant::now() < deadline && !handle.is_finished(),
+            "the pass made no progress or stopped early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     kill9(pid);
@@ -62,11 +69,22 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     let mut c = connect_when_up("F", &db);
     let batches = count(&mut c, "SELECT batches FROM event_crypto.reencrypt_progress");
     let rewritten = count(&mut c, "SELECT rows_rewritten FROM event_crypto.reencrypt_progress");
-    let left = count(&mut c, "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')");
+    let left = count(
+        &mut c,
+        "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')",
+    );
     eprintln!("reencrypt_table killed after {batches} committed batches: {rewritten} rows rewritten, {left} left");
     assert!(batches >= 5 && left > 0, "killed half way");
-    assert_eq!(rewritten + left, ROWS, "each row is either rewritten by a committed batch or still to do");
-    assert_eq!(texts(&mut c, DECRYPTED), before, "nothing lost: every row decrypts to what was inserted");
+    assert_eq!(
+        rewritten + left,
+        ROWS,
+        "each row is either rewritten by a committed batch or still to do"
+    );
+    assert_eq!(
+        texts(&mut c, DECRYPTED),
+        before,
+        "nothing lost: every row decrypts to what was inserted"
+    );
 
     // Resume: the same CALL continues after the last committed batch.
     c.batch_execute("DROP TRIGGER slow_down ON events").unwrap();
@@ -76,20 +94,36 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     let row = r
         .iter()
         .find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some((r.get(0).unwrap().to_string(), r.get(1).unwrap().to_string())),
+            postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_string(), r.get(1).unwrap().to_string()))
+            }
             _ => None,
         })
         .unwrap();
-    assert_eq!(row.1.parse::<i64>().unwrap(), ROWS, "the pass rewrote every row once: {row:?}");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"),
+        row.1.parse::<i64>().unwrap(),
+        ROWS,
+        "the pass rewrote every row once: {row:?}"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"
+        ),
         0
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM events WHERE event_crypto.uses_key_version(payload, 'subject:' || subject, 2)"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM events WHERE event_crypto.uses_key_version(payload, 'subject:' || subject, 2)"
+        ),
         ROWS
     );
-    assert_eq!(count(&mut c, "SELECT count(email_idx) FROM events"), ROWS, "migrated rows got blind index values");
+    assert_eq!(
+        count(&mut c, "SELECT count(email_idx) FROM events"),
+        ROWS,
+        "migrated rows got blind index values"
+    );
     assert_eq!(texts(&mut c, DECRYPTED), before);
 
     // Every version 1 can now be retired; the data still reads the same.
@@ -106,6 +140,9 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
         count(&mut c, "SELECT count(*) FROM event_crypto.key_info WHERE key_id LIKE 'subject:s%' AND version = 1 AND NOT has_key_material"),
         50
     );
-    let ok: bool = c.query_one("SELECT ok FROM event_crypto.verify_audit_log()", &[]).unwrap().get(0);
+    let ok: bool = c
+        .query_one("SELECT ok FROM event_crypto.verify_audit_log()", &[])
+        .unwrap()
+        .get(0);
     assert!(ok);
 }

@@ -1,0 +1,184 @@
+//! Maintenance: moving the shared usage counters into the catalog and the audit log (`flush_usage`), and the
+//! background worker that runs `event_crypto.run_maintenance()` every `event_crypto.worker_interval` in
+//! `event_crypto.worker_database`. The policies themselves (usage rotation, scheduled rotation, retention) are SQL
+//! in `sql/maintenance.sql`, so pg_cron users can run the same work without the worker.
+
+use crate::error::spi_failed;
+use crate::keys::as_catalog_owner;
+use crate::usage::{self, Kind};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// Moves the shared counters of this database into `event_crypto.key_usage` (encryptions per key version) and
+/// `event_crypto.audit_log` (one `decrypt` row per session, role and key id). Returns what it wrote.
+#[pg_extern(volatile, parallel_unsafe)]
+fn flush_usage() -> pgrx::JsonB {
+    usage::publish();
+    // SAFETY: reading a backend-global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let snap = usage::snapshot(database);
+    if snap.is_empty() {
+        return pgrx::JsonB(
+            json!({"tracking": usage::available(), "key_versions": 0, "encryptions": 0, "decrypt_rows": 0}),
+        );
+    }
+    let (mut ids, mut versions, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, n) in &snap {
+        match k.kind {
+            Kind::Encrypt => {
+                ids.push(k.key_id.clone());
+                versions.push(k.version as i32);
+                counts.push(*n as i64);
+            }
+            Kind::Decrypt => {
+                d_ids.push(k.key_id.clone());
+                d_roles.push(k.role as i64);
+                d_pids.push(k.pid);
+                d_starts.push(k.session_start);
+                d_counts.push(*n as i64);
+            }
+        }
+    }
+    let total: i64 = counts.iter().sum();
+    let key_versions = ids.len();
+    let decrypt_rows = d_ids.len();
+    as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            if !ids.is_empty() {
+                client
+                    .update(
+                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, encryptions) \
+                         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
+                                                  pg_catalog.unnest($3::pg_catalog.int8[])) \
+                         ON CONFLICT (key_id, version) DO UPDATE \
+                         SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, updated_at = pg_catalog.now()",
+                        None,
+                        &[ids.into(), versions.into(), counts.into()],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+            }
+            if !d_ids.is_empty() {
+                // The session start is a TimestampTz: microseconds since 2000-01-01.
+                client
+                    .update(
+                        "INSERT INTO event_crypto.audit_log (actor, session_actor, action, key_ids, details) \
+                         SELECT pg_catalog.pg_get_userbyid(d.role::pg_catalog.oid), SESSION_USER, 'decrypt', ARRAY[d.key_id], \
+                                pg_catalog.jsonb_build_object('fields', d.n, 'pid', d.pid, 'session_start', \
+                                    pg_catalog.timestamptz '2000-01-01 00:00:00+00' OPERATOR(pg_catalog.+) \
+                                    pg_catalog.make_interval(secs => d.start::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000)) \
+                         FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int8[]), \
+                                         pg_catalog.unnest($3::pg_catalog.int4[]), pg_catalog.unnest($4::pg_catalog.int8[]), \
+                                         pg_catalog.unnest($5::pg_catalog.int8[])) AS d(key_id, role, pid, start, n)",
+                        None,
+                        &[d_ids.into(), d_roles.into(), d_pids.into(), d_starts.into(), d_counts.into()],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+            }
+        })
+    });
+    usage::subtract(&snap);
+    pgrx::JsonB(
+        json!({"tracking": true, "key_versions": key_versions, "encryptions": total, "decrypt_rows": decrypt_rows}),
+    )
+}
+
+/// Encryptions counted in shared memory and not yet flushed, per key version of this database.
+#[pg_extern(volatile, parallel_safe)]
+fn usage_pending() -> TableIterator<'static, (name!(key_id, String), name!(version, i32), name!(pending, i64))> {
+    // SAFETY: reading a backend-global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    TableIterator::new(
+        usage::snapshot(database)
+            .into_iter()
+            .filter(|(k, _)| k.kind == Kind::Encrypt)
+            .map(|(k, n)| (k.key_id, k.version as i32, n as i64)),
+    )
+}
+
+/// Whether counting works in this server (the library was preloaded).
+#[pg_extern(stable, parallel_safe)]
+fn usage_tracking() -> bool {
+    usage::available()
+}
+
+/// Registers the background worker when `event_crypto.worker_database` is set (called from `_PG_init` while
+/// preloading).
+pub fn register_worker() {
+    if crate::guc::worker_database().is_none() {
+        return;
+    }
+    BackgroundWorkerBuilder::new("event_crypto maintenance")
+        .set_type("event_crypto maintenance")
+        .set_function("event_crypto_worker_main")
+        .set_library("event_crypto")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(10)))
+        .load();
+}
+
+/// The background worker: one maintenance run every `event_crypto.worker_interval`, one log line per action;
+/// an error in one action is caught inside `run_maintenance()` and logged, the others still run; SIGTERM stops it
+/// between runs.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Some(db) = crate::guc::worker_database() else {
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    log!("event_crypto worker started in database \"{db}\"");
+    loop {
+        let interval = Duration::from_secs(crate::guc::worker_interval_secs().max(1) as u64);
+        if !BackgroundWorker::wait_latch(Some(interval)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to re-read postgresql.conf after SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        BackgroundWorker::transaction(|| {
+            let installed = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'event_crypto')",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if !installed {
+                log!("event_crypto worker: the extension is not installed in database \"{db}\"; nothing to do");
+                return;
+            }
+            let rows: Vec<(String, bool, String)> = Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT action, ok, detail::pg_catalog.text FROM event_crypto.run_maintenance()",
+                        None,
+                        &[],
+                    )
+                    .map(|t| {
+                        t.map(|r| {
+                            (
+                                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                                r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            for (action, ok, detail) in rows {
+                if ok {
+                    log!("event_crypto worker: {action}: {detail}");
+                } else {
+                    warning!("event_crypto worker: {action} failed: {detail}");
+                }
+            }
+        });
+    }
+    log!("event_crypto worker stopped");
+}
