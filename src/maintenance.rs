@@ -132,6 +132,7 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
     };
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     log!("event_crypto worker started in database \"{db}\"");
+    let mut said_not_installed = false;
     loop {
         let interval = Duration::from_secs(crate::guc::worker_interval_secs().max(1) as u64);
         if !BackgroundWorker::wait_latch(Some(interval)) {
@@ -141,7 +142,7 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
             // SAFETY: the documented way for a background worker to re-read postgresql.conf after SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        BackgroundWorker::transaction(|| {
+        let installed = BackgroundWorker::transaction(|| {
             let installed = Spi::get_one::<bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'event_crypto')",
             )
@@ -149,8 +150,7 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
             .flatten()
             .unwrap_or(false);
             if !installed {
-                log!("event_crypto worker: the extension is not installed in database \"{db}\"; nothing to do");
-                return;
+                return false;
             }
             let rows: Vec<(String, bool, String)> = Spi::connect(|client| {
                 client
@@ -178,7 +178,12 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
                     warning!("event_crypto worker: {action} failed: {detail}");
                 }
             }
+            true
         });
+        if !installed && !said_not_installed {
+            log!("event_crypto worker: the extension is not installed in database \"{db}\"; nothing to do until it is");
+        }
+        said_not_installed = !installed;
     }
     log!("event_crypto worker stopped");
 }

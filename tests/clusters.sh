@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (or stops) the throwaway PostgreSQL 15 clusters the integration tests connect to, all on 127.0.0.1:
 #   a (54331)  master key file A                      -- the main cluster
-#   b (54332)  master key file B                      -- "restore with a different master key"
+#   b (54332)  master key file B                      -- "restore with a different master key"; runs the
+#              maintenance worker in database postgres every second
 #   c (54333)  key file readable by group and others  -- must be refused
 #   d (54334)  key file inside the data directory     -- must be refused
 #   e (54335)  preloaded, no master key configured    -- clear error, never a crash
@@ -38,7 +39,10 @@ for n in a b c d e f; do
   install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
   as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
   case $n in
-    a|b) newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
+    a)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
+    b)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
+event_crypto.worker_database = 'postgres'
+event_crypto.worker_interval = 1" ;;
     c)   newkey "$DIR/$n/master.key"; chmod 644 "$DIR/$n/master.key"
          key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
     d)   newkey "$DIR/$n/data/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/data/master.key'" ;;

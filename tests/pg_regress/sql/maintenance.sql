@@ -21,6 +21,29 @@ SELECT event_crypto.rotate_key('mt:usage');
 SELECT event_crypto.encrypt_value('1', 'mt:usage') IS NOT NULL;
 SELECT version, encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage' ORDER BY version;
 
+-- Decryption auditing: per session and key id, the number of fields decrypted, one audit row per flush (no
+-- row per decryption). Off by default; only a superuser can turn it on.
+SELECT event_crypto.create_key('mt:read:a');
+SELECT event_crypto.create_key('mt:read:b');
+CREATE TABLE mt_read AS
+SELECT i, event_crypto.encrypt_fields(jsonb_build_object('x', i, 'y', i), '{x,y}', CASE WHEN i <= 3 THEN 'mt:read:a' ELSE 'mt:read:b' END) AS p
+FROM generate_series(1, 5) i;
+SELECT count(event_crypto.decrypt_fields(p)) FROM mt_read;               -- not audited (off)
+SET event_crypto.audit_decrypt = on;
+SELECT count(event_crypto.decrypt_fields(p)) FROM mt_read;               -- 3 rows x 2 fields under a, 2 x 2 under b
+SELECT count(event_crypto.decrypt_fields(p)) FROM mt_read WHERE i = 1;   -- 2 more under a
+RESET event_crypto.audit_decrypt;
+SELECT ((event_crypto.flush_usage())->>'decrypt_rows')::int AS decrypt_rows;
+SELECT action, key_ids, details->'fields' AS fields, (details->>'pid')::int = pg_backend_pid() AS this_session,
+       details ? 'session_start' AS has_start, actor = current_user AS actor_ok
+FROM event_crypto.audit_log WHERE action = 'decrypt' ORDER BY key_ids;
+CREATE ROLE mt_nobody;
+SET ROLE mt_nobody;
+SET event_crypto.audit_decrypt = off;                                   -- 42501 superuser only
+RESET ROLE;
+DROP ROLE mt_nobody;
+DROP TABLE mt_read;
+
 BEGIN;
 -- Scheduled rotation
 SELECT key_pattern, rotate_every FROM event_crypto.set_rotation('mt:sched:%', '1 day');

@@ -97,7 +97,7 @@ SELECT count(*) FILTER (WHERE payload->>'email' IS NOT NULL) AS readable FROM ev
 -- export: every event of a subject, decrypted
 SELECT jsonb_path_query(event_crypto.export_subject('bob'), '$.tables[*].rows[*].payload') AS bob_export;
 SELECT action, subject, key_ids, actor = current_user AS by_me FROM event_crypto.audit_log
-WHERE NOT key_ids && ARRAY['mt:usage'] ORDER BY id;   -- (the maintenance test committed rows for mt:usage)
+WHERE key_ids::text NOT LIKE '%mt:%' ORDER BY id;   -- (the maintenance test committed rows for its mt: keys)
 
 -- event types with their own fields
 CREATE TABLE typed (id serial PRIMARY KEY, subject text, kind text, payload jsonb);
