@@ -59,7 +59,8 @@ $$;
 -- rewritten with an UPDATE. The protect trigger encrypts the plaintext fields of such rows as on any UPDATE (and
 -- fills their blind index columns). Rows moved by concurrent UPDATEs may be passed over; a later pass picks
 -- them up, and retire_key_version() refuses while any row still uses a version.
-CREATE FUNCTION event_crypto.reencrypt_batch("table" regclass, "column" name, batch_size integer DEFAULT 1000)
+CREATE FUNCTION event_crypto.reencrypt_batch("table" regclass, "column" name, batch_size integer DEFAULT 1000,
+                                             context_column name DEFAULT NULL)
     RETURNS TABLE (rows_scanned bigint, rows_rewritten bigint, finished boolean)
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -86,7 +87,20 @@ BEGIN
                    AND a.atttypid = 'jsonb'::regtype) THEN
         RAISE EXCEPTION 'column "%" of % is not of type jsonb', "column", "table" USING ERRCODE = '42804';
     END IF;
+    IF context_column IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM pg_attribute a WHERE a.attrelid = "table" AND a.attname = context_column
+              AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'column "%" of % does not exist', context_column, "table" USING ERRCODE = '42703';
+    END IF;
     SELECT * INTO cfg FROM event_crypto.protected_columns c WHERE c.table_name = "table" AND c.column_name = "column";
+    IF FOUND AND context_column IS NOT NULL AND context_column IS DISTINCT FROM cfg.context_column THEN
+        RAISE EXCEPTION 'column "%" of % is protected with context column %', "column", "table",
+              COALESCE(quote_ident(cfg.context_column), 'none') USING ERRCODE = '22023',
+              HINT = 'Leave context_column out for protected columns: their configuration names it.';
+    END IF;
+    IF NOT FOUND AND context_column IS NOT NULL THEN
+        ctx_expr := format('%I::pg_catalog.text', context_column);
+    END IF;
     IF FOUND THEN
         IF cfg.context_column IS NOT NULL THEN
             ctx_expr := format('%I::pg_catalog.text', cfg.context_column);
@@ -129,10 +143,13 @@ BEGIN
 END
 $$;
 
--- Re-encrypts (and, for protected columns, migrates plaintext of) a whole column online: batch after batch, each
+-- Re-encrypts (and, for protected columns, migrates plaintext of) a whole column online. context_column: for a
+-- column that is not protected, the column whose text is the context its envelopes are bound to (a protected
+-- column's configuration names it).: batch after batch, each
 -- committed, so it can be interrupted (cancel, crash) and CALLed again to resume where it stopped. Returns the
 -- counts of the pass; progress is visible in event_crypto.reencrypt_progress while it runs.
 CREATE PROCEDURE event_crypto.reencrypt_table("table" regclass, "column" name, batch_size integer DEFAULT 1000,
+                                              context_column name DEFAULT NULL,
                                               INOUT rows_scanned bigint DEFAULT NULL,
                                               INOUT rows_rewritten bigint DEFAULT NULL)
     LANGUAGE plpgsql
@@ -141,7 +158,7 @@ DECLARE
     b record;
 BEGIN
     LOOP
-        SELECT * INTO b FROM event_crypto.reencrypt_batch("table", "column", batch_size);
+        SELECT * INTO b FROM event_crypto.reencrypt_batch("table", "column", batch_size, context_column);
         rows_scanned := b.rows_scanned;
         rows_rewritten := b.rows_rewritten;
         COMMIT;
@@ -149,5 +166,5 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON PROCEDURE event_crypto.reencrypt_table(regclass, name, integer, bigint, bigint) IS
+COMMENT ON PROCEDURE event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint) IS
     'Re-encrypts stale envelopes (and encrypts configured plaintext) of a column in committed batches; resumable. CALL outside a transaction block.';

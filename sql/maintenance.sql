@@ -238,6 +238,32 @@ BEGIN
 END
 $$;
 
+-- Rotates each key id (a failure is recorded and the others still rotate) and audits the batch as `reason`.
+CREATE FUNCTION event_crypto.rotate_keys(key_ids text[], reason text) RETURNS jsonb
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kid    text;
+    done   text[] := '{}';
+    failed jsonb := '{}';
+BEGIN
+    FOREACH kid IN ARRAY key_ids LOOP
+        BEGIN
+            PERFORM event_crypto.rotate_key(kid);
+            done := done || kid;
+        EXCEPTION WHEN OTHERS THEN
+            failed := failed || jsonb_build_object(kid, SQLERRM);
+        END;
+    END LOOP;
+    IF cardinality(done) > 0 THEN
+        PERFORM event_crypto.record_maintenance(reason, done, '{}');
+    END IF;
+    RETURN jsonb_build_object('rotated', cardinality(done))
+           || CASE WHEN failed = '{}' THEN '{}' ELSE jsonb_build_object('failed', failed) END;
+END
+$$;
+
 -- One maintenance run: flush usage counters, rotate key versions past the usage limit, rotate on schedule,
 -- enforce retention. Each action runs in its own subtransaction: a failure is reported in its row (and logged by
 -- the worker) and the other actions still run. Rotations are capped at 1,000 key ids per action and run.
@@ -247,9 +273,6 @@ CREATE FUNCTION event_crypto.run_maintenance()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r       record;
-    done    text[];
-    failed  jsonb;
     lim     float8 := COALESCE(pg_catalog.current_setting('event_crypto.rotate_after_encryptions', true)::float8, 2147483648);
 BEGIN
     action := 'flush_usage';
@@ -263,25 +286,13 @@ BEGIN
     RETURN NEXT;
 
     action := 'usage_rotation';
-    done := '{}';
-    failed := '{}';
     BEGIN
-        FOR r IN SELECT k.key_id AS kid, u.encryptions FROM event_crypto.key_usage u
-                   JOIN event_crypto.keys k ON k.key_id = u.key_id AND k.version = u.version
-                  WHERE k.status = 'active' AND u.encryptions >= lim ORDER BY 1 LIMIT 1000 LOOP
-            BEGIN
-                PERFORM event_crypto.rotate_key(r.kid);
-                done := done || r.kid;
-            EXCEPTION WHEN OTHERS THEN
-                failed := failed || jsonb_build_object(r.kid, SQLERRM);
-            END;
-        END LOOP;
-        IF cardinality(done) > 0 THEN
-            PERFORM event_crypto.record_maintenance('usage_rotation', done, jsonb_build_object('limit', lim));
-        END IF;
-        ok := failed = '{}';
-        detail := jsonb_build_object('rotated', cardinality(done), 'limit', lim) ||
-                  CASE WHEN ok THEN '{}' ELSE jsonb_build_object('failed', failed) END;
+        detail := event_crypto.rotate_keys(ARRAY(
+            SELECT k.key_id FROM event_crypto.key_usage u
+              JOIN event_crypto.keys k ON k.key_id = u.key_id AND k.version = u.version
+             WHERE k.status = 'active' AND u.encryptions >= lim ORDER BY 1 LIMIT 1000), 'usage_rotation')
+            || jsonb_build_object('limit', lim);
+        ok := NOT detail ? 'failed';
     EXCEPTION WHEN OTHERS THEN
         ok := false;
         detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
@@ -289,27 +300,14 @@ BEGIN
     RETURN NEXT;
 
     action := 'scheduled_rotation';
-    done := '{}';
-    failed := '{}';
     BEGIN
-        FOR r IN SELECT k.key_id AS kid FROM event_crypto.keys k
-                  WHERE k.status = 'active'
-                    AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p
-                                 WHERE k.key_id LIKE p.key_pattern AND k.created_at <= now() - p.rotate_every)
-                  ORDER BY k.created_at LIMIT 1000 LOOP
-            BEGIN
-                PERFORM event_crypto.rotate_key(r.kid);
-                done := done || r.kid;
-            EXCEPTION WHEN OTHERS THEN
-                failed := failed || jsonb_build_object(r.kid, SQLERRM);
-            END;
-        END LOOP;
-        IF cardinality(done) > 0 THEN
-            PERFORM event_crypto.record_maintenance('scheduled_rotation', done, '{}');
-        END IF;
-        ok := failed = '{}';
-        detail := jsonb_build_object('rotated', cardinality(done)) ||
-                  CASE WHEN ok THEN '{}' ELSE jsonb_build_object('failed', failed) END;
+        detail := event_crypto.rotate_keys(ARRAY(
+            SELECT k.key_id FROM event_crypto.keys k
+             WHERE k.status = 'active'
+               AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p
+                            WHERE k.key_id LIKE p.key_pattern AND k.created_at <= now() - p.rotate_every)
+             ORDER BY k.created_at LIMIT 1000), 'scheduled_rotation');
+        ok := NOT detail ? 'failed';
     EXCEPTION WHEN OTHERS THEN
         ok := false;
         detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);

@@ -29,13 +29,13 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.verify_audit_log()
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.retire_key_version(text, integer, boolean),
-                          event_crypto.reencrypt_batch(regclass, name, integer), event_crypto.reencrypt_end(regclass)
+                          event_crypto.reencrypt_batch(regclass, name, integer, name), event_crypto.reencrypt_end(regclass)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.reencrypt_fields(jsonb, text), event_crypto.needs_reencryption(jsonb, text[]),
                           event_crypto.uses_key_version(jsonb, text, integer)
     TO event_crypto_admin, event_crypto_encryptor;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint),
-                           event_crypto.reencrypt_table(regclass, name, integer, bigint, bigint)
+                           event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint)
     TO event_crypto_admin;
 GRANT SELECT, INSERT, UPDATE ON event_crypto.reencrypt_progress TO event_crypto_admin;
 GRANT SELECT ON event_crypto.key_usage, event_crypto.rotation_policies, event_crypto.retention_policies
@@ -46,7 +46,7 @@ GRANT EXECUTE ON FUNCTION event_crypto.set_rotation(text, interval),
                           event_crypto.set_retention(text, regclass, interval, interval, name),
                           event_crypto.drop_retention(text, regclass), event_crypto.enforce_retention(boolean),
                           event_crypto.run_maintenance(), event_crypto.flush_usage(), event_crypto.usage_tracking(),
-                          event_crypto.usage_pending(),
+                          event_crypto.usage_pending(), event_crypto.rotate_keys(text[], text),
                           event_crypto.record_maintenance(text, text[], jsonb)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),

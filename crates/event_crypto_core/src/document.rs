@@ -403,28 +403,13 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
     }
 
     fn rewrite(&mut self, c: Container<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(too_deep());
-        }
-        if c.is_object() {
-            let mut w = ContainerWriter::object_like(out, &c)?;
-            for pair in c.pairs() {
-                let (k, v) = pair?;
-                let mark = self.loc.push_key_bytes(k);
-                let ty = self.child(v, out, depth);
-                self.loc.truncate(mark);
-                w.done(out, ty?)?;
-            }
-        } else {
-            let mut w = ContainerWriter::array(out, c.len())?;
-            for (i, e) in c.elements().enumerate() {
-                let mark = self.loc.push_index(i);
-                let ty = self.child(e?, out, depth);
-                self.loc.truncate(mark);
-                w.done(out, ty?)?;
-            }
-        }
-        Ok(())
+        rewrite_children(self, c, out, depth)
+    }
+}
+
+impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
+    fn location(&mut self) -> &mut Location {
+        &mut self.loc
     }
 
     fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
@@ -443,6 +428,46 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             other => copy_value(out, &other),
         }
     }
+}
+
+/// A walk that rebuilds every container it enters and decides child by child (decryption, re-encryption).
+pub(crate) trait ChildRewriter {
+    /// The location of the child being written (pushed and popped by [`rewrite_children`]).
+    fn location(&mut self) -> &mut Location;
+    /// Writes one child (at the current location) and returns its entry type.
+    fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType>;
+}
+
+/// Rewrites container `c` into `out`: object keys kept byte for byte, each child written by `r.child` at its
+/// location.
+pub(crate) fn rewrite_children<R: ChildRewriter + ?Sized>(
+    r: &mut R,
+    c: Container<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    if c.is_object() {
+        let mut w = ContainerWriter::object_like(out, &c)?;
+        for pair in c.pairs() {
+            let (k, v) = pair?;
+            let mark = r.location().push_key_bytes(k);
+            let ty = r.child(v, out, depth);
+            r.location().truncate(mark);
+            w.done(out, ty?)?;
+        }
+    } else {
+        let mut w = ContainerWriter::array(out, c.len())?;
+        for (i, e) in c.elements().enumerate() {
+            let mark = r.location().push_index(i);
+            let ty = r.child(e?, out, depth);
+            r.location().truncate(mark);
+            w.done(out, ty?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a decrypted plaintext (JSON text) as a jsonb child. A plain string, the usual case, is copied straight

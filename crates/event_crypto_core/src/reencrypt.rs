@@ -2,12 +2,12 @@
 //! context, fresh nonce), and inspecting which key versions a document uses, without decrypting anything.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::document::{may_hold_envelope, KeyLookup, KeySource};
+use crate::document::{may_hold_envelope, rewrite_children, ChildRewriter, KeyLookup, KeySource};
 use crate::envelope::{looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
 use crate::error::{Error, Result};
 use crate::jsonb::{
-    copy_value, new_datum_buffer, set_varlena_header, too_deep, Container, ContainerWriter, Document, EntryType,
-    Parsed, Value, MAX_DEPTH, T_CONTAINER, T_STRING,
+    copy_value, new_datum_buffer, set_varlena_header, too_deep, Container, Document, EntryType, Parsed, Value,
+    MAX_DEPTH, T_CONTAINER, T_STRING,
 };
 use crate::path::Location;
 use std::rc::Rc;
@@ -92,42 +92,7 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
     }
 
     fn rewrite(&mut self, c: Container<'_>, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(too_deep());
-        }
-        if c.is_object() {
-            let mut w = ContainerWriter::object_like(out, &c)?;
-            for pair in c.pairs() {
-                let (k, v) = pair?;
-                let mark = self.loc.push_key_bytes(k);
-                let ty = self.child(v, out, depth);
-                self.loc.truncate(mark);
-                w.done(out, ty?)?;
-            }
-        } else {
-            let mut w = ContainerWriter::array(out, c.len())?;
-            for (i, e) in c.elements().enumerate() {
-                let mark = self.loc.push_index(i);
-                let ty = self.child(e?, out, depth);
-                self.loc.truncate(mark);
-                w.done(out, ty?)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
-        match v {
-            Value::String(s) if looks_like_envelope(s) => {
-                self.reseal(s, out)?;
-                Ok(T_STRING)
-            }
-            Value::Object(c) | Value::Array(c) if may_hold_envelope(c, depth + 1)? => {
-                self.rewrite(c, out, depth + 1)?;
-                Ok(T_CONTAINER)
-            }
-            other => copy_value(out, &other),
-        }
+        rewrite_children(self, c, out, depth)
     }
 
     /// Appends the envelope text `s` to `out`, re-encrypted under the newest version when it is older.
@@ -175,6 +140,26 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         self.keys.sealed(&key_id, newest.0);
         self.reencrypted += 1;
         Ok(())
+    }
+}
+
+impl<K: KeySource + NewestKey> ChildRewriter for Reencryptor<'_, K> {
+    fn location(&mut self) -> &mut Location {
+        &mut self.loc
+    }
+
+    fn child(&mut self, v: Value<'_>, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
+        match v {
+            Value::String(s) if looks_like_envelope(s) => {
+                self.reseal(s, out)?;
+                Ok(T_STRING)
+            }
+            Value::Object(c) | Value::Array(c) if may_hold_envelope(c, depth + 1)? => {
+                self.rewrite(c, out, depth + 1)?;
+                Ok(T_CONTAINER)
+            }
+            other => copy_value(out, &other),
+        }
     }
 }
 

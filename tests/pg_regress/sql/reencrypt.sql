@@ -125,6 +125,19 @@ SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
 SELECT event_crypto.decrypt_fields(payload, stream) FROM re_events LIMIT 1;  -- 42501 re-encrypting needs no decryptor role
 RESET ROLE;
 SELECT count(*) FILTER (WHERE event_crypto.uses_key_version(payload, 'subject:u2', 2)) AS u2_newest FROM re_events;
+-- a column that is not protected, bound to a context column: name it
+CREATE TABLE re_manual (id serial PRIMARY KEY, stream text, p jsonb);
+INSERT INTO re_manual (stream, p)
+SELECT 's' || i, event_crypto.encrypt_fields(jsonb_build_object('email', i || '@x.io'), '{email}', 're:k', 's' || i)
+FROM generate_series(1, 3) i;
+SELECT event_crypto.rotate_key('re:k');
+SELECT * FROM event_crypto.reencrypt_batch('re_manual', 'p');                            -- 22000 bound to a context
+SELECT * FROM event_crypto.reencrypt_batch('re_manual', 'p', context_column => 'id');     -- XX001 the wrong one
+SELECT * FROM event_crypto.reencrypt_batch('re_manual', 'p', context_column => 'nope');   -- 42703
+SELECT * FROM event_crypto.reencrypt_batch('re_manual', 'p', context_column => 'stream');
+SELECT count(*) FILTER (WHERE event_crypto.uses_key_version(p, 're:k', 3)) AS newest,
+       count(*) FILTER (WHERE event_crypto.decrypt_fields(p, stream)->>'email' LIKE '%@x.io') AS readable FROM re_manual;
+SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', context_column => 'subject');  -- 22023 configured otherwise
 -- bad arguments
 SELECT * FROM event_crypto.reencrypt_batch('re_events', 'nope');          -- 42703
 SELECT * FROM event_crypto.reencrypt_batch('re_events', 'subject');       -- 42804 not jsonb
