@@ -275,54 +275,31 @@ AS $$
 DECLARE
     lim     float8 := COALESCE(pg_catalog.current_setting('event_crypto.rotate_after_encryptions', true)::float8, 2147483648);
 BEGIN
-    action := 'flush_usage';
-    BEGIN
-        detail := event_crypto.flush_usage();
-        ok := true;
-    EXCEPTION WHEN OTHERS THEN
-        ok := false;
-        detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
-    END;
-    RETURN NEXT;
-
-    action := 'usage_rotation';
-    BEGIN
-        detail := event_crypto.rotate_keys(ARRAY(
-            SELECT k.key_id FROM event_crypto.key_usage u
-              JOIN event_crypto.keys k ON k.key_id = u.key_id AND k.version = u.version
-             WHERE k.status = 'active' AND u.encryptions >= lim ORDER BY 1 LIMIT 1000), 'usage_rotation')
-            || jsonb_build_object('limit', lim);
-        ok := NOT detail ? 'failed';
-    EXCEPTION WHEN OTHERS THEN
-        ok := false;
-        detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
-    END;
-    RETURN NEXT;
-
-    action := 'scheduled_rotation';
-    BEGIN
-        detail := event_crypto.rotate_keys(ARRAY(
-            SELECT k.key_id FROM event_crypto.keys k
-             WHERE k.status = 'active'
-               AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p
-                            WHERE k.key_id LIKE p.key_pattern AND k.created_at <= now() - p.rotate_every)
-             ORDER BY k.created_at LIMIT 1000), 'scheduled_rotation');
-        ok := NOT detail ? 'failed';
-    EXCEPTION WHEN OTHERS THEN
-        ok := false;
-        detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
-    END;
-    RETURN NEXT;
-
-    action := 'retention';
-    BEGIN
-        SELECT jsonb_build_object('shredded', count(*)) INTO detail FROM event_crypto.enforce_retention(false);
-        ok := true;
-    EXCEPTION WHEN OTHERS THEN
-        ok := false;
-        detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
-    END;
-    RETURN NEXT;
+    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention'] LOOP
+        BEGIN
+            detail := CASE action
+                WHEN 'flush_usage' THEN event_crypto.flush_usage()
+                WHEN 'usage_rotation' THEN event_crypto.rotate_keys(ARRAY(
+                        SELECT k.key_id FROM event_crypto.key_usage u
+                          JOIN event_crypto.keys k ON k.key_id = u.key_id AND k.version = u.version
+                         WHERE k.status = 'active' AND u.encryptions >= lim ORDER BY 1 LIMIT 1000), action)
+                    || jsonb_build_object('limit', lim)
+                WHEN 'scheduled_rotation' THEN event_crypto.rotate_keys(ARRAY(
+                        SELECT k.key_id FROM event_crypto.keys k
+                         WHERE k.status = 'active'
+                           AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p
+                                        WHERE k.key_id LIKE p.key_pattern AND k.created_at <= now() - p.rotate_every)
+                         ORDER BY k.created_at LIMIT 1000), action)
+                WHEN 'retention' THEN (SELECT jsonb_build_object('shredded', count(*))
+                                         FROM event_crypto.enforce_retention(false))
+            END;
+            ok := NOT detail ? 'failed';
+        EXCEPTION WHEN OTHERS THEN
+            ok := false;
+            detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
+        END;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 COMMENT ON FUNCTION event_crypto.run_maintenance() IS
