@@ -408,6 +408,7 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
 }
 
 impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
+    #[inline]
     fn location(&mut self) -> &mut Location {
         &mut self.loc
     }
@@ -440,6 +441,7 @@ pub(crate) trait ChildRewriter {
 
 /// Rewrites container `c` into `out`: object keys kept byte for byte, each child written by `r.child` at its
 /// location.
+#[inline]
 pub(crate) fn rewrite_children<R: ChildRewriter + ?Sized>(
     r: &mut R,
     c: Container<'_>,
