@@ -54,6 +54,12 @@ SELECT pg_temp.try(jsonb_build_object('email', '$ec1$' || translate(encode(
           overlay(decode(translate(substr(p->>'email', 6), '-_', '+/') || repeat('=', (4 - length(substr(p->>'email', 6)) % 4) % 4), 'base64')
                   PLACING convert_to('t2', 'UTF8') FROM 4 FOR 2), 'base64'), '+/=' || chr(10), '-_')), 'stream-1') AS key_id_edited
 FROM env;
+-- the key version in the header edited (1 -> 2, both existing versions of t1): the header is authenticated
+SELECT event_crypto.rotate_key('t1');
+SELECT pg_temp.try(jsonb_build_object('email', '$ec1$' || translate(encode(
+          set_byte(decode(translate(substr(p->>'email', 6), '-_', '+/') || repeat('=', (4 - length(substr(p->>'email', 6)) % 4) % 4), 'base64'),
+                   3 + 2 + 3, 2), 'base64'), '+/=' || chr(10), '-_')), 'stream-1') AS version_edited
+FROM env;
 -- an envelope copied from another row with another context
 SELECT pg_temp.try(jsonb_build_object('email', (event_crypto.encrypt_fields('{"email":"other"}', '{email}', 't1', 'stream-9'))->'email'), 'stream-1') AS other_row;
 -- messages name the key and path, never the plaintext
