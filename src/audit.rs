@@ -49,10 +49,10 @@ fn audit_chain_hash(prev: &[u8], content: &str) -> Vec<u8> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn record_maintenance(action: &str, key_ids: Vec<String>, details: pgrx::JsonB) -> i64 {
     if !matches!(action, "usage_rotation" | "scheduled_rotation" | "enforce_retention") {
-        raise(event_crypto_core::Error::invalid_argument(format!(
-            "\"{}\" is not a maintenance action",
-            event_crypto_core::aead::truncate_for_message(action)
-        )));
+        raise(
+            event_crypto_core::Error::invalid_argument("not a maintenance action")
+                .with_hint("One of usage_rotation, scheduled_rotation, enforce_retention."),
+        );
     }
     record(action, None, &key_ids, details.0)
 }

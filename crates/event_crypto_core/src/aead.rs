@@ -53,7 +53,8 @@ impl Algorithm {
         Algorithm::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidArgument,
-                format!("unknown algorithm \"{}\"", truncate_for_message(name)),
+                // the argument is not echoed: a value passed in the wrong position must not reach a log
+                "unknown algorithm",
             )
             .with_hint("Supported algorithms are aes-256-gcm (the default) and chacha20-poly1305.")
         })

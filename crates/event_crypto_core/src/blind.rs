@@ -36,11 +36,10 @@ impl Normalize {
                 "lower" => n.lower = true,
                 "trim" => n.trim = true,
                 _ => {
-                    return Err(Error::invalid_argument(format!(
-                        "unknown normalisation \"{}\"",
-                        crate::aead::truncate_for_message(part)
-                    ))
-                    .with_hint("Use NULL or 'none', 'lower', 'trim', or a comma-separated list such as 'trim,lower'."))
+                    // the argument is not echoed: a value passed in the wrong position must not reach a log
+                    return Err(Error::invalid_argument("unknown normalisation").with_hint(
+                        "Use NULL or 'none', 'lower', 'trim', or a comma-separated list such as 'trim,lower'.",
+                    ));
                 }
             }
         }

@@ -390,3 +390,20 @@ fn rewriting_without_changes_reproduces_the_input_byte_for_byte() {
         assert_eq!(out, b);
     }
 }
+
+#[test]
+fn bad_option_values_are_not_echoed_in_messages() {
+    // A value passed in the wrong argument position (an e-mail address as the algorithm, the normalisation or the
+    // shredded policy) must not end up in an error message, and so in a server log.
+    let secret = "alice.secret@example.com";
+    let errors = [
+        Algorithm::from_name(secret).unwrap_err(),
+        event_crypto_core::blind::Normalize::parse(Some(secret)).unwrap_err(),
+        OnShredded::parse(secret).unwrap_err(),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        let all = format!("{e} {:?} {:?}", e.detail(), e.hint());
+        assert!(!all.contains("alice"), "{all}");
+    }
+}

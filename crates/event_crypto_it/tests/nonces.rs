@@ -35,12 +35,16 @@ fn two_hundred_thousand_encryptions_under_one_key_version_have_distinct_nonces()
     // 3. multi-row VALUES: 20 statements of 1,000 rows x 2 fields
     let values = vec!["('{\"a\": \"same\", \"b\": 1}')"; 1000].join(", ");
     for _ in 0..20 {
-        c.batch_execute(&format!("INSERT INTO ev (payload) VALUES {values}")).unwrap();
+        c.batch_execute(&format!("INSERT INTO ev (payload) VALUES {values}"))
+            .unwrap();
     }
     let rows = one(&mut c, "SELECT count(*) FROM ev");
     assert_eq!(rows, 100_000);
     assert_eq!(
-        one(&mut c, "SELECT count(*) FROM ev WHERE event_crypto.uses_key_version(payload, 'nonce-key', 1)"),
+        one(
+            &mut c,
+            "SELECT count(*) FROM ev WHERE event_crypto.uses_key_version(payload, 'nonce-key', 1)"
+        ),
         rows,
         "one key version for all"
     );
@@ -65,11 +69,16 @@ fn two_hundred_thousand_encryptions_under_one_key_version_have_distinct_nonces()
 
     // Nothing is evaluated once for many rows.
     assert_eq!(
-        one(&mut c, "SELECT count(DISTINCT event_crypto.encrypt_value('\"x\"', 'nonce-key')) FROM generate_series(1, 1000)"),
+        one(
+            &mut c,
+            "SELECT count(DISTINCT event_crypto.encrypt_value('\"x\"', 'nonce-key')) FROM generate_series(1, 1000)"
+        ),
         1000
     );
     c.batch_execute("SET plan_cache_mode = force_generic_plan").unwrap();
-    let stmt = c.prepare("SELECT event_crypto.encrypt_value($1::text::jsonb, 'nonce-key')").unwrap();
+    let stmt = c
+        .prepare("SELECT event_crypto.encrypt_value($1::text::jsonb, 'nonce-key')")
+        .unwrap();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
         let e: String = c.query_one(&stmt, &[&"\"x\""]).unwrap().get(0);
@@ -80,7 +89,11 @@ fn two_hundred_thousand_encryptions_under_one_key_version_have_distinct_nonces()
          INSERT INTO d (id) SELECT generate_series(1, 500);",
     )
     .unwrap();
-    assert_eq!(one(&mut c, "SELECT count(DISTINCT e) FROM d"), 500, "a column default is evaluated per row");
+    assert_eq!(
+        one(&mut c, "SELECT count(DISTINCT e) FROM d"),
+        500,
+        "a column default is evaluated per row"
+    );
     // The catalog agrees: everything that draws randomness is VOLATILE; nothing that reads keys is IMMUTABLE.
     let offenders: Vec<String> = c
         .query(
