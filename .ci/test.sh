@@ -4,7 +4,8 @@
 #   2. core unit, known-answer and frozen-vector tests (plain cargo test)
 #   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
-#   5. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
+#   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
+#   6. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
 # Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
 set -euo pipefail
@@ -14,6 +15,7 @@ ROOT=$(pwd)
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=$PG_BIN/pg_config
 PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+PG_ISOLATION=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress
 RUN_AS=postgres
 SCRATCH=${EVENT_CRYPTO_SCRATCH:-/tmp/ec-ci}     # short: unix socket paths are limited to ~107 bytes
 
@@ -54,6 +56,21 @@ TESTS="setup $(cd "$OUT/sql" && ls -1 *.sql | sed 's/\.sql$//' | grep -vx setup 
 if ! runuser -u "$RUN_AS" -- "$PG_REGRESS" --temp-instance="$OUT/tmp_check" --temp-config="$OUT/regress.conf" \
      --bindir="$PG_BIN" --inputdir="$OUT" --outputdir="$OUT" --dbname=event_crypto_regress $TESTS; then
   cat "$OUT/regression.diffs" 2>/dev/null || true
+  exit 1
+fi
+
+step "isolation tests"
+ISO="$SCRATCH/isolation"
+rm -rf "$ISO" && install -d -o "$RUN_AS" -g "$RUN_AS" "$ISO"
+cp -r tests/isolation/specs tests/isolation/expected "$ISO/"
+cp "$OUT/regress.conf" "$ISO/regress.conf"
+chown -R "$RUN_AS:$RUN_AS" "$ISO"
+ISO_TESTS=$(cd "$ISO/specs" && ls -1 *.spec | sed 's/\.spec$//' | sort | tr '\n' ' ')
+# shellcheck disable=SC2086
+if ! runuser -u "$RUN_AS" -- "$PG_ISOLATION" --temp-instance="$ISO/tmp_check" --temp-config="$ISO/regress.conf" \
+     --bindir="$PG_BIN" --inputdir="$ISO" --outputdir="$ISO" --dbname=event_crypto_isolation \
+     --load-extension=event_crypto $ISO_TESTS; then
+  cat "$ISO/regression.diffs" 2>/dev/null || true
   exit 1
 fi
 

@@ -272,6 +272,82 @@ fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
     rows
 }
 
+/// The catalog rows of `key_id` as the newest committed state shows them (plus this transaction's own changes),
+/// whatever the isolation level: the cache must never hold a key that an older snapshot still showed after a
+/// shred committed (a REPEATABLE READ transaction would otherwise cache it past its end, and a statement whose
+/// snapshot predates the shred could re-cache it after the invalidation). Shredding therefore applies to every
+/// session at its next key load, inside open transactions too. Runs inside `Spi::connect`.
+fn read_rows_latest(key_id: &str) -> Vec<Row> {
+    let query = std::ffi::CString::new(SELECT_ROWS).expect("no NUL in the query");
+    let arg = std::ffi::CString::new(key_id)
+        .map_err(|_| ())
+        .unwrap_or_else(|()| raise(Error::invalid_argument("a key id must not contain NUL characters")));
+    let mut rows = Vec::new();
+    // SAFETY: SPI is connected by the caller; the snapshot pushed here is popped before returning (and by
+    // transaction abort if the query raises); the result tuples are read while SPI_tuptable is valid.
+    unsafe {
+        let text = pg_sys::cstring_to_text(arg.as_ptr());
+        let mut argtypes = [pg_sys::TEXTOID];
+        let mut values = [pg_sys::Datum::from(text)];
+        let nulls = [b' ' as std::ffi::c_char];
+        // A parallel worker may not take a new snapshot; it reads with the leader's, and its cache dies with it
+        // at the end of the query.
+        let latest = !pg_sys::IsInParallelMode();
+        if latest {
+            pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        }
+        let rc = pg_sys::SPI_execute_with_args(
+            query.as_ptr(),
+            1,
+            argtypes.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            true, // read-only: use the snapshot pushed above, not the transaction's
+            0,
+        );
+        if latest {
+            pg_sys::PopActiveSnapshot();
+        }
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            raise(
+                Error::new(
+                    ErrorKind::CatalogAccess,
+                    "the event_crypto key catalog could not be read",
+                )
+                .with_detail(format!("SPI returned {rc}")),
+            );
+        }
+        let table = pg_sys::SPI_tuptable;
+        for i in 0..pg_sys::SPI_processed as usize {
+            let tuple = *(*table).vals.add(i);
+            let desc = (*table).tupdesc;
+            let get = |col: i32| {
+                let mut isnull = false;
+                let d = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
+                (d, isnull)
+            };
+            let text_at = |col: i32| {
+                let (d, isnull) = get(col);
+                String::from_datum(d, isnull).unwrap_or_default()
+            };
+            let bytes_at = |col: i32| {
+                let (d, isnull) = get(col);
+                Vec::<u8>::from_datum(d, isnull)
+            };
+            let (v, v_null) = get(1);
+            rows.push(Row {
+                version: i32::from_datum(v, v_null).unwrap_or(0) as u32,
+                algorithm: text_at(2),
+                status: text_at(3),
+                wrapped_key: bytes_at(4),
+                wrapped_index_key: bytes_at(5),
+                master_key_id: text_at(6),
+            });
+        }
+    }
+    rows
+}
+
 fn mismatch(key_id: &str, version: u32, wrapped_by: &str, ring: &MasterKeyRing) -> Error {
     Error::new(
         ErrorKind::MasterKeyMismatch,
@@ -354,7 +430,7 @@ pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
     check_key_id(key_id)?;
     master::get()?;
     let generation = GENERATION.with(|g| g.get());
-    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
+    let rows = as_catalog_owner(|| Spi::connect(|_| read_rows_latest(key_id)));
     if rows.is_empty() {
         return Err(Error::unknown_key(key_id));
     }

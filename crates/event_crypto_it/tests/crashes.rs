@@ -46,7 +46,10 @@ fn keys_are_whole(c: &mut Client) {
         0,
         "a key id with no or several active versions, or half shredded"
     );
-    let live = one(c, "SELECT count(DISTINCT key_id) FROM event_crypto.keys WHERE status = 'active'");
+    let live = one(
+        c,
+        "SELECT count(DISTINCT key_id) FROM event_crypto.keys WHERE status = 'active'",
+    );
     assert_eq!(
         one(
             c,
@@ -55,7 +58,10 @@ fn keys_are_whole(c: &mut Client) {
         ),
         live
     );
-    let ok: bool = c.query_one("SELECT ok FROM event_crypto.verify_audit_log()", &[]).unwrap().get(0);
+    let ok: bool = c
+        .query_one("SELECT ok FROM event_crypto.verify_audit_log()", &[])
+        .unwrap()
+        .get(0);
     assert!(ok, "the audit chain verifies after the crash");
 }
 
@@ -106,7 +112,10 @@ fn killed_backends_during_protected_inserts_lose_only_uncommitted_rows() {
         )
     });
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!bulk_handle.is_finished(), "the bulk insert is still running when the crash comes");
+    assert!(
+        !bulk_handle.is_finished(),
+        "the bulk insert is still running when the crash comes"
+    );
     kill9(pids[4]); // the bulk backend: the postmaster then resets every backend
     stop.store(true, Ordering::Relaxed);
     assert!(bulk_handle.join().unwrap().is_err());
@@ -120,7 +129,10 @@ fn killed_backends_during_protected_inserts_lose_only_uncommitted_rows() {
     for (w, counter) in acked.iter().enumerate() {
         let n = counter.load(Ordering::SeqCst);
         assert!(n > 0, "writer {w} committed something");
-        let present = one(&mut c, &format!("SELECT count(*) FROM ev WHERE writer = {w} AND n <= {n}"));
+        let present = one(
+            &mut c,
+            &format!("SELECT count(*) FROM ev WHERE writer = {w} AND n <= {n}"),
+        );
         assert_eq!(present, n, "writer {w}: every acknowledged row survived");
         let wrong = one(
             &mut c,
@@ -132,9 +144,16 @@ fn killed_backends_during_protected_inserts_lose_only_uncommitted_rows() {
         assert_eq!(wrong, 0, "writer {w}: every row decrypts to what was inserted");
         total += n;
     }
-    assert_eq!(one(&mut c, "SELECT count(*) FROM ev WHERE writer = 99"), 0, "the killed bulk insert left nothing");
     assert_eq!(
-        one(&mut c, "SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE 'subject:bulk%'"),
+        one(&mut c, "SELECT count(*) FROM ev WHERE writer = 99"),
+        0,
+        "the killed bulk insert left nothing"
+    );
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE 'subject:bulk%'"
+        ),
         0,
         "keys created by the killed transaction are gone with it"
     );
@@ -154,7 +173,10 @@ fn immediate_shutdowns_during_rotation_and_shredding_leave_keys_whole() {
     )
     .unwrap();
     let before: Vec<String> = c
-        .query("SELECT event_crypto.decrypt_fields(payload)::text FROM ev ORDER BY id", &[])
+        .query(
+            "SELECT event_crypto.decrypt_fields(payload)::text FROM ev ORDER BY id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -194,9 +216,15 @@ fn immediate_shutdowns_during_rotation_and_shredding_leave_keys_whole() {
                 &mut c,
                 "SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE 'subject:s%' AND version = 2 AND status = 'active'",
             );
-            assert!(rotated >= acked && rotated <= acked + 1, "{phase}: {rotated} rotated, {acked} acknowledged");
+            assert!(
+                rotated >= acked && rotated <= acked + 1,
+                "{phase}: {rotated} rotated, {acked} acknowledged"
+            );
             let after: Vec<String> = c
-                .query("SELECT event_crypto.decrypt_fields(payload)::text FROM ev ORDER BY id", &[])
+                .query(
+                    "SELECT event_crypto.decrypt_fields(payload)::text FROM ev ORDER BY id",
+                    &[],
+                )
                 .unwrap()
                 .iter()
                 .map(|r| r.get(0))
@@ -207,12 +235,19 @@ fn immediate_shutdowns_during_rotation_and_shredding_leave_keys_whole() {
                 &mut c,
                 "SELECT count(DISTINCT key_id) FROM event_crypto.keys WHERE key_id LIKE 'subject:s%' AND status = 'shredded'",
             );
-            assert!(shredded >= acked && shredded <= acked + 1, "{phase}: {shredded} shredded, {acked} acknowledged");
+            assert!(
+                shredded >= acked && shredded <= acked + 1,
+                "{phase}: {shredded} shredded, {acked} acknowledged"
+            );
             let readable = one(
                 &mut c,
                 "SELECT count(*) FROM ev WHERE event_crypto.decrypt_fields(payload)->>'email' IS NOT NULL",
             );
-            assert_eq!(readable, 400 - shredded, "shredded subjects read as null, the others decrypt");
+            assert_eq!(
+                readable,
+                400 - shredded,
+                "shredded subjects read as null, the others decrypt"
+            );
         }
         eprintln!("immediate shutdown during {phase}: {acked} acknowledged, keys whole, audit chain intact");
     }
