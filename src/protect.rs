@@ -580,6 +580,35 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
     prefixes.push("subject:".to_string());
     prefixes.sort();
     prefixes.dedup();
+    // A subject with no key yet under a prefix gets a shredded tombstone "<prefix><subject>" version 1, so that
+    // an event arriving later is refused (on_forgotten = 'error') or gets a new generation ('new_key') instead of
+    // silently creating a live key. The insert waits for a transaction that is creating that key right now (the
+    // primary key's uniqueness check) and then yields to it: the key it made is found and shredded below.
+    let role = keys::current_role();
+    let master_id = crate::master::get()
+        .map(|ring| ring.active().id().to_string())
+        .unwrap_or_else(|_| "none".to_string());
+    let tombstones: i64 = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            prefixes
+                .iter()
+                .map(|p| {
+                    let base = format!("{p}{subject}");
+                    client
+                        .update(
+                            "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
+                                                            master_key_id, created_by, shredded_at, shredded_by) \
+                             VALUES ($1, 1, 'aes-256-gcm', 'shredded', NULL, NULL, $2, $3, pg_catalog.now(), $3) \
+                             ON CONFLICT DO NOTHING RETURNING 1",
+                            None,
+                            &[base.as_str().into(), master_id.as_str().into(), role.as_str().into()],
+                        )
+                        .unwrap_or_else(|e| spi_failed(e))
+                        .len() as i64
+                })
+                .sum()
+        })
+    });
     // Every existing key id of the subject: "<prefix><subject>" and its generations "<prefix><subject>#<n>".
     let mut key_ids: Vec<String> = Vec::new();
     as_catalog_owner(|| {
@@ -644,9 +673,10 @@ fn forget_subject(subject: Option<&str>) -> JsonB {
             touched.push(json!({"table": t.table, "column": t.column, "blind_index_rows_cleared": n}));
         }
     });
-    let already = destroyed == 0;
+    let already = destroyed == 0 && tombstones == 0;
     let details = json!({
         "versions_destroyed": destroyed,
+        "tombstones": tombstones,
         "blind_index_rows_cleared": cleared,
         "tables": touched,
         "already_forgotten": already,
