@@ -7,6 +7,22 @@ CREATE TRIGGER protected_columns_changed AFTER INSERT OR UPDATE OR DELETE OR TRU
     FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
 CREATE TRIGGER blind_indexes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.blind_indexes
     FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+-- Rows that arrive by logical replication must invalidate too (a shred replicated from the publisher has to reach
+-- the subscriber's cached keys). Apply workers run as session_replication_role = replica and fire row triggers
+-- only (statement triggers just for TRUNCATE), so: the statement triggers fire always, and a row trigger fires in
+-- replica mode.
+ALTER TABLE event_crypto.keys ENABLE ALWAYS TRIGGER keys_changed;
+ALTER TABLE event_crypto.protected_columns ENABLE ALWAYS TRIGGER protected_columns_changed;
+ALTER TABLE event_crypto.blind_indexes ENABLE ALWAYS TRIGGER blind_indexes_changed;
+CREATE TRIGGER keys_replicated AFTER INSERT OR UPDATE OR DELETE ON event_crypto.keys
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.catalog_changed();
+CREATE TRIGGER protected_columns_replicated AFTER INSERT OR UPDATE OR DELETE ON event_crypto.protected_columns
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.catalog_changed();
+CREATE TRIGGER blind_indexes_replicated AFTER INSERT OR UPDATE OR DELETE ON event_crypto.blind_indexes
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.keys ENABLE REPLICA TRIGGER keys_replicated;
+ALTER TABLE event_crypto.protected_columns ENABLE REPLICA TRIGGER protected_columns_replicated;
+ALTER TABLE event_crypto.blind_indexes ENABLE REPLICA TRIGGER blind_indexes_replicated;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;

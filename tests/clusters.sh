@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts (or stops) the throwaway PostgreSQL 15 clusters the integration tests connect to, all on 127.0.0.1:
-#   a (54331)  master key file A                      -- the main cluster
+#   a (54331)  master key file A                      -- the main cluster (wal_level = logical: it publishes to f
+#              in the replication test)
 #   b (54332)  master key file B                      -- "restore with a different master key"; runs the
 #              maintenance worker in database postgres every second
 #   c (54333)  key file readable by group and others  -- must be refused
@@ -39,7 +40,8 @@ for n in a b c d e f; do
   install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
   as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
   case $n in
-    a)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
+    a)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
+wal_level = logical" ;;
     b)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
 event_crypto.worker_database = 'postgres'
 event_crypto.worker_interval = 1" ;;

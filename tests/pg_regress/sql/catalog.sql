@@ -23,8 +23,8 @@ WHERE n.nspname = 'event_crypto' AND has_function_privilege(r.rolname, p.oid, 'E
 -- no table or view privileges for PUBLIC
 SELECT c.relname, c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'event_crypto' AND c.relkind IN ('r', 'v') ORDER BY 1;
--- the cache-invalidation trigger is in place
-SELECT tgrelid::regclass, tgname, tgtype FROM pg_trigger
+-- the cache-invalidation triggers: per statement (always), and per row in replica mode (logical replication apply)
+SELECT tgrelid::regclass, tgname, tgtype, tgenabled FROM pg_trigger
 WHERE tgrelid IN ('event_crypto.keys'::regclass, 'event_crypto.protected_columns'::regclass, 'event_crypto.blind_indexes'::regclass)
   AND NOT tgisinternal ORDER BY 1, 2;
 -- GUCs: the master key ones postmaster-level (and superuser-only to read), audit_decrypt superuser-only to set
