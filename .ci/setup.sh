@@ -5,6 +5,7 @@
 set -euo pipefail
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export DEBIAN_FRONTEND=noninteractive
+FUZZ_VERSION=0.13.2
 PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
@@ -31,6 +32,11 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 step "cargo-pgrx $PGRX_VERSION"
 if [ "$(cargo pgrx --version 2>/dev/null || true)" != "cargo-pgrx $PGRX_VERSION" ]; then
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+step "cargo-fuzz $FUZZ_VERSION"
+if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $FUZZ_VERSION" ]; then
+  cargo install cargo-fuzz --version "$FUZZ_VERSION" --locked
 fi
 
 step "cargo pgrx init"

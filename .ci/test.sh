@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of event_crypto on this machine, installing what is missing first (.ci/setup.sh):
 #   1. cargo fmt --check and cargo clippy -D warnings
-#   2. core unit, known-answer and frozen-vector tests (plain cargo test)
+#   2. core unit, known-answer and frozen-vector tests (plain cargo test), and 30 s of cargo fuzz per target
 #   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
@@ -34,6 +34,24 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "core tests"
 cargo test -p event_crypto_core
+
+# Coverage-guided fuzzing of the envelope parser, field paths and the binary jsonb walks (cargo fuzz on the stable
+# toolchain, without a sanitizer: the targets assert their own properties). Seeds and the inputs of past finds are
+# in crates/event_crypto_core/fuzz/corpus; new inputs go to the scratch directory. Longer: FUZZ_SECONDS=3600.
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+for target in envelope field_path jsonb_document; do
+  step "fuzz $target (${FUZZ_SECONDS}s)"
+  install -d "$SCRATCH/fuzz/$target"
+  # a finding, a failed build or any other failure makes cargo fuzz exit non-zero
+  if ! (cd crates/event_crypto_core &&
+        cargo fuzz run "$target" -s none --dev "$SCRATCH/fuzz/$target" "fuzz/corpus/$target" -- \
+          -max_total_time="$FUZZ_SECONDS" -print_final_stats=1) > "$SCRATCH/fuzz/$target.log" 2>&1; then
+    tail -60 "$SCRATCH/fuzz/$target.log"
+    echo "fuzz target $target failed (inputs in crates/event_crypto_core/fuzz/artifacts/$target)" >&2
+    exit 1
+  fi
+  grep -E '^(Done |stat::number_of_executed_units)' "$SCRATCH/fuzz/$target.log" || true
+done
 
 step "cargo pgrx test"
 rm -rf "$SCRATCH/pgdata"

@@ -85,6 +85,22 @@ impl<'a> Encryptor<'a> {
     fn seal_value(&mut self, v: &Value<'_>, out: &mut Vec<u8>) -> Result<()> {
         self.plaintext.clear();
         write_json(v, &mut self.plaintext, 0)?;
+        // Only what decrypts back into jsonb is sealed: a damaged datum (a string that is not UTF-8 or holds a NUL,
+        // a corrupt number) must not become an envelope that can never be opened into a value again (found by the
+        // jsonb_document fuzz target). Strings, the usual case, are checked directly; numbers and containers are
+        // parsed back as decryption would.
+        let sound = match v {
+            Value::String(s) => !s.contains(&0) && std::str::from_utf8(s).is_ok(),
+            Value::Null | Value::Bool(_) => true,
+            _ => parse_json(&self.plaintext).is_ok(),
+        };
+        if !sound {
+            return Err(
+                Error::invalid_argument("a value to encrypt is not one jsonb can hold").with_detail(
+                    "The jsonb datum is damaged: a string is not UTF-8 or holds a NUL, or a number is corrupt.",
+                ),
+            );
+        }
         let nonce: [u8; NONCE_LEN] = crate::random::nonce()?;
         seal_into(
             &self.key,

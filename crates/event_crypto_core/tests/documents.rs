@@ -407,3 +407,19 @@ fn bad_option_values_are_not_echoed_in_messages() {
         assert!(!all.contains("alice"), "{all}");
     }
 }
+
+#[test]
+fn a_damaged_datum_is_never_sealed_into_an_envelope_that_cannot_open() {
+    // Found by the jsonb_document fuzz target: an array whose first element is an object with a NUL inside a key
+    // (jsonb never stores one). Encrypting `[0]` used to seal `{"emc\u0000l": ...}`, which no decryption can turn
+    // back into jsonb. It is refused instead.
+    let datum = include_bytes!("../fuzz/corpus/jsonb_document/regress-482d56f729b3");
+    let doc = Document::from_datum(datum).unwrap();
+    let c = Cipher::new(Algorithm::Aes256Gcm, &[9u8; 32]);
+    let mut out = Vec::new();
+    let e = Encryptor::new(&c, "k", 1, None)
+        .encrypt_document(&doc, &Selector::new(&[FieldPath::parse("[0]").unwrap()]), &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("not one jsonb can hold"), "{e}");
+}
