@@ -131,3 +131,18 @@ pub fn kill9(pid: i32) {
         .expect("kill");
     assert!(st.success(), "kill -9 {pid} failed");
 }
+
+/// The single bigint that `sql` returns (a count, usually).
+pub fn one(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// The directory the clusters live in (`tests/clusters.sh` writes it to the environment).
+pub fn scratch() -> String {
+    std::env::var("EC_IT_SCRATCH").expect("EC_IT_SCRATCH is not set: run through .ci/test.sh")
+}
+
+/// The directory of cluster F, the one the tests restart with other master key rings.
+pub fn f_dir() -> String {
+    std::env::var("EC_IT_F_DIR").expect("EC_IT_F_DIR is not set: run through .ci/test.sh")
+}

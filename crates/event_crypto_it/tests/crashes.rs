@@ -3,15 +3,11 @@
 //! whose commit was acknowledged is there and decrypts to what was inserted, no key is lost, every key id has
 //! exactly one active version or is wholly shredded (never half), and the audit chain verifies.
 
-use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, pg_bin};
+use event_crypto_it::{connect, connect_when_up, f_dir, fresh_db, kill9, one, pg_bin};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn f_dir() -> String {
-    std::env::var("EC_IT_F_DIR").expect("EC_IT_F_DIR is not set: run through .ci/test.sh")
-}
 
 fn pg_ctl(args: &[&str]) {
     let data = format!("{}/data", f_dir());
@@ -28,10 +24,6 @@ fn pg_ctl(args: &[&str]) {
 fn immediate_restart() {
     pg_ctl(&["-m", "immediate", "stop"]);
     pg_ctl(&["start"]);
-}
-
-fn one(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
 /// Every key id has exactly one active version, or all its versions are shredded; every live key unwraps.

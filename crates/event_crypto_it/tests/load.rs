@@ -4,14 +4,10 @@
 //! reads as null, rows plus refused inserts match the transactions pgbench reports, and the only error seen is
 //! the documented one: a new event for a forgotten subject (23514).
 
-use event_crypto_it::{connect, dsn, fresh_db, pg_bin};
+use event_crypto_it::{connect, dsn, fresh_db, one, pg_bin, scratch};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn one(c: &mut postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 #[test]
 fn pgbench_inserts_with_concurrent_forgetting_and_decrypting_lose_nothing() {
@@ -37,11 +33,7 @@ fn pgbench_inserts_with_concurrent_forgetting_and_decrypting_lose_nothing() {
          END $$;",
     )
     .unwrap();
-    let script = format!(
-        "{}/load_{}.sql",
-        std::env::var("EC_IT_SCRATCH").unwrap_or("/tmp".into()),
-        std::process::id()
-    );
+    let script = format!("{}/load_{}.sql", scratch(), std::process::id());
     std::fs::write(&script, "\\set s random(0, 999)\nSELECT load_insert(:s);\n").unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));

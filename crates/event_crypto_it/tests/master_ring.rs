@@ -3,13 +3,11 @@
 //! everything; a dump taken before the rewrap no longer opens without the old key. Also the audit log's chain over
 //! committed transactions.
 
-use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, pg_bin, pg_dump, pg_restore, sql_error, texts};
+use event_crypto_it::{
+    connect, connect_when_up, f_dir, fresh_db, kill9, pg_bin, pg_dump, pg_restore, sql_error, texts,
+};
 use postgres::Client;
 use std::time::{Duration, Instant};
-
-fn f_dir() -> String {
-    std::env::var("EC_IT_F_DIR").expect("EC_IT_F_DIR is not set: run through .ci/test.sh")
-}
 
 fn read_key(name: &str) -> String {
     std::fs::read_to_string(format!("{}/{name}", f_dir()))

@@ -8,13 +8,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use event_crypto_core::aead::Algorithm;
 use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
-use event_crypto_it::{connect, dsn, fresh_db};
+use event_crypto_it::{connect, dsn, fresh_db, scratch};
 use postgres::types::ToSql;
 use postgres::Client;
-
-fn scratch() -> String {
-    std::env::var("EC_IT_SCRATCH").expect("EC_IT_SCRATCH is not set: run through .ci/test.sh")
-}
 
 /// Every form a secret could take in text.
 fn forms(bytes: &[u8]) -> Vec<String> {

@@ -2,12 +2,8 @@
 //! VALUES into a protected table (the same plaintext in every row), all with distinct nonces; and nothing that
 //! draws randomness is evaluated once and reused for many rows (VOLATILE, prepared statements, defaults).
 
-use event_crypto_it::{connect, fresh_db};
+use event_crypto_it::{connect, fresh_db, one};
 use std::io::Write;
-
-fn one(c: &mut postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 #[test]
 fn two_hundred_thousand_encryptions_under_one_key_version_have_distinct_nonces() {

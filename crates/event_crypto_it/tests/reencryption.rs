@@ -2,15 +2,11 @@
 //! after crash recovery nothing is lost, the pass resumes where it stopped, finishes, and the old key versions can
 //! then be retired. Runs on cluster F (its own server: the crash restarts every backend of that server).
 
-use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, texts};
+use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, one, texts};
 use std::time::{Duration, Instant};
 
 const ROWS: i64 = 6000;
 const DECRYPTED: &str = "SELECT event_crypto.decrypt_fields(payload, stream)::text FROM events ORDER BY id";
-
-fn count(c: &mut postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 #[test]
 fn reencrypt_table_survives_a_crash_and_resumes() {
@@ -35,7 +31,7 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     assert_eq!(before.len() as i64, ROWS);
     assert!(before[0].contains("u1@x.io") && before[ROWS as usize - 1].contains(&format!("u{ROWS}@x.io")));
     assert_eq!(
-        count(
+        one(
             &mut c,
             "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"
         ),
@@ -55,7 +51,7 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
         std::thread::spawn(move || worker.batch_execute("CALL event_crypto.reencrypt_table('events', 'payload', 200)"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let progress = "SELECT coalesce((SELECT batches FROM event_crypto.reencrypt_progress), 0)";
-    while count(&mut c, progress) < 5 {
+    while one(&mut c, progress) < 5 {
         assert!(
             Instant::now() < deadline && !handle.is_finished(),
             "the pass made no progress or stopped early"
@@ -67,9 +63,9 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     drop(c);
 
     let mut c = connect_when_up("F", &db);
-    let batches = count(&mut c, "SELECT batches FROM event_crypto.reencrypt_progress");
-    let rewritten = count(&mut c, "SELECT rows_rewritten FROM event_crypto.reencrypt_progress");
-    let left = count(
+    let batches = one(&mut c, "SELECT batches FROM event_crypto.reencrypt_progress");
+    let rewritten = one(&mut c, "SELECT rows_rewritten FROM event_crypto.reencrypt_progress");
+    let left = one(
         &mut c,
         "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')",
     );
@@ -106,21 +102,21 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
         "the pass rewrote every row once: {row:?}"
     );
     assert_eq!(
-        count(
+        one(
             &mut c,
             "SELECT count(*) FROM events WHERE event_crypto.needs_reencryption(payload, '{email}')"
         ),
         0
     );
     assert_eq!(
-        count(
+        one(
             &mut c,
             "SELECT count(*) FROM events WHERE event_crypto.uses_key_version(payload, 'subject:' || subject, 2)"
         ),
         ROWS
     );
     assert_eq!(
-        count(&mut c, "SELECT count(email_idx) FROM events"),
+        one(&mut c, "SELECT count(email_idx) FROM events"),
         ROWS,
         "migrated rows got blind index values"
     );
@@ -128,7 +124,7 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
 
     // Every version 1 can now be retired; the data still reads the same.
     assert_eq!(
-        count(
+        one(
             &mut c,
             "SELECT count(*) FROM generate_series(0, 49) s \
              WHERE (event_crypto.retire_key_version('subject:s' || s, 1))->>'destroyed' = 'true'"
@@ -137,7 +133,7 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     );
     assert_eq!(texts(&mut c, DECRYPTED), before);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM event_crypto.key_info WHERE key_id LIKE 'subject:s%' AND version = 1 AND NOT has_key_material"),
+        one(&mut c, "SELECT count(*) FROM event_crypto.key_info WHERE key_id LIKE 'subject:s%' AND version = 1 AND NOT has_key_material"),
         50
     );
     let ok: bool = c

@@ -4,12 +4,8 @@
 //! and a subject forgotten on the publisher reads as null on the subscriber, also in a session that had the key
 //! cached.
 
-use event_crypto_it::{connect, dsn, fresh_db, pg_bin, texts};
+use event_crypto_it::{connect, dsn, fresh_db, pg_bin, scratch, texts};
 use std::time::{Duration, Instant};
-
-fn scratch() -> String {
-    std::env::var("EC_IT_SCRATCH").expect("EC_IT_SCRATCH is not set: run through .ci/test.sh")
-}
 
 fn restart_f_with_key(key_file: &str) {
     let f = format!("{}/f", scratch());

@@ -2,17 +2,14 @@
 //! usage-based rotation with a low limit, scheduled rotation and retention are each observed within two intervals
 //! of becoming due; a failing action is logged and the others keep running; SIGTERM stops the worker cleanly.
 
-use event_crypto_it::connect;
+use event_crypto_it::{connect, scratch};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 
 fn log_path() -> String {
-    format!(
-        "{}/b/server.log",
-        std::env::var("EC_IT_SCRATCH").expect("EC_IT_SCRATCH is not set: run through .ci/test.sh")
-    )
+    format!("{}/b/server.log", scratch())
 }
 
 fn versions(c: &mut Client, key_id: &str) -> Vec<(i32, String)> {
