@@ -157,79 +157,80 @@ CREATE FUNCTION event_crypto.enforce_retention(dry_run boolean DEFAULT true)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    pol   event_crypto.retention_policies;
-    cfg   event_crypto.protected_columns;
-    r     record;
-    born  timestamptz;
-    done  text[] := '{}';
-    keys  text[] := '{}';
+    pol     event_crypto.retention_policies;
+    cfg     event_crypto.protected_columns;
+    r       record;
+    -- a policy's candidates: key id, subject (NULL for key-pattern policies), why
+    c_keys  text[];
+    c_subj  text[];
+    c_why   text[];
+    done    text[] := '{}';
+    keys    text[] := '{}';
 BEGIN
     IF dry_run IS NULL THEN
         RAISE EXCEPTION 'dry_run must not be NULL' USING ERRCODE = '22004';
     END IF;
     FOR pol IN SELECT * FROM event_crypto.retention_policies ORDER BY id LOOP
-        policy_id := pol.id;
+        c_keys := '{}';
+        c_subj := '{}';
+        c_why := '{}';
         IF pol.key_pattern IS NOT NULL THEN
-            FOR r IN SELECT k.key_id AS kid, min(k.created_at) AS first_created FROM event_crypto.keys k
-                      WHERE k.key_id LIKE pol.key_pattern GROUP BY k.key_id
-                     HAVING bool_or(k.status <> 'shredded') AND min(k.created_at) < now() - pol.older_than
-                      ORDER BY 1 LOOP
-                CONTINUE WHEN r.kid = ANY (done);
-                done := done || r.kid;
-                key_id := r.kid;
-                subject := NULL;
-                reason := format('key created %s, more than %s ago', r.first_created, pol.older_than);
-                shredded := NOT dry_run;
-                IF NOT dry_run THEN
+            SELECT COALESCE(array_agg(k.key_id ORDER BY k.key_id), '{}'),
+                   COALESCE(array_agg(NULL::text ORDER BY k.key_id), '{}'),
+                   COALESCE(array_agg(format('key created %s, more than %s ago', k.born, pol.older_than) ORDER BY k.key_id), '{}')
+              INTO c_keys, c_subj, c_why
+              FROM (SELECT k.key_id, min(k.created_at) AS born FROM event_crypto.keys k
+                     WHERE k.key_id LIKE pol.key_pattern GROUP BY k.key_id) k
+             WHERE k.born < now() - pol.older_than;
+        ELSE
+            SELECT * INTO cfg FROM event_crypto.protected_columns c
+             WHERE c.table_name = pol.table_name AND c.key_column IS NOT NULL ORDER BY c.column_name LIMIT 1;
+            CONTINUE WHEN NOT FOUND;   -- unprotected since the policy was set: nothing to decide by
+            IF pol.inactive_for IS NOT NULL THEN
+                FOR r IN EXECUTE format('SELECT t.%1$I::pg_catalog.text AS subj, max(t.%2$I)::pg_catalog.timestamptz AS last '
+                                        'FROM %3$s t WHERE t.%1$I IS NOT NULL GROUP BY 1 '
+                                        'HAVING max(t.%2$I)::pg_catalog.timestamptz < now() - $1 ORDER BY 1',
+                                        cfg.key_column, pol.time_column, pol.table_name)
+                         USING pol.inactive_for LOOP
+                    c_keys := c_keys || (cfg.key_prefix || r.subj);
+                    c_subj := c_subj || r.subj;
+                    c_why := c_why || format('no event since %s, more than %s ago', r.last, pol.inactive_for);
+                END LOOP;
+            END IF;
+            IF pol.older_than IS NOT NULL THEN
+                FOR r IN EXECUTE format('SELECT s.subj, k.born FROM (SELECT DISTINCT t.%1$I::pg_catalog.text AS subj FROM %2$s t '
+                                        'WHERE t.%1$I IS NOT NULL) s '
+                                        'JOIN (SELECT k.key_id, min(k.created_at) AS born FROM event_crypto.keys k GROUP BY 1) k '
+                                        '  ON k.key_id = $1 || s.subj WHERE k.born < now() - $2 ORDER BY 1',
+                                        cfg.key_column, pol.table_name)
+                         USING cfg.key_prefix, pol.older_than LOOP
+                    c_keys := c_keys || (cfg.key_prefix || r.subj);
+                    c_subj := c_subj || r.subj;
+                    c_why := c_why || format('key created %s, more than %s ago', r.born, pol.older_than);
+                END LOOP;
+            END IF;
+        END IF;
+        -- One decision for every candidate: once per key id, only while the key is live; a subject is forgotten
+        -- (every key generation, blind index values cleared), a key id of a key-pattern policy is shredded.
+        policy_id := pol.id;
+        FOR r IN SELECT * FROM unnest(c_keys, c_subj, c_why) AS c(kid, subj, why) LOOP
+            CONTINUE WHEN r.kid = ANY (done) OR NOT EXISTS (
+                SELECT 1 FROM event_crypto.keys k WHERE k.key_id = r.kid AND k.status <> 'shredded');
+            done := done || r.kid;
+            key_id := r.kid;
+            subject := r.subj;
+            reason := r.why;
+            shredded := NOT dry_run;
+            IF NOT dry_run THEN
+                IF r.subj IS NULL THEN
                     PERFORM event_crypto.shred_key(r.kid);
-                    keys := keys || r.kid;
-                END IF;
-                RETURN NEXT;
-            END LOOP;
-            CONTINUE;
-        END IF;
-        SELECT * INTO cfg FROM event_crypto.protected_columns c
-         WHERE c.table_name = pol.table_name AND c.key_column IS NOT NULL ORDER BY c.column_name LIMIT 1;
-        CONTINUE WHEN NOT FOUND;   -- unprotected since the policy was set: nothing to decide by
-        IF pol.inactive_for IS NOT NULL THEN
-            FOR r IN EXECUTE format('SELECT t.%1$I::pg_catalog.text AS subj, max(t.%2$I)::pg_catalog.timestamptz AS last '
-                                    'FROM %3$s t WHERE t.%1$I IS NOT NULL GROUP BY 1 '
-                                    'HAVING max(t.%2$I)::pg_catalog.timestamptz < now() - $1 ORDER BY 1',
-                                    cfg.key_column, pol.time_column, pol.table_name)
-                     USING pol.inactive_for LOOP
-                key_id := cfg.key_prefix || r.subj;
-                CONTINUE WHEN key_id = ANY (done) OR NOT EXISTS (
-                    SELECT 1 FROM event_crypto.keys k WHERE k.key_id = enforce_retention.key_id AND k.status <> 'shredded');
-                done := done || key_id;
-                subject := r.subj;
-                reason := format('no event since %s, more than %s ago', r.last, pol.inactive_for);
-                shredded := NOT dry_run;
-                IF NOT dry_run THEN
+                ELSE
                     PERFORM event_crypto.forget_subject(r.subj);
-                    keys := keys || key_id;
                 END IF;
-                RETURN NEXT;
-            END LOOP;
-        END IF;
-        IF pol.older_than IS NOT NULL THEN
-            FOR r IN EXECUTE format('SELECT DISTINCT t.%1$I::pg_catalog.text AS subj FROM %2$s t '
-                                    'WHERE t.%1$I IS NOT NULL ORDER BY 1', cfg.key_column, pol.table_name) LOOP
-                key_id := cfg.key_prefix || r.subj;
-                CONTINUE WHEN key_id = ANY (done);
-                SELECT min(k.created_at) INTO born FROM event_crypto.keys k
-                 WHERE k.key_id = enforce_retention.key_id HAVING bool_or(k.status <> 'shredded');
-                CONTINUE WHEN born IS NULL OR born >= now() - pol.older_than;
-                done := done || key_id;
-                subject := r.subj;
-                reason := format('key created %s, more than %s ago', born, pol.older_than);
-                shredded := NOT dry_run;
-                IF NOT dry_run THEN
-                    PERFORM event_crypto.forget_subject(r.subj);
-                    keys := keys || key_id;
-                END IF;
-                RETURN NEXT;
-            END LOOP;
-        END IF;
+                keys := keys || r.kid;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
     END LOOP;
     IF cardinality(keys) > 0 THEN
         PERFORM event_crypto.record_maintenance('enforce_retention', keys,
