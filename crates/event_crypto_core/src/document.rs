@@ -393,12 +393,9 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
         let (before_d, before_s) = (self.decrypted, self.shredded);
         let root = doc.root();
         if root.is_scalar() {
-            let Value::String(s) = doc.value()? else {
+            let Some(s) = root_envelope(doc)? else {
                 return Ok(false);
             };
-            if !looks_like_envelope(s) {
-                return Ok(false);
-            }
             match self.open(s)? {
                 Some(v) => v.write_document(out)?,
                 None if self.on_shredded == OnShredded::Null => Parsed::Null.write_document(out)?,
@@ -442,6 +439,14 @@ impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
             other => copy_value(out, &other),
         }
     }
+}
+
+/// The envelope a scalar document consists of (what `encrypt_value` stored as a jsonb string), if it is one.
+pub(crate) fn root_envelope<'a>(doc: &Document<'a>) -> Result<Option<&'a [u8]>> {
+    Ok(match doc.value()? {
+        Value::String(s) if looks_like_envelope(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// A walk that rebuilds every container it enters and decides child by child (decryption, re-encryption).

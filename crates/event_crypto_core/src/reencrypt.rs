@@ -2,7 +2,7 @@
 //! context, fresh nonce), and inspecting which key versions a document uses, without decrypting anything.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::document::{may_hold_envelope, rewrite_children, ChildRewriter, KeyLookup, KeySource};
+use crate::document::{may_hold_envelope, rewrite_children, root_envelope, ChildRewriter, KeyLookup, KeySource};
 use crate::envelope::{looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
 use crate::error::{Error, Result};
 use crate::jsonb::{
@@ -68,12 +68,9 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         let before = self.reencrypted;
         let root = doc.root();
         if root.is_scalar() {
-            let Value::String(s) = doc.value()? else {
+            let Some(s) = root_envelope(doc)? else {
                 return Ok(false);
             };
-            if !looks_like_envelope(s) {
-                return Ok(false);
-            }
             let mut text = Vec::new();
             self.reseal(s, &mut text)?;
             if self.reencrypted == before {
