@@ -9,33 +9,8 @@ AS $$
                                         r.xact_id::pg_catalog.text)::pg_catalog.text
 $$;
 
--- Seals one new row at commit: takes the chain head (row lock, held only while this transaction commits),
--- gives the row the next position and its chained hash. Rows that arrive sealed (pg_restore) are left alone.
-CREATE FUNCTION event_crypto.audit_seal() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r    event_crypto.audit_log;
-    head record;
-BEGIN
-    SELECT * INTO r FROM event_crypto.audit_log WHERE id = NEW.id;
-    IF NOT FOUND OR r.seq IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO event_crypto.audit_head (seq, row_hash) VALUES (0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'))
-        ON CONFLICT DO NOTHING;
-    SELECT h.seq, h.row_hash INTO head FROM event_crypto.audit_head h FOR UPDATE;
-    r.seq := head.seq + 1;
-    r.prev_hash := head.row_hash;
-    r.row_hash := event_crypto.audit_chain_hash(r.prev_hash, event_crypto.audit_content(r));
-    UPDATE event_crypto.audit_log SET seq = r.seq, prev_hash = r.prev_hash, row_hash = r.row_hash WHERE id = r.id;
-    UPDATE event_crypto.audit_head SET seq = r.seq, row_hash = r.row_hash;
-    RETURN NULL;
-END
-$$;
-CREATE CONSTRAINT TRIGGER audit_seal AFTER INSERT ON event_crypto.audit_log
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION event_crypto.audit_seal();
+-- Sealing happens at commit, in the writing transaction's pre-commit callback (src/audit.rs): the AFTER INSERT
+-- trigger audit_pending (see privileges.sql) remembers each new row, whoever inserts it.
 
 -- Append-only: UPDATE, DELETE and TRUNCATE are refused unless the current role is a superuser (the seal runs as
 -- the extension's owner, a superuser). Nobody else is granted them either; this also holds if someone is.
@@ -98,7 +73,7 @@ BEGIN
         expected := expected + 1;
         rows_checked := rows_checked + 1;
     END LOOP;
-    SELECT h.seq, h.row_hash INTO head FROM event_crypto.audit_head h;
+    SELECT h.seq, h.row_hash INTO head FROM event_crypto.audit_head h ORDER BY h.seq DESC LIMIT 1;
     head_seq := head.seq;
     head_hash := pg_catalog.encode(head.row_hash, 'hex');
     IF ok AND (head.seq IS DISTINCT FROM expected - 1 OR head.row_hash IS DISTINCT FROM prev)

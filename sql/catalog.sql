@@ -52,16 +52,18 @@ CREATE TABLE event_crypto.protected_columns (
     type_column    name,
     fields_by_type jsonb,
     on_forgotten   text        NOT NULL DEFAULT 'error' CHECK (on_forgotten IN ('error', 'new_key')),
-    view_name      text,
     protected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     protected_by   name        NOT NULL DEFAULT CURRENT_USER,
     PRIMARY KEY (table_name, column_name),
     CONSTRAINT protected_one_key CHECK ((key_id IS NULL) <> (key_column IS NULL)),
     CONSTRAINT protected_some_fields CHECK (pg_catalog.cardinality(fields) > 0 OR fields_by_type IS NOT NULL),
     CONSTRAINT protected_types CHECK ((type_column IS NULL) = (fields_by_type IS NULL)
-                                      AND (fields_by_type IS NULL OR pg_catalog.jsonb_typeof(fields_by_type) = 'object'))
+                                      AND (fields_by_type IS NULL OR pg_catalog.jsonb_typeof(fields_by_type) = 'object')),
+    -- the view protect() created beside the table, by oid (it follows renames; nothing stored is spliced into SQL)
+    decrypted_view regclass
 );
-COMMENT ON TABLE event_crypto.protected_columns IS 'What event_crypto.protect() encrypts on insert and update.';
+COMMENT ON TABLE event_crypto.protected_columns IS
+    'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.protected_columns', '');
 
 -- Blind index columns the protect trigger fills from a field's plaintext.
@@ -75,13 +77,15 @@ CREATE TABLE event_crypto.blind_indexes (
     PRIMARY KEY (table_name, target_column),
     FOREIGN KEY (table_name, column_name) REFERENCES event_crypto.protected_columns ON DELETE CASCADE
 );
-COMMENT ON TABLE event_crypto.blind_indexes IS 'Blind index columns filled by the protect trigger.';
+COMMENT ON TABLE event_crypto.blind_indexes IS
+    'Blind index columns filled by the protect trigger. Written only by add_blind_index() and drop_blind_index(); every row is validated by a trigger.';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.blind_indexes', '');
 
--- Who did what to which key and subject. Append-only for everyone but superusers (no UPDATE or DELETE grant, and
--- a trigger refuses them), and hash-chained: at commit the deferred trigger audit_seal gives each new row its
--- position (seq) and row_hash = SHA-256(previous row_hash, the row's content); event_crypto.verify_audit_log()
--- walks the chain. audit_head holds the last position and hash, so deleting the newest rows is detected too.
+-- Who did what to which key and subject. Written only by event_crypto's own code (no role has INSERT), append-only
+-- for everyone but superusers (no UPDATE or DELETE grant, and a trigger refuses them), and hash-chained: when the
+-- writing transaction commits, its new rows get their positions (seq) and row_hash = SHA-256(previous row_hash,
+-- the row's content) in one pass; event_crypto.verify_audit_log() walks the chain. audit_head records each new head
+-- (position and hash), so deleting the newest rows is detected too.
 CREATE TABLE event_crypto.audit_log (
     id            bigserial   PRIMARY KEY,
     at            timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -103,9 +107,25 @@ SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_log_id_seq', '');
 
 CREATE TABLE event_crypto.audit_head (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    seq       bigint  NOT NULL,
-    row_hash  bytea   NOT NULL
+    seq       bigint      PRIMARY KEY CHECK (seq >= 1),
+    row_hash  bytea       NOT NULL,
+    sealed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
-COMMENT ON TABLE event_crypto.audit_head IS 'The position and hash of the newest sealed audit row.';
+COMMENT ON TABLE event_crypto.audit_head IS
+    'Every head of the audit chain: the position and hash of the newest sealed row after each commit that sealed rows. The newest is the head.';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.audit_head', '');
+
+-- Key ids made by event_crypto 0.1.0 whose name means something else under the current naming of subject keys
+-- (event_crypto_core::subject: '%' and '#' of subject ids escaped). Written by the upgrade from 0.1.0 only;
+-- whoever a key id here belongs to, it is that subject's key and no other's.
+CREATE TABLE event_crypto.legacy_subject_keys (
+    key_id     text    NOT NULL,
+    key_prefix text    NOT NULL,
+    subject    text    NOT NULL,
+    generation integer NOT NULL CHECK (generation >= 1),
+    PRIMARY KEY (key_id, key_prefix)
+);
+CREATE INDEX legacy_subject_keys_subject ON event_crypto.legacy_subject_keys (key_prefix, subject);
+COMMENT ON TABLE event_crypto.legacy_subject_keys IS
+    'Key ids made before subject ids were escaped, with the subject each belongs to (written by the upgrade from 0.1.0).';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.legacy_subject_keys', '');

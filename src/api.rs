@@ -38,8 +38,18 @@ fn with_selector<R>(fields: &Array<'_, &str>, f: impl FnOnce(&Selector) -> R) ->
         };
         if stale {
             // Parse first: a malformed path raises before the cache is touched.
-            let paths: Vec<FieldPath> = texts.iter().map(|t| FieldPath::parse(t).or_raise()).collect();
-            *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), Selector::new(&paths));
+            let paths: Vec<FieldPath> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    if i & 1023 == 0 {
+                        pgrx::check_for_interrupts!();
+                    }
+                    FieldPath::parse(t).or_raise()
+                })
+                .collect();
+            let selector = Selector::new(&paths).or_raise();
+            *cell.borrow_mut() = (texts.iter().map(|s| s.to_string()).collect(), selector);
         }
         f(&cell.borrow().1)
     })
@@ -80,7 +90,7 @@ fn encrypt_fields(
     let context = check_context(context).or_raise();
     let payload = payload?;
     let doc = payload.document();
-    let entry = keys::lookup(key_id).or_raise();
+    let entry = keys::usable(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     let encrypted = with_selector(&fields, |selector| {
         Jsonb::build(|out| {
@@ -119,7 +129,7 @@ fn encrypt_value(
     let context = check_context(context).or_raise();
     let value = value?;
     let v = value.document().value().or_raise();
-    let entry = keys::lookup(key_id).or_raise();
+    let entry = keys::usable(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     let envelope = Encryptor::new(&cipher, key_id, version, context)
         .encrypt_value(&v)
@@ -151,7 +161,7 @@ fn blind_index(value: Option<&str>, key_id: Option<&str>, normalize: default!(Op
     let key_id = required(key_id, "key_id");
     let normalize = Normalize::parse(normalize).or_raise();
     let value = value?;
-    let entry = keys::lookup(key_id).or_raise();
+    let entry = keys::usable(key_id).or_raise();
     Some(entry.indexer().or_raise().digest(value, normalize))
 }
 
@@ -240,5 +250,5 @@ fn retire_key_version(key_id: Option<&str>, version: Option<i32>, force: default
     let key_id = required(key_id, "key_id");
     let version = required(version, "version");
     let force = required(force, "force");
-    pgrx::JsonB(keys::retire_version(key_id, version, force).or_raise())
+    pgrx::JsonB(crate::reencrypt::retire_version(key_id, version, force).or_raise())
 }

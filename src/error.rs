@@ -27,6 +27,12 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::ConfigColumn => ERRCODE_UNDEFINED_COLUMN,       // 42703
         ErrorKind::CatalogAccess => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
         ErrorKind::KeyInUse => ERRCODE_OBJECT_IN_USE,              // 55006
+        ErrorKind::EnvelopeNotBound => ERRCODE_CHECK_VIOLATION,    // 23514
+        ErrorKind::PermissionDenied => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+        ErrorKind::WrongObjectType => ERRCODE_WRONG_OBJECT_TYPE,   // 42809
+        ErrorKind::WrongColumnType => ERRCODE_DATATYPE_MISMATCH,   // 42804
+        ErrorKind::NotReady => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+        ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,   // 0A000
     }
 }
 
@@ -57,12 +63,15 @@ impl<T> OrRaise<T> for Result<T, Error> {
     }
 }
 
+/// An SPI failure on the extension's own tables as an error (see [`spi_failed`]).
+pub fn spi_error(e: pgrx::spi::SpiError) -> Error {
+    Error::new(ErrorKind::CatalogAccess, "accessing the event_crypto catalog failed")
+        .with_detail(e.to_string())
+        .with_hint("Check that the extension is installed in this database and its tables are intact.")
+}
+
 /// Raises an SPI failure on the extension's own tables (a status error, not an ERROR PostgreSQL raised itself:
 /// those propagate with their own SQLSTATE).
 pub fn spi_failed(e: pgrx::spi::SpiError) -> ! {
-    raise(
-        Error::new(ErrorKind::CatalogAccess, "accessing the event_crypto catalog failed")
-            .with_detail(e.to_string())
-            .with_hint("Check that the extension is installed in this database and its tables are intact."),
-    )
+    raise(spi_error(e))
 }

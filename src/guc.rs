@@ -11,6 +11,11 @@ pub static AUDIT_DECRYPT: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<f64> = GucSetting::<f64>::new(DEFAULT_ROTATE_AFTER);
 pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_KEY_CACHE_SIZE);
+
+/// Key ids a backend keeps unwrapped by default (about 800 bytes each: some 8 MB at most).
+pub const DEFAULT_KEY_CACHE_SIZE: i32 = 10_000;
 
 /// 2^31: half the ~2^32 encryptions AES-GCM with random 96-bit nonces allows per key.
 pub const DEFAULT_ROTATE_AFTER: f64 = 2_147_483_648.0;
@@ -58,6 +63,24 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"event_crypto.worker_role",
+        c"Role the event_crypto background worker runs maintenance as (empty: no worker).",
+        c"A LOGIN role that is not a superuser, normally a member of event_crypto_admin. The worker refuses to run as a superuser.",
+        &WORKER_ROLE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_crypto.key_cache_size",
+        c"Number of key ids each session keeps unwrapped in memory.",
+        c"When the cache is full the key cached longest ago is dropped; it is unwrapped again on its next use.",
+        &KEY_CACHE_SIZE,
+        16,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"event_crypto.worker_interval",
         c"Seconds between two maintenance runs of the background worker.",
@@ -79,6 +102,17 @@ pub fn worker_database() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+pub fn worker_role() -> Option<String> {
+    WORKER_ROLE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn key_cache_size() -> usize {
+    KEY_CACHE_SIZE.get().max(1) as usize
 }
 
 pub fn worker_interval_secs() -> i32 {

@@ -91,6 +91,11 @@ impl Jsonb {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
+    /// The datum's content after its varlena header (equal for equal documents, whatever the header's size).
+    pub fn content(&self) -> &[u8] {
+        event_crypto_core::jsonb::varlena_payload(self.bytes()).unwrap_or(self.bytes())
+    }
+
     /// The document, read in place.
     pub fn document(&self) -> Document<'_> {
         require_utf8();

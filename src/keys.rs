@@ -6,6 +6,7 @@
 //! next transaction start at the latest. Catalog reads run as the catalog's owner (privileges are checked on
 //! EXECUTE of our functions), with every operator schema-qualified so the caller's search_path cannot interfere.
 
+use crate::access::{acting_role, as_catalog_owner};
 use crate::error::{raise, spi_failed};
 use crate::master;
 use crate::usage::{self, Counter};
@@ -45,6 +46,9 @@ pub struct KeyEntry {
     /// Encryptions under the active version, and fields decrypted, counted by this backend (see `usage`).
     encryptions: Rc<Counter>,
     decryptions: Rc<Counter>,
+    /// Whose key this is, where the key id was made before subject ids were escaped and its name says otherwise
+    /// (`event_crypto.legacy_subject_keys`, written by the upgrade from 0.1.0): (key prefix, subject, generation).
+    pub legacy_owners: Vec<(String, String, u32)>,
 }
 
 impl KeyEntry {
@@ -93,6 +97,15 @@ impl KeyEntry {
         self.encryption_key().map(Some)
     }
 
+    /// Whether this is a key of `subject` under `prefix` (any generation): its name says so
+    /// ([`event_crypto_core::subject`]) and no record of a key made before that naming says otherwise.
+    pub fn belongs_to(&self, prefix: &str, subject: &str) -> bool {
+        if let Some((_, s, _)) = self.legacy_owners.iter().find(|(p, _, _)| p == prefix) {
+            return s == subject;
+        }
+        event_crypto_core::subject::parse_subject_key_id(prefix, &self.key_id).is_some_and(|(s, _)| s == subject)
+    }
+
     pub fn indexer(&self) -> Result<&BlindIndexer> {
         if self.shredded {
             return Err(Error::key_shredded(&self.key_id));
@@ -105,8 +118,46 @@ impl KeyEntry {
     }
 }
 
+/// The per-backend key cache, bounded by `event_crypto.key_cache_size` entries: when it is full, the entry cached
+/// longest ago is dropped (first in, first out: no bookkeeping on the hot path, which only reads).
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Rc<KeyEntry>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Cache {
+    fn get(&self, key_id: &str) -> Option<Rc<KeyEntry>> {
+        self.map.get(key_id).cloned()
+    }
+    fn insert(&mut self, key_id: &str, entry: Rc<KeyEntry>) {
+        let cap = crate::guc::key_cache_size();
+        while self.map.len() >= cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.map.insert(key_id.to_string(), entry).is_none() {
+            self.order.push_back(key_id.to_string());
+        }
+    }
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+    #[cfg(any(test, feature = "pg_test"))]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 thread_local! {
-    static CACHE: RefCell<HashMap<String, Rc<KeyEntry>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// Whether `event_crypto.legacy_subject_keys` has rows (looked up once per backend, reset with the cache).
+    static LEGACY: Cell<Option<bool>> = const { Cell::new(None) };
     /// Bumped by every invalidation; a load that straddles one is used but not cached.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// The catalog tables' oids and owner, looked up once per backend.
@@ -120,6 +171,7 @@ pub struct Catalog {
     pub owner: pg_sys::Oid,
     pub protected_columns: pg_sys::Oid,
     pub blind_indexes: pg_sys::Oid,
+    pub legacy_subject_keys: pg_sys::Oid,
 }
 
 /// Relcache invalidation callback, registered in `_PG_init`.
@@ -139,7 +191,7 @@ pub fn relation_changed(relid: pg_sys::Oid) {
         return;
     }
     match cat {
-        Some(c) if relid == c.keys => invalidate_keys(),
+        Some(c) if relid == c.keys || relid == c.legacy_subject_keys => invalidate_keys(),
         Some(c) if relid == c.protected_columns || relid == c.blind_indexes => crate::protect::invalidate_config(None),
         _ => crate::protect::invalidate_config(Some(relid)),
     }
@@ -153,6 +205,7 @@ pub fn register_invalidation() {
 /// Forgets every cached key of this backend.
 pub fn invalidate_keys() {
     GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    LEGACY.with(|l| l.set(None));
     CACHE.with(|c| {
         if let Ok(mut m) = c.try_borrow_mut() {
             m.clear();
@@ -166,61 +219,45 @@ pub fn cached_count() -> usize {
     CACHE.with(|c| c.borrow().len())
 }
 
-/// Runs `f` with the catalog owner's privileges; restores the caller's identity afterwards, also on error
-/// (and PostgreSQL restores it at transaction abort in any case).
-pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = catalog().owner;
-    let mut old_user = pg_sys::InvalidOid;
-    let mut old_ctx = 0;
-    // SAFETY: plain getters/setters of backend-local state.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut old_user, &mut old_ctx);
-        pg_sys::SetUserIdAndSecContext(owner, old_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: restores the values read above.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-        }
-    }
-    let _restore = Restore(old_user, old_ctx);
-    f()
-}
-
-/// The oids of the extension's tables and their owner.
+/// The oids of the extension's tables and their owner. Read from pg_class by name, so that a role without USAGE
+/// on schema event_crypto (an application inserting into a protected table) can still get here.
 pub fn catalog() -> Catalog {
     if let Some(c) = CATALOG.with(|c| c.get()) {
         return c;
     }
     // Read-only SPI: no transaction id is assigned, so this also works in parallel workers.
-    let row = Spi::connect(|client| {
+    let rows: std::result::Result<Vec<(String, pg_sys::Oid, pg_sys::Oid)>, Error> = Spi::connect(|client| {
         client
             .select(
-                "SELECT c.oid, c.relowner, pg_catalog.to_regclass('event_crypto.protected_columns')::pg_catalog.oid, \
-                        pg_catalog.to_regclass('event_crypto.blind_indexes')::pg_catalog.oid \
-                 FROM pg_catalog.pg_class c \
-                 WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('event_crypto.keys')",
-                Some(1),
+                "SELECT c.relname::pg_catalog.text, c.oid, c.relowner FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                 WHERE n.nspname OPERATOR(pg_catalog.=) 'event_crypto' \
+                   AND c.relname OPERATOR(pg_catalog.=) ANY ('{keys,protected_columns,blind_indexes,legacy_subject_keys}'::pg_catalog.name[])",
+                None,
                 &[],
             )
-            .and_then(|t| {
-                let t = t.first();
+            .map_err(crate::error::spi_error)?
+            .map(|r| {
                 Ok((
-                    t.get::<pg_sys::Oid>(1)?,
-                    t.get::<pg_sys::Oid>(2)?,
-                    t.get::<pg_sys::Oid>(3)?,
-                    t.get::<pg_sys::Oid>(4)?,
+                    crate::catalog::get::<String>(&r, 1, "relname")?,
+                    crate::catalog::get::<pg_sys::Oid>(&r, 2, "oid")?,
+                    crate::catalog::get::<pg_sys::Oid>(&r, 3, "relowner")?,
                 ))
             })
+            .collect()
     });
-    match row {
-        Ok((Some(keys), Some(owner), Some(protected_columns), Some(blind_indexes))) => {
+    let rows = rows.unwrap_or_else(|e| raise(e));
+    let find = |name: &str| rows.iter().find(|(n, _, _)| n == name).map(|(_, o, w)| (*o, *w));
+    match (find("keys"), find("protected_columns"), find("blind_indexes")) {
+        (Some((keys, owner)), Some((protected_columns, _)), Some((blind_indexes, _))) => {
             let c = Catalog {
                 keys,
                 owner,
                 protected_columns,
                 blind_indexes,
+                legacy_subject_keys: find("legacy_subject_keys")
+                    .map(|(o, _)| o)
+                    .unwrap_or(pg_sys::InvalidOid),
             };
             CATALOG.with(|cell| cell.set(Some(c)));
             c
@@ -229,15 +266,6 @@ pub fn catalog() -> Catalog {
             Error::new(ErrorKind::UnknownKey, "the event_crypto catalog is missing")
                 .with_hint("CREATE EXTENSION event_crypto in this database."),
         ),
-    }
-}
-
-/// The name of the role calling us (recorded in the catalog).
-pub fn current_role() -> String {
-    // SAFETY: GetUserId is always valid inside a transaction; GetUserNameFromId with noerr=false raises on error.
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
-        std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
     }
 }
 
@@ -259,17 +287,31 @@ fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
         .unwrap_or_else(|e| spi_failed(e));
     let mut rows = Vec::with_capacity(table.len());
     for r in table {
-        let get_text = |i: usize| r.get::<String>(i).ok().flatten().unwrap_or_default();
-        rows.push(Row {
-            version: r.get::<i32>(1).ok().flatten().unwrap_or(0) as u32,
-            algorithm: get_text(2),
-            status: get_text(3),
-            wrapped_key: r.get::<Vec<u8>>(4).ok().flatten(),
-            wrapped_index_key: r.get::<Vec<u8>>(5).ok().flatten(),
-            master_key_id: get_text(6),
-        });
+        let row = (|| -> Result<Row> {
+            use crate::catalog::{get, get_opt};
+            Ok(Row {
+                version: version_of(get::<i32>(&r, 1, "version")?)?,
+                algorithm: get(&r, 2, "algorithm")?,
+                status: get(&r, 3, "status")?,
+                wrapped_key: get_opt(&r, 4, "wrapped_key")?,
+                wrapped_index_key: get_opt(&r, 5, "wrapped_index_key")?,
+                master_key_id: get(&r, 6, "master_key_id")?,
+            })
+        })();
+        rows.push(row.unwrap_or_else(|e| raise(e)));
     }
     rows
+}
+
+/// A stored key version (the catalog's CHECK keeps it at 1 or more).
+fn version_of(v: i32) -> Result<u32> {
+    u32::try_from(v).ok().filter(|v| *v >= 1).ok_or_else(|| {
+        Error::new(
+            ErrorKind::CatalogAccess,
+            "the event_crypto key catalog holds a key version below 1",
+        )
+        .with_hint("The key catalog was changed by hand or is damaged; restore it from a backup.")
+    })
 }
 
 /// The catalog rows of `key_id` as the newest committed state shows them (plus this transaction's own changes),
@@ -328,15 +370,21 @@ fn read_rows_latest(key_id: &str) -> Vec<Row> {
             };
             let text_at = |col: i32| {
                 let (d, isnull) = get(col);
-                String::from_datum(d, isnull).unwrap_or_default()
+                String::from_datum(d, isnull).unwrap_or_else(|| {
+                    raise(Error::new(
+                        ErrorKind::CatalogAccess,
+                        "the event_crypto key catalog holds a NULL where it never does",
+                    ))
+                })
             };
             let bytes_at = |col: i32| {
                 let (d, isnull) = get(col);
                 Vec::<u8>::from_datum(d, isnull)
             };
             let (v, v_null) = get(1);
+            let version = i32::from_datum(v, v_null).unwrap_or(0);
             rows.push(Row {
-                version: i32::from_datum(v, v_null).unwrap_or(0) as u32,
+                version: version_of(version).unwrap_or_else(|e| raise(e)),
                 algorithm: text_at(2),
                 status: text_at(3),
                 wrapped_key: bytes_at(4),
@@ -419,30 +467,102 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         indexer,
         encryptions: Rc::default(),
         decryptions: Rc::default(),
+        legacy_owners: Vec::new(),
     }
 }
 
 /// Looks a key id up: from the cache, or from the catalog (then cached).
 pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
-    if let Some(e) = CACHE.with(|c| c.borrow().get(key_id).cloned()) {
+    if let Some(e) = CACHE.with(|c| c.borrow().get(key_id)) {
         return Ok(e);
     }
     check_key_id(key_id)?;
     master::get()?;
     let generation = GENERATION.with(|g| g.get());
-    let rows = as_catalog_owner(|| Spi::connect(|_| read_rows_latest(key_id)));
+    let (rows, legacy_owners) = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let rows = read_rows_latest(key_id);
+            let legacy = if rows.is_empty() {
+                Vec::new()
+            } else {
+                read_legacy_owners(client, key_id)
+            };
+            (rows, legacy)
+        })
+    });
     if rows.is_empty() {
         return Err(Error::unknown_key(key_id));
     }
-    let entry = Rc::new(build_entry(key_id, &rows));
+    let mut entry = build_entry(key_id, &rows);
+    entry.legacy_owners = legacy_owners;
+    let entry = Rc::new(entry);
     if GENERATION.with(|g| g.get()) == generation {
         CACHE.with(|c| {
             if let Ok(mut m) = c.try_borrow_mut() {
-                m.insert(key_id.to_string(), entry.clone());
+                m.insert(key_id, entry.clone());
             }
         });
     }
     Ok(entry)
+}
+
+/// Whether `event_crypto.legacy_subject_keys` has any row (almost never: only catalogs upgraded from 0.1.0 with
+/// subject ids containing `#` or `%`, or generations of such subjects). Read once per backend.
+pub fn legacy_keys_exist() -> bool {
+    if let Some(b) = LEGACY.with(|l| l.get()) {
+        return b;
+    }
+    let b = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT EXISTS (SELECT 1 FROM event_crypto.legacy_subject_keys)",
+                Some(1),
+                &[],
+            )
+            .and_then(|t| t.first().get_one::<bool>())
+            .unwrap_or_else(|e| spi_failed(e))
+            .unwrap_or(false)
+        })
+    });
+    LEGACY.with(|l| l.set(Some(b)));
+    b
+}
+
+fn read_legacy_owners(client: &SpiClient<'_>, key_id: &str) -> Vec<(String, String, u32)> {
+    if !legacy_keys_exist() {
+        return Vec::new();
+    }
+    client
+        .select(
+            "SELECT key_prefix, subject, generation FROM event_crypto.legacy_subject_keys \
+             WHERE key_id OPERATOR(pg_catalog.=) $1",
+            None,
+            &[key_id.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e))
+        .map(|r| {
+            use crate::catalog::get;
+            (|| -> Result<_> {
+                Ok((
+                    get::<String>(&r, 1, "key_prefix")?,
+                    get::<String>(&r, 2, "subject")?,
+                    version_of(get::<i32>(&r, 3, "generation")?)?,
+                ))
+            })()
+            .unwrap_or_else(|e| raise(e))
+        })
+        .collect()
+}
+
+/// A key id to encrypt or compute blind indexes with, for the functions the encryptor role calls: a key id that
+/// does not exist and one that was shredded give the same error, so those roles cannot tell a forgotten subject
+/// from one that never existed (key ids that are live are visible in every envelope anyway).
+pub fn usable(key_id: &str) -> Result<Rc<KeyEntry>> {
+    match lookup(key_id) {
+        Ok(e) if e.shredded => Err(Error::key_unavailable(key_id)),
+        Err(e) if e.kind() == ErrorKind::UnknownKey => Err(Error::key_unavailable(key_id)),
+        other => other,
+    }
 }
 
 /// A [`KeySource`] over the cache, with a one-entry memo for runs of envelopes under the same key.
@@ -500,7 +620,7 @@ impl NewestKey for CachedKeys {
 fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> Result<Option<bool>> {
     check_key_id(key_id)?;
     let m = master::get()?.active();
-    let role = current_role();
+    let role = acting_role();
     let dk = random_key()?;
     let ik = random_key()?;
     let ctx = |purpose| WrapContext {
@@ -572,7 +692,7 @@ pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
 pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
     check_key_id(key_id)?;
     let m = master::get()?.active();
-    let role = current_role();
+    let role = acting_role();
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             // Lock the key id's rows so concurrent rotations of one key id serialise.
@@ -652,7 +772,7 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
 /// Returns how many versions were destroyed by this call (0 when it was shredded already).
 pub fn shred_key(key_id: &str) -> Result<i32> {
     check_key_id(key_id)?;
-    let role = current_role();
+    let role = acting_role();
     let n = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             let t = client
@@ -830,93 +950,23 @@ pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
     Ok(out)
 }
 
-/// Destroys one retired version of a key id (its wrapped bytes overwritten with NULL; envelopes under it then
-/// read as shredded). Unless `force`, first checks every protected column, and every column `reencrypt_table`
-/// has processed, for rows still encrypted under it; those scans run with the caller's privileges.
-pub fn retire_version(key_id: &str, version: i32, force: bool) -> Result<serde_json::Value> {
-    check_key_id(key_id)?;
-    if version < 1 {
-        return Err(Error::invalid_argument(format!(
-            "key version {version} does not exist (versions start at 1)"
-        )));
-    }
+/// The status of one version of a key id (`active`, `retired` or `shredded`).
+pub fn version_status(key_id: &str, version: u32) -> Result<String> {
     let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
     if rows.is_empty() {
         return Err(Error::unknown_key(key_id));
     }
-    let row = rows
-        .iter()
-        .find(|r| r.version == version as u32)
-        .ok_or_else(|| Error::unknown_key_version(key_id, version as u32))?;
-    match row.status.as_str() {
-        "shredded" => {
-            return Ok(json!({"key_id": key_id, "version": version, "destroyed": false, "already_destroyed": true}))
-        }
-        "active" => {
-            return Err(Error::new(
-                ErrorKind::KeyInUse,
-                format!("version {version} of encryption key \"{key_id}\" is its active version"),
-            )
-            .with_hint("Rotate the key (event_crypto.rotate_key), re-encrypt (event_crypto.reencrypt_table), then retire the old version."))
-        }
-        _ => {}
-    }
-    let mut checked = serde_json::Map::new();
-    if !force {
-        let targets: Vec<(String, String)> = as_catalog_owner(|| {
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT pg_catalog.format('%s', t.table_name), pg_catalog.quote_ident(t.column_name) \
-                         FROM (SELECT table_name, column_name FROM event_crypto.protected_columns \
-                               UNION SELECT table_name, column_name FROM event_crypto.reencrypt_progress) t \
-                         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t.table_name::pg_catalog.oid) \
-                         ORDER BY 1, 2",
-                        None,
-                        &[],
-                    )
-                    .unwrap_or_else(|e| spi_failed(e))
-                    .map(|r| {
-                        (
-                            r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                            r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-        });
-        let mut in_use = Vec::new();
-        for (table, column) in targets {
-            let n = Spi::connect(|client| {
-                client
-                    .select(
-                        &format!(
-                            "SELECT pg_catalog.count(*) FROM {table} \
-                             WHERE event_crypto.uses_key_version({column}, $1, $2)"
-                        ),
-                        Some(1),
-                        &[key_id.into(), version.into()],
-                    )
-                    .and_then(|t| t.first().get_one::<i64>())
-                    .unwrap_or_else(|e| spi_failed(e))
-                    .unwrap_or(0)
-            });
-            if n > 0 {
-                in_use.push(format!("{n} rows of {table}.{column}"));
-            }
-            checked.insert(format!("{table}.{column}"), json!(n));
-        }
-        if !in_use.is_empty() {
-            return Err(Error::new(
-                ErrorKind::KeyInUse,
-                format!("version {version} of encryption key \"{key_id}\" still encrypts stored rows"),
-            )
-            .with_detail(format!("Still encrypted under it: {}.", in_use.join(", ")))
-            .with_hint("CALL event_crypto.reencrypt_table() on those columns first, or pass force => true to destroy it anyway (those fields then read as shredded)."));
-        }
-    }
-    let role = current_role();
-    let destroyed = as_catalog_owner(|| {
+    rows.into_iter()
+        .find(|r| r.version == version)
+        .map(|r| r.status)
+        .ok_or_else(|| Error::unknown_key_version(key_id, version))
+}
+
+/// Destroys one retired version of a key id: its wrapped bytes are overwritten with NULL. Returns whether it was
+/// destroyed by this call.
+pub fn destroy_version(key_id: &str, version: i32) -> Result<bool> {
+    let role = acting_role();
+    as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             client
                 .update(
@@ -927,18 +977,8 @@ pub fn retire_version(key_id: &str, version: i32, force: bool) -> Result<serde_j
                     None,
                     &[key_id.into(), version.into(), role.as_str().into()],
                 )
-                .unwrap_or_else(|e| spi_failed(e))
-                .len()
+                .map(|t| !t.is_empty())
+                .map_err(crate::error::spi_error)
         })
-    }) > 0;
-    let checked = serde_json::Value::Object(checked);
-    if destroyed {
-        crate::audit::record(
-            "retire_key_version",
-            None,
-            &[key_id.to_string()],
-            json!({"version": version, "forced": force, "rows_checked": checked}),
-        );
-    }
-    Ok(json!({"key_id": key_id, "version": version, "destroyed": destroyed, "forced": force, "checked": checked}))
+    })
 }

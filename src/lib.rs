@@ -5,15 +5,20 @@
 
 use pgrx::prelude::*;
 
+mod access;
 mod api;
 mod audit;
+mod catalog;
 mod error;
 mod guc;
 mod jsonb;
 mod keys;
 mod maintenance;
 mod master;
+mod policies;
 mod protect;
+mod reencrypt;
+mod sqltypes;
 mod triggers;
 mod usage;
 
@@ -21,9 +26,16 @@ mod usage;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // No Rust backtrace ever reaches an error's DETAIL: messages sent to clients and logs carry no internals.
+    // (pgrx attaches one when backtraces are enabled; RUST_LIB_BACKTRACE=0 disables them for library captures
+    // whatever RUST_BACKTRACE says. Set before anything in this process captures one.)
+    // (PostgreSQL backends are single-threaded: nothing reads the environment concurrently.)
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     guc::init();
+    event_crypto_core::set_interrupt_check(check_interrupts);
     keys::register_invalidation();
     usage::register_callback();
+    audit::register_callback();
     // SAFETY: reading a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         master::preload();
@@ -32,8 +44,12 @@ pub extern "C-unwind" fn _PG_init() {
     }
 }
 
+/// CHECK_FOR_INTERRUPTS for the core's long loops (a pending cancel raises, and the error unwinds through them).
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}
+
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
-extension_sql_file!("../sql/protect.sql", name = "protect", requires = ["catalog"]);
 extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["catalog"]);
 extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["catalog"]);
 extension_sql_file!(

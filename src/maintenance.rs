@@ -3,8 +3,8 @@
 //! `event_crypto.worker_database`. The policies themselves (usage rotation, scheduled rotation, retention) are SQL
 //! in `sql/maintenance.sql`, so pg_cron users can run the same work without the worker.
 
+use crate::access::as_catalog_owner;
 use crate::error::spi_failed;
-use crate::keys::as_catalog_owner;
 use crate::usage::{self, Kind};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -15,14 +15,17 @@ use std::time::Duration;
 /// `event_crypto.audit_log` (one `decrypt` row per session, role and key id). Returns what it wrote.
 #[pg_extern(volatile, parallel_unsafe)]
 fn flush_usage() -> pgrx::JsonB {
+    pgrx::JsonB(flush())
+}
+
+/// [`flush_usage`]: what it wrote.
+pub fn flush() -> serde_json::Value {
     usage::publish();
     // SAFETY: reading a backend-global.
     let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
     let snap = usage::snapshot(database);
     if snap.is_empty() {
-        return pgrx::JsonB(
-            json!({"tracking": usage::available(), "key_versions": 0, "encryptions": 0, "decrypt_rows": 0}),
-        );
+        return json!({"tracking": usage::available(), "key_versions": 0, "encryptions": 0, "decrypt_rows": 0});
     }
     let (mut ids, mut versions, mut counts) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
@@ -81,9 +84,7 @@ fn flush_usage() -> pgrx::JsonB {
         })
     });
     usage::subtract(&snap);
-    pgrx::JsonB(
-        json!({"tracking": true, "key_versions": key_versions, "encryptions": total, "decrypt_rows": decrypt_rows}),
-    )
+    json!({"tracking": true, "key_versions": key_versions, "encryptions": total, "decrypt_rows": decrypt_rows})
 }
 
 /// Encryptions counted in shared memory and not yet flushed, per key version of this database.
@@ -106,9 +107,15 @@ fn usage_tracking() -> bool {
 }
 
 /// Registers the background worker when `event_crypto.worker_database` is set (called from `_PG_init` while
-/// preloading).
+/// preloading). It needs `event_crypto.worker_role` too: maintenance never runs as a superuser by default.
 pub fn register_worker() {
-    if crate::guc::worker_database().is_none() {
+    let Some(db) = crate::guc::worker_database() else {
+        return;
+    };
+    if crate::guc::worker_role().is_none() {
+        warning!(
+            "event_crypto.worker_database is \"{db}\" but event_crypto.worker_role is not set: the maintenance worker is not started"
+        );
         return;
     }
     BackgroundWorkerBuilder::new("event_crypto maintenance")
@@ -120,18 +127,26 @@ pub fn register_worker() {
         .load();
 }
 
-/// The background worker: one maintenance run every `event_crypto.worker_interval`, one log line per action;
-/// an error in one action is caught inside `run_maintenance()` and logged, the others still run; SIGTERM stops it
-/// between runs.
+/// The background worker: connects as `event_crypto.worker_role` (a LOGIN role that is not a superuser; it
+/// refuses a superuser), then runs one maintenance run every `event_crypto.worker_interval`, one log line per
+/// action; an error in one action is caught inside `run_maintenance()` and logged, the others still run; SIGTERM
+/// stops it between runs.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let Some(db) = crate::guc::worker_database() else {
+    let (Some(db), Some(role)) = (crate::guc::worker_database(), crate::guc::worker_role()) else {
         return;
     };
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    log!("event_crypto worker started in database \"{db}\"");
+    BackgroundWorker::connect_worker_to_spi(Some(&db), Some(&role));
+    // SAFETY: superuser() reads the current user's catalog entry.
+    if unsafe { pg_sys::superuser() } {
+        warning!(
+            "event_crypto worker: event_crypto.worker_role \"{role}\" is a superuser; the worker does not run maintenance as a superuser and stops (set a role that is a member of event_crypto_admin)"
+        );
+        return;
+    }
+    log!("event_crypto worker started in database \"{db}\" as role \"{role}\"");
     let mut said_not_installed = false;
     loop {
         let interval = Duration::from_secs(crate::guc::worker_interval_secs().max(1) as u64);
@@ -152,31 +167,33 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
             if !installed {
                 return false;
             }
-            let rows: Vec<(String, bool, String)> = Spi::connect(|client| {
+            let rows: std::result::Result<Vec<(String, bool, String)>, pgrx::spi::SpiError> = Spi::connect(|client| {
                 client
                     .select(
                         "SELECT action, ok, detail::pg_catalog.text FROM event_crypto.run_maintenance()",
                         None,
                         &[],
-                    )
-                    .map(|t| {
-                        t.map(|r| {
-                            (
-                                r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                                r.get::<bool>(2).ok().flatten().unwrap_or(false),
-                                r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                            )
-                        })
-                        .collect()
+                    )?
+                    .map(|r| {
+                        Ok((
+                            r.get::<String>(1)?.unwrap_or_default(),
+                            r.get::<bool>(2)?.unwrap_or(false),
+                            r.get::<String>(3)?.unwrap_or_default(),
+                        ))
                     })
-                    .unwrap_or_default()
+                    .collect()
             });
-            for (action, ok, detail) in rows {
-                if ok {
-                    log!("event_crypto worker: {action}: {detail}");
-                } else {
-                    warning!("event_crypto worker: {action} failed: {detail}");
+            match rows {
+                Ok(rows) => {
+                    for (action, ok, detail) in rows {
+                        if ok {
+                            log!("event_crypto worker: {action}: {detail}");
+                        } else {
+                            warning!("event_crypto worker: {action} failed or was incomplete: {detail}");
+                        }
+                    }
                 }
+                Err(e) => warning!("event_crypto worker: the maintenance run could not be read: {e}"),
             }
             true
         });

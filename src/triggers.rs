@@ -40,3 +40,26 @@ fn protect_trigger<'a>(
         Ok(Some(PgHeapTuple::from_heap_tuple(tupdesc, tuple)))
     }
 }
+
+/// BEFORE INSERT OR UPDATE row trigger on `event_crypto.protected_columns` and `event_crypto.blind_indexes`:
+/// every row is validated against its table, whoever writes it.
+#[pg_trigger]
+fn config_check<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    crate::protect::admin::check_config_row(trigger).or_raise();
+    Ok(trigger.new())
+}
+
+/// AFTER INSERT row trigger on the audit log: the row is sealed into the chain when the transaction commits.
+#[pg_trigger]
+fn audit_pending<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    if let Some(new) = trigger.new() {
+        if let Ok(Some(id)) = new.get_by_name::<i64>("id") {
+            crate::audit::note_pending(id);
+        }
+    }
+    Ok(None)
+}

@@ -35,7 +35,7 @@ fn main() {
             let doc = Document::from_datum(&datum).unwrap();
             let mut out = Vec::new();
             if Encryptor::new(&c, "fuzz", 1, None)
-                .encrypt_document(&doc, &Selector::new(&paths), &mut out)
+                .encrypt_document(&doc, &Selector::new(&paths).unwrap(), &mut out)
                 .unwrap_or(0)
                 > 0
             {

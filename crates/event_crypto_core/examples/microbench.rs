@@ -27,7 +27,7 @@ fn main() {
         .iter()
         .map(|p| FieldPath::parse(p).unwrap())
         .collect();
-    let sel = Selector::new(&paths);
+    let sel = Selector::new(&paths).unwrap();
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[7u8; 32]));
     let ctx = b"0b5f2c1e-8d4a-4f6e-9a3b-2c1d0e9f8a7b";
     let n = 200_000;

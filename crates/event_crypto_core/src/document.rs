@@ -137,6 +137,7 @@ impl<'a> Encryptor<'a> {
             .with_hint("Use event_crypto.encrypt_value() to encrypt a single value."));
         }
         check_key_id(self.key.key_id)?;
+        check_root_fits(&root, selector)?;
         self.count = 0;
         self.loc = Location::root();
         new_datum_buffer(out);
@@ -151,7 +152,8 @@ impl<'a> Encryptor<'a> {
         }
         if c.is_object() {
             let mut w = ContainerWriter::object_like(out, &c)?;
-            for pair in c.pairs() {
+            for (i, pair) in c.pairs().enumerate() {
+                crate::check_interrupts_every(i);
                 let (k, v) = pair?;
                 let ty = match node.key(k) {
                     Some(n) => {
@@ -165,6 +167,7 @@ impl<'a> Encryptor<'a> {
         } else {
             let mut w = ContainerWriter::array(out, c.len())?;
             for (i, e) in c.elements().enumerate() {
+                crate::check_interrupts_every(i);
                 let v = e?;
                 let ty = match node.index(i) {
                     Some(n) => {
@@ -194,23 +197,50 @@ impl<'a> Encryptor<'a> {
     }
 
     fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
-        if node.is_selected() {
-            if let Value::String(s) = v {
-                if is_envelope_at(s, &self.loc) {
-                    return Ok(write_string(out, s));
-                }
+        let whole = match &v {
+            _ if node.is_selected() => true,
+            Value::Object(c) | Value::Array(c) if node.fits(c.is_object(), c.is_array()) => {
+                self.rewrite(*c, node, out, depth + 1)?;
+                return Ok(T_CONTAINER);
             }
-            self.seal_value(&v, out)?;
-            return Ok(crate::jsonb::T_STRING);
+            // JSON null holds nothing to protect
+            Value::Null => false,
+            // The value does not have the shape its paths expect (an object where `cards[*]` expects an array, a
+            // string where `address.street` expects an object): it is encrypted whole rather than stored in
+            // plaintext without a word.
+            _ => node.has_children(),
+        };
+        if !whole {
+            return copy_value(out, &v);
         }
-        match v {
-            Value::Object(c) | Value::Array(c) if node.has_children() => {
-                self.rewrite(c, node, out, depth + 1)?;
-                Ok(T_CONTAINER)
+        if let Value::String(s) = v {
+            if is_envelope_at(s, &self.loc) {
+                return Ok(write_string(out, s));
             }
-            other => copy_value(out, &other),
         }
+        self.seal_value(&v, out)?;
+        Ok(crate::jsonb::T_STRING)
     }
+}
+
+/// Refuses a document whose root the paths cannot look into (an array where every path starts with a key, an
+/// object where every path starts with `[*]` or `[N]`): nothing would be encrypted, and a document root cannot be
+/// encrypted whole.
+fn check_root_fits(root: &Container<'_>, selector: &Selector) -> Result<()> {
+    let node = selector.root();
+    if node.has_children() && !node.fits(root.is_object(), root.is_array()) {
+        let (is, expected) = if root.is_array() {
+            ("an array", "an object")
+        } else {
+            ("an object", "an array")
+        };
+        return Err(Error::invalid_argument(format!(
+            "payload is {is}, but the field paths expect {expected} at the document root"
+        ))
+        .with_detail("None of the fields could be found, so nothing would be encrypted.")
+        .with_hint("Check the field paths: keys select object members, [*] and [N] select array elements."));
+    }
+    Ok(())
 }
 
 /// Whether any field the selector selects still holds plaintext (a value that is not an envelope). Lets a caller
@@ -224,6 +254,9 @@ pub fn needs_encryption(doc: &Document<'_>, selector: &Selector) -> Result<bool>
             return Err(too_deep());
         }
         match v {
+            Value::Object(c) | Value::Array(c) if !n.fits(c.is_object(), c.is_array()) => Ok(n.has_children()),
+            Value::Null => Ok(false),
+            Value::String(s) if looks_like_envelope(s) => Ok(false),
             Value::Object(c) => {
                 for (k, child) in n.keys() {
                     if let Some(x) = c.get(k.as_bytes())? {
@@ -236,6 +269,7 @@ pub fn needs_encryption(doc: &Document<'_>, selector: &Selector) -> Result<bool>
             }
             Value::Array(c) => {
                 for (i, e) in c.elements().enumerate() {
+                    crate::check_interrupts_every(i);
                     if let Some(child) = n.index(i) {
                         if walk(e?, child, depth + 1)? {
                             return Ok(true);
@@ -244,12 +278,20 @@ pub fn needs_encryption(doc: &Document<'_>, selector: &Selector) -> Result<bool>
                 }
                 Ok(false)
             }
-            _ => Ok(false),
+            // a scalar where the paths expect a container: it is encrypted whole
+            _ => Ok(n.has_children()),
         }
     }
     let root = doc.root();
     if root.is_scalar() {
         return Ok(false);
+    }
+    if !selector.root().has_children() {
+        return Ok(false);
+    }
+    if !selector.root().fits(root.is_object(), root.is_array()) {
+        // encrypt_document refuses it, with the reason
+        return Ok(true);
     }
     walk(doc.value()?, selector.root(), 0)
 }
@@ -308,17 +350,102 @@ pub trait KeySource {
     fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup>;
 }
 
+/// What decryption does with an envelope that is not what it should be: malformed, of an unknown format, under a
+/// key the row is not bound to, bound to another context or field, or failing authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Raise the error (`decrypt_fields`, `decrypt_value`).
+    Error,
+    /// Replace the value with JSON null (the decrypted view, `export_subject`: one bad row must not make a whole
+    /// table unreadable).
+    Null,
+    /// Leave the envelope text in place.
+    Keep,
+}
+
+impl OnInvalid {
+    /// Whether an error of this kind is a property of the one envelope (and so follows the policy) rather than of
+    /// the server or the key catalog (which always raises: a missing master key must not read as nulls).
+    pub fn applies_to(kind: ErrorKind) -> bool {
+        matches!(
+            kind,
+            ErrorKind::MalformedEnvelope
+                | ErrorKind::UnsupportedVersion
+                | ErrorKind::EnvelopeNotBound
+                | ErrorKind::ContextMismatch
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::UnknownKey
+        )
+    }
+}
+
+/// The key ids a row's envelopes may use (see [`crate::subject`] for subject keys).
+pub type Binding<'a> = &'a dyn Fn(&str) -> bool;
+
+/// What opening one envelope gave.
+enum Opened<R> {
+    Plain(R),
+    Shredded,
+    Invalid,
+}
+
+/// Parses, checks the binding of, and authenticates one envelope text at `loc`; the plaintext is in `blob` at the
+/// returned range. Errors are those of the envelope (malformed, not bound, unknown key version, authentication)
+/// or of the key catalog.
+fn open_envelope<K: KeySource>(
+    keys: &mut K,
+    text: &[u8],
+    loc: &Location,
+    context: Option<&[u8]>,
+    binding: Option<Binding<'_>>,
+    aad: &mut Vec<u8>,
+    blob: &mut Vec<u8>,
+) -> Result<Option<std::ops::Range<usize>>> {
+    let text = std::str::from_utf8(text).map_err(|_| Error::malformed(&loc.display(), "the value is not UTF-8"))?;
+    let mut env = Envelope::parse_reusing(text, loc, std::mem::take(blob))?;
+    let result = (|| {
+        if let Some(allowed) = binding {
+            if !allowed(&env.key_id) {
+                return Err(not_bound(
+                    loc,
+                    &env.key_id,
+                    "it is under a key this row is not encrypted with",
+                ));
+            }
+        }
+        match keys.decryption_key(&env.key_id, env.key_version)? {
+            KeyLookup::Found(cipher) => env.open_range(&cipher, loc, context, aad).map(Some),
+            KeyLookup::Shredded => Ok(None),
+        }
+    })();
+    *blob = env.into_blob();
+    result
+}
+
+fn not_bound(loc: &Location, key_id: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::EnvelopeNotBound,
+        format!("envelope at {} does not belong to this row", crate::error::display_path(&loc.display())),
+    )
+    .with_detail(format!("The envelope names key \"{key_id}\"; {why}."))
+    .with_hint("An encrypted value can only be stored in the row, field and context it was encrypted for. Insert the plaintext and let the row's key encrypt it.")
+}
+
 /// Decrypts every envelope in a document, wherever it is.
 pub struct Decryptor<'a, K: KeySource> {
     keys: &'a mut K,
     context: Option<&'a [u8]>,
     on_shredded: OnShredded,
+    binding: Option<Binding<'a>>,
+    on_invalid: OnInvalid,
     aad: Vec<u8>,
     /// The decoded envelope being opened (reused).
     blob: Vec<u8>,
     loc: Location,
     pub decrypted: usize,
     pub shredded: usize,
+    /// Envelopes handled by the `on_invalid` policy (never counted when it is `Error`: that raises).
+    pub invalid: usize,
 }
 
 impl<'a, K: KeySource> Decryptor<'a, K> {
@@ -327,62 +454,86 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             keys,
             context,
             on_shredded,
+            binding: None,
+            on_invalid: OnInvalid::Error,
             aad: Vec::new(),
             blob: Vec::new(),
             loc: Location::root(),
             decrypted: 0,
             shredded: 0,
+            invalid: 0,
         }
     }
 
-    /// Authenticates and decrypts one envelope text at the current location and hands the plaintext to `f`;
-    /// `Ok(None)` when the key is shredded and the policy keeps or nulls it.
-    fn unseal<R>(&mut self, text: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
-        let loc = &self.loc;
-        let text = std::str::from_utf8(text).map_err(|_| Error::malformed(&loc.display(), "the value is not UTF-8"))?;
-        let mut env = Envelope::parse_reusing(text, loc, std::mem::take(&mut self.blob))?;
-        let cipher = match self.keys.decryption_key(&env.key_id, env.key_version)? {
-            KeyLookup::Found(c) => c,
-            KeyLookup::Shredded => {
-                self.shredded += 1;
-                return match self.on_shredded {
-                    OnShredded::Error => Err(Error::key_shredded(&env.key_id)),
-                    _ => Ok(None),
-                };
-            }
-        };
-        let result = env
-            .open_in_place(&cipher, loc, self.context, &mut self.aad)
-            .and_then(|pt| {
-                f(pt).map_err(|e| match e.kind() {
-                    // what the JSON parser refuses; size limits keep their own kind
-                    ErrorKind::InvalidArgument => {
-                        Error::new(ErrorKind::MalformedEnvelope, "decrypted value is not JSON").with_detail(
-                            "the envelope authenticated but its content is not a JSON value jsonb can hold",
-                        )
-                    }
-                    _ => e,
-                })
-            });
-        let mut blob = env.into_blob();
-        zeroize::Zeroize::zeroize(&mut blob);
-        self.blob = blob;
-        let r = result?;
-        self.decrypted += 1;
-        Ok(Some(r))
+    /// Decrypts only envelopes under the key ids `binding` allows (the row's key); others, and every envelope that
+    /// is malformed or does not authenticate, follow `on_invalid`.
+    pub fn bound(mut self, binding: Binding<'a>, on_invalid: OnInvalid) -> Self {
+        self.binding = Some(binding);
+        self.on_invalid = on_invalid;
+        self
     }
 
-    fn open(&mut self, text: &[u8]) -> Result<Option<Parsed>> {
-        self.unseal(text, parse_json)
+    /// Authenticates and decrypts one envelope text at the current location and hands the plaintext to `f`.
+    fn unseal<R>(&mut self, text: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Opened<R>> {
+        let opened = open_envelope(
+            self.keys,
+            text,
+            &self.loc,
+            self.context,
+            self.binding,
+            &mut self.aad,
+            &mut self.blob,
+        )
+        .and_then(|range| match range {
+            None => Ok(None),
+            Some(r) => f(&self.blob[r]).map(Some).map_err(|e| match e.kind() {
+                // what the JSON parser refuses; size limits keep their own kind
+                ErrorKind::InvalidArgument => Error::new(ErrorKind::MalformedEnvelope, "decrypted value is not JSON")
+                    .with_detail("the envelope authenticated but its content is not a JSON value jsonb can hold"),
+                _ => e,
+            }),
+        });
+        zeroize::Zeroize::zeroize(&mut self.blob);
+        match opened {
+            Ok(Some(r)) => {
+                self.decrypted += 1;
+                Ok(Opened::Plain(r))
+            }
+            Ok(None) => {
+                self.shredded += 1;
+                if self.on_shredded == OnShredded::Error {
+                    let key_id = Envelope::parse(std::str::from_utf8(text).unwrap_or(""), &self.loc)
+                        .map(|e| e.key_id)
+                        .unwrap_or_default();
+                    return Err(Error::key_shredded(&key_id));
+                }
+                Ok(Opened::Shredded)
+            }
+            Err(e) if self.on_invalid != OnInvalid::Error && OnInvalid::applies_to(e.kind()) => {
+                self.invalid += 1;
+                Ok(Opened::Invalid)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What replaces an envelope that did not open: JSON null, or the envelope text itself.
+    fn unopened(&self, how: &Opened<()>) -> bool {
+        // true: keep the text; false: null
+        match how {
+            Opened::Shredded => self.on_shredded == OnShredded::Keep,
+            _ => self.on_invalid == OnInvalid::Keep,
+        }
     }
 
     /// Decrypts a single value encrypted by `encrypt_value` (bound to the root location).
     pub fn decrypt_value(&mut self, text: &str) -> Result<Option<Parsed>> {
         self.loc = Location::root();
-        match self.open(text.as_bytes())? {
-            Some(v) => Ok(Some(v)),
-            None if self.on_shredded == OnShredded::Keep => Ok(Some(Parsed::String(text.as_bytes().to_vec()))),
-            None => Ok(None),
+        match self.unseal(text.as_bytes(), parse_json)? {
+            Opened::Plain(v) => Ok(Some(v)),
+            Opened::Shredded if self.unopened(&Opened::Shredded) => Ok(Some(Parsed::String(text.as_bytes().to_vec()))),
+            Opened::Invalid if self.unopened(&Opened::Invalid) => Ok(Some(Parsed::String(text.as_bytes().to_vec()))),
+            _ => Ok(None),
         }
     }
 
@@ -390,22 +541,32 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
     /// leaving `out` unspecified, when the document holds no envelope and can be kept as it is.
     pub fn decrypt_document(&mut self, doc: &Document<'_>, out: &mut Vec<u8>) -> Result<bool> {
         self.loc = Location::root();
-        let (before_d, before_s) = (self.decrypted, self.shredded);
+        let before = (self.decrypted, self.shredded, self.invalid);
         let root = doc.root();
         if root.is_scalar() {
             let Some(s) = root_envelope(doc)? else {
                 return Ok(false);
             };
-            match self.open(s)? {
-                Some(v) => v.write_document(out)?,
-                None if self.on_shredded == OnShredded::Null => Parsed::Null.write_document(out)?,
-                None => return Ok(false),
+            match self.unseal(s, parse_json)? {
+                Opened::Plain(v) => v.write_document(out)?,
+                Opened::Shredded => {
+                    if self.unopened(&Opened::Shredded) {
+                        return Ok(false);
+                    }
+                    Parsed::Null.write_document(out)?
+                }
+                Opened::Invalid => {
+                    if self.unopened(&Opened::Invalid) {
+                        return Ok(false);
+                    }
+                    Parsed::Null.write_document(out)?
+                }
             }
             return Ok(true);
         }
         new_datum_buffer(out);
         self.rewrite(root, out, 0)?;
-        if (self.decrypted, self.shredded) == (before_d, before_s) {
+        if (self.decrypted, self.shredded, self.invalid) == before {
             return Ok(false);
         }
         set_varlena_header(out)?;
@@ -427,9 +588,10 @@ impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
         match v {
             Value::String(s) if looks_like_envelope(s) => {
                 match self.unseal(s, |pt| write_plaintext(pt, out, depth + 1))? {
-                    Some(ty) => Ok(ty),
-                    None if self.on_shredded == OnShredded::Null => Ok(T_NULL),
-                    None => Ok(write_string(out, s)),
+                    Opened::Plain(ty) => Ok(ty),
+                    Opened::Shredded if !self.unopened(&Opened::Shredded) => Ok(T_NULL),
+                    Opened::Invalid if !self.unopened(&Opened::Invalid) => Ok(T_NULL),
+                    _ => Ok(write_string(out, s)),
                 }
             }
             Value::Object(c) | Value::Array(c) if may_hold_envelope(c, depth + 1)? => {
@@ -439,6 +601,129 @@ impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
             other => copy_value(out, &other),
         }
     }
+}
+
+/// How an envelope found by [`check_envelopes`] turned out.
+pub enum Checked<'p> {
+    /// It authenticated as this row's field; here is its plaintext (the JSON text of the value).
+    Opened(&'p [u8]),
+    /// It is under the row's key, which (or whose version) is shredded: nothing can be checked or read.
+    Shredded,
+}
+
+/// Checks every envelope of a document, wherever it is, as a protected table's trigger does before it keeps
+/// them: each must parse, be under a key id `binding` allows, and authenticate with `context` at its own location
+/// (so an envelope copied from another subject, stream, field or row is refused). An envelope whose key is
+/// shredded cannot be authenticated; it is accepted (replays and restores of a forgotten subject's events) and
+/// reported as [`Checked::Shredded`]. `each` sees every envelope with its location. Errors: malformed envelopes
+/// keep their kind (`MalformedEnvelope`, `UnsupportedVersion`); everything else about the envelope is
+/// [`ErrorKind::EnvelopeNotBound`]; key catalog errors are passed on.
+pub fn check_envelopes<K: KeySource>(
+    doc: &Document<'_>,
+    keys: &mut K,
+    context: Option<&[u8]>,
+    binding: Binding<'_>,
+    mut each: impl FnMut(&Location, Checked<'_>) -> Result<()>,
+) -> Result<usize> {
+    struct Walk<'k, K: KeySource, F> {
+        keys: &'k mut K,
+        context: Option<&'k [u8]>,
+        binding: Binding<'k>,
+        each: F,
+        loc: Location,
+        aad: Vec<u8>,
+        blob: Vec<u8>,
+        found: usize,
+    }
+    impl<K: KeySource, F: FnMut(&Location, Checked<'_>) -> Result<()>> Walk<'_, K, F> {
+        fn envelope(&mut self, s: &[u8]) -> Result<()> {
+            self.found += 1;
+            let r = open_envelope(
+                self.keys,
+                s,
+                &self.loc,
+                self.context,
+                Some(self.binding),
+                &mut self.aad,
+                &mut self.blob,
+            );
+            let r = match r {
+                Ok(Some(range)) => (self.each)(&self.loc, Checked::Opened(&self.blob[range])),
+                Ok(None) => (self.each)(&self.loc, Checked::Shredded),
+                Err(e) => Err(match e.kind() {
+                    ErrorKind::MalformedEnvelope | ErrorKind::UnsupportedVersion | ErrorKind::EnvelopeNotBound => e,
+                    ErrorKind::AuthenticationFailed | ErrorKind::ContextMismatch | ErrorKind::UnknownKey => {
+                        let key_id = Envelope::parse(std::str::from_utf8(s).unwrap_or(""), &self.loc)
+                            .map(|e| e.key_id)
+                            .unwrap_or_default();
+                        let why = match e.kind() {
+                            ErrorKind::UnknownKey => "that key or key version does not exist".to_string(),
+                            ErrorKind::ContextMismatch => {
+                                "it is bound to another context than this row's (or the reverse)".to_string()
+                            }
+                            _ => "it does not authenticate as this field of this row (it was altered, or encrypted for another field, row or context)".to_string(),
+                        };
+                        not_bound(&self.loc, &key_id, &why)
+                    }
+                    _ => e,
+                }),
+            };
+            zeroize::Zeroize::zeroize(&mut self.blob);
+            r
+        }
+
+        fn walk(&mut self, c: Container<'_>, depth: usize) -> Result<()> {
+            if depth > MAX_DEPTH {
+                return Err(too_deep());
+            }
+            if c.is_object() {
+                for (i, pair) in c.pairs().enumerate() {
+                    crate::check_interrupts_every(i);
+                    let (k, v) = pair?;
+                    let mark = self.loc.push_key_bytes(k);
+                    let r = self.value(v, depth);
+                    self.loc.truncate(mark);
+                    r?;
+                }
+            } else {
+                for (i, e) in c.elements().enumerate() {
+                    crate::check_interrupts_every(i);
+                    let mark = self.loc.push_index(i);
+                    let r = self.value(e?, depth);
+                    self.loc.truncate(mark);
+                    r?;
+                }
+            }
+            Ok(())
+        }
+
+        fn value(&mut self, v: Value<'_>, depth: usize) -> Result<()> {
+            match v {
+                Value::String(s) if looks_like_envelope(s) => self.envelope(s),
+                Value::Object(c) | Value::Array(c) => self.walk(c, depth + 1),
+                _ => Ok(()),
+            }
+        }
+    }
+    let mut w = Walk {
+        keys,
+        context,
+        binding,
+        each: &mut each,
+        loc: Location::root(),
+        aad: Vec::new(),
+        blob: Vec::new(),
+        found: 0,
+    };
+    let root = doc.root();
+    if root.is_scalar() {
+        if let Some(s) = root_envelope(doc)? {
+            w.envelope(s)?;
+        }
+    } else {
+        w.walk(root, 0)?;
+    }
+    Ok(w.found)
 }
 
 /// The envelope a scalar document consists of (what `encrypt_value` stored as a jsonb string), if it is one.

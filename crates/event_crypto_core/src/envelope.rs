@@ -265,7 +265,7 @@ impl Envelope {
         self.blob
     }
 
-    fn open_range(
+    pub(crate) fn open_range(
         &mut self,
         cipher: &Cipher,
         location: &Location,

@@ -47,11 +47,24 @@ pub enum ErrorKind {
     CatalogAccess,
     /// A key version is still in use: it is the active version, or stored rows are still encrypted under it (55006).
     KeyInUse,
+    /// An envelope entering a protected column is not bound to the row: another key id, another context, another
+    /// field, or it does not authenticate (23514).
+    EnvelopeNotBound,
+    /// The calling role lacks a privilege event_crypto checks itself, e.g. TRIGGER on a table for protect() (42501).
+    PermissionDenied,
+    /// The object is not of the kind the function works on, e.g. protect() of a view (42809).
+    WrongObjectType,
+    /// A column has a type event_crypto cannot work with (42804).
+    WrongColumnType,
+    /// Something the call needs is not in place, e.g. add_blind_index() on an unprotected column (55000).
+    NotReady,
+    /// A feature or a combination that is not supported, e.g. PREPARE TRANSACTION after writing audit rows (0A000).
+    Unsupported,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::NullArgument,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPath,
@@ -72,6 +85,12 @@ impl ErrorKind {
         ErrorKind::ConfigColumn,
         ErrorKind::CatalogAccess,
         ErrorKind::KeyInUse,
+        ErrorKind::EnvelopeNotBound,
+        ErrorKind::PermissionDenied,
+        ErrorKind::WrongObjectType,
+        ErrorKind::WrongColumnType,
+        ErrorKind::NotReady,
+        ErrorKind::Unsupported,
     ];
 
     /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
@@ -97,6 +116,12 @@ impl ErrorKind {
             ErrorKind::ConfigColumn => 17,
             ErrorKind::CatalogAccess => 18,
             ErrorKind::KeyInUse => 19,
+            ErrorKind::EnvelopeNotBound => 20,
+            ErrorKind::PermissionDenied => 21,
+            ErrorKind::WrongObjectType => 22,
+            ErrorKind::WrongColumnType => 23,
+            ErrorKind::NotReady => 24,
+            ErrorKind::Unsupported => 25,
         }
     }
 }
@@ -160,6 +185,15 @@ impl Error {
             ErrorKind::UnknownKey,
             format!("version {version} of encryption key \"{key_id}\" does not exist"),
         )
+    }
+    /// A key id that cannot be used to encrypt or index: unknown and shredded key ids give the same error, so a
+    /// role that may encrypt cannot tell a subject that was forgotten from one that never existed.
+    pub fn key_unavailable(key_id: &str) -> Self {
+        Error::new(
+            ErrorKind::UnknownKey,
+            format!("encryption key \"{key_id}\" does not exist or has been shredded"),
+        )
+        .with_hint("An administrator can see which key ids exist in event_crypto.key_info.")
     }
     pub fn key_shredded(key_id: &str) -> Self {
         Error::new(ErrorKind::KeyShredded, format!("encryption key \"{key_id}\" has been shredded"))

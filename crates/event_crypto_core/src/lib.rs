@@ -8,6 +8,7 @@
 //! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
 //! - [`blind`]: the blind index;
 //! - [`audit`]: the hash chain of the audit log;
+//! - [`subject`]: the key ids of subjects (an injective naming, generations included);
 //! - [`random`]: keys and nonces from the OS CSPRNG;
 //! - [`error`]: the one error type.
 
@@ -22,6 +23,7 @@ pub mod master;
 pub mod path;
 pub mod random;
 pub mod reencrypt;
+pub mod subject;
 
 pub use aead::{Algorithm, Cipher, SecretKey};
 pub use error::{Error, ErrorKind, Result};
@@ -34,4 +36,29 @@ pub(crate) fn wipe<T: Sized>(state: &mut T) {
     // SAFETY: callers pass HMAC/HKDF states, which are flat arrays and integers; all-zero bytes are a valid
     // (if meaningless) value for them and they have no drop glue that could observe it.
     unsafe { zeroize::zeroize_flat_type(state as *mut T) }
+}
+
+static INTERRUPT_CHECK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers the function long-running work calls now and then to let its host cancel it (PostgreSQL's
+/// CHECK_FOR_INTERRUPTS: it raises, and the error unwinds through the core). Set once per process.
+pub fn set_interrupt_check(f: fn()) {
+    let _ = INTERRUPT_CHECK.set(f);
+}
+
+/// Gives the host a chance to cancel: called once per container walked and every 1,024 children of a large one,
+/// for every field path compiled, and in the other loops whose length the caller's input decides.
+#[inline]
+pub(crate) fn check_interrupts() {
+    if let Some(f) = INTERRUPT_CHECK.get() {
+        f()
+    }
+}
+
+/// [`check_interrupts`] every 1,024 iterations of a loop over `i`.
+#[inline]
+pub(crate) fn check_interrupts_every(i: usize) {
+    if i & 1023 == 0 {
+        check_interrupts()
+    }
 }

@@ -199,16 +199,48 @@ impl SelectorNode {
     pub fn has_children(&self) -> bool {
         !self.keys.is_empty() || !self.indexes.is_empty() || self.wildcard.is_some()
     }
+    /// Whether the node looks into objects (some pattern continues with a key step).
+    pub fn has_key_children(&self) -> bool {
+        !self.keys.is_empty()
+    }
+    /// Whether the node looks into arrays (some pattern continues with `[*]` or `[N]`).
+    pub fn has_index_children(&self) -> bool {
+        !self.indexes.is_empty() || self.wildcard.is_some()
+    }
+    /// Whether the node's patterns can look into this kind of value. A node that looks into arrays only, given an
+    /// object (or a scalar, or the reverse), does not fit: the value is encrypted whole rather than skipped.
+    pub fn fits(&self, is_object: bool, is_array: bool) -> bool {
+        (is_object && self.has_key_children()) || (is_array && self.has_index_children())
+    }
 
-    fn insert(&mut self, steps: &[Step]) {
+    /// The number of nodes of this subtree, counting no further than `limit`.
+    fn size_up_to(&self, limit: usize) -> usize {
+        let mut n = 1;
+        for c in self
+            .keys
+            .iter()
+            .map(|(_, n)| n)
+            .chain(self.indexes.iter().map(|(_, n)| n))
+            .chain(self.wildcard.as_deref())
+        {
+            if n > limit {
+                break;
+            }
+            n += c.size_up_to(limit - n);
+        }
+        n
+    }
+
+    fn insert(&mut self, steps: &[Step], budget: &mut Budget) -> Result<()> {
         let Some((step, rest)) = steps.split_first() else {
             self.selected = true;
-            return;
+            return Ok(());
         };
         let child = match step {
             Step::Key(k) => match self.keys.iter().position(|(x, _)| x == k) {
                 Some(p) => &mut self.keys[p].1,
                 None => {
+                    budget.take(1)?;
                     self.keys.push((k.clone(), SelectorNode::default()));
                     &mut self.keys.last_mut().expect("just pushed").1
                 }
@@ -216,46 +248,70 @@ impl SelectorNode {
             Step::Index(i) => match self.indexes.iter().position(|(x, _)| x == i) {
                 Some(p) => &mut self.indexes[p].1,
                 None => {
+                    budget.take(1)?;
                     self.indexes.push((*i, SelectorNode::default()));
                     &mut self.indexes.last_mut().expect("just pushed").1
                 }
             },
-            Step::Wildcard => self.wildcard.get_or_insert_with(Default::default),
+            Step::Wildcard => {
+                if self.wildcard.is_none() {
+                    budget.take(1)?;
+                }
+                self.wildcard.get_or_insert_with(Default::default)
+            }
         };
-        child.insert(rest);
+        child.insert(rest, budget)
     }
 
-    fn merge(&mut self, other: &SelectorNode) {
+    /// Adds `other`'s selections to this node. Every node it copies is taken from `budget`, so patterns whose
+    /// wildcards and indexes interleave (each index step receives what the wildcard beside it selects) cannot
+    /// make the tree grow without bound: they fail with [`ErrorKind::TooLarge`] instead.
+    fn merge(&mut self, other: &SelectorNode, budget: &mut Budget) -> Result<()> {
+        crate::check_interrupts();
         self.selected |= other.selected;
         for (k, n) in &other.keys {
             match self.keys.iter_mut().find(|(x, _)| x == k) {
-                Some((_, mine)) => mine.merge(n),
-                None => self.keys.push((k.clone(), n.clone())),
+                Some((_, mine)) => mine.merge(n, budget)?,
+                None => {
+                    budget.take(n.size_up_to(budget.left))?;
+                    self.keys.push((k.clone(), n.clone()))
+                }
             }
         }
         for (i, n) in &other.indexes {
             match self.indexes.iter_mut().find(|(x, _)| x == i) {
-                Some((_, mine)) => mine.merge(n),
-                None => self.indexes.push((*i, n.clone())),
+                Some((_, mine)) => mine.merge(n, budget)?,
+                None => {
+                    budget.take(n.size_up_to(budget.left))?;
+                    self.indexes.push((*i, n.clone()))
+                }
             }
         }
         if let Some(w) = &other.wildcard {
-            self.wildcard.get_or_insert_with(Default::default).merge(w);
+            match self.wildcard.as_deref_mut() {
+                Some(mine) => mine.merge(w, budget)?,
+                None => {
+                    budget.take(w.size_up_to(budget.left))?;
+                    self.wildcard = Some(w.clone());
+                }
+            }
         }
+        Ok(())
     }
 
     /// Folds the wildcard's subtree into each explicit index, then does the same below.
-    fn normalize(&mut self) {
-        if let Some(w) = self.wildcard.as_deref().cloned() {
-            for (_, n) in self.indexes.iter_mut() {
-                n.merge(&w);
-            }
-        }
+    fn normalize(&mut self, budget: &mut Budget) -> Result<()> {
         if self.selected {
             // the whole value is encrypted: nothing below matters
             self.keys.clear();
             self.indexes.clear();
             self.wildcard = None;
+            return Ok(());
+        }
+        if let Some(w) = self.wildcard.as_deref() {
+            for (_, n) in self.indexes.iter_mut() {
+                n.merge(w, budget)?;
+            }
         }
         for n in self
             .keys
@@ -263,25 +319,60 @@ impl SelectorNode {
             .map(|(_, n)| n)
             .chain(self.indexes.iter_mut().map(|(_, n)| n))
         {
-            n.normalize();
+            n.normalize(budget)?;
         }
         if let Some(w) = self.wildcard.as_deref_mut() {
-            w.normalize();
+            w.normalize(budget)?;
         }
+        Ok(())
+    }
+}
+
+/// The most nodes a compiled set of field paths may have. Real configurations use a few hundred; the limit stops
+/// pathological patterns (interleaved `[*]` and `[N]` steps double the tree at every level) in bounded time.
+pub const MAX_SELECTOR_NODES: usize = 50_000;
+
+/// What is left of [`MAX_SELECTOR_NODES`] while a selector is built.
+struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    fn take(&mut self, n: usize) -> Result<()> {
+        if n > self.left {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("the field paths expand to more than {MAX_SELECTOR_NODES} selector nodes"),
+            )
+            .with_detail("Array steps [*] and [N] at the same place each receive what the other selects, so interleaving them doubles the selection at every level.")
+            .with_hint("Use fewer or shorter paths; [*] alone already covers every index."));
+        }
+        self.left -= n;
+        Ok(())
     }
 }
 
 impl Selector {
-    pub fn new(paths: &[FieldPath]) -> Selector {
+    /// Compiles field paths into one tree. Fails with [`ErrorKind::TooLarge`] (SQLSTATE 54000) when the paths
+    /// would expand beyond [`MAX_SELECTOR_NODES`] nodes; the work done is bounded by that limit.
+    pub fn new(paths: &[FieldPath]) -> Result<Selector> {
+        let mut budget = Budget {
+            left: MAX_SELECTOR_NODES,
+        };
         let mut root = SelectorNode::default();
-        for p in paths {
-            root.insert(p.steps());
+        for (i, p) in paths.iter().enumerate() {
+            crate::check_interrupts_every(i);
+            root.insert(p.steps(), &mut budget)?;
         }
-        root.normalize();
-        Selector { root }
+        root.normalize(&mut budget)?;
+        Ok(Selector { root })
     }
     pub fn root(&self) -> &SelectorNode {
         &self.root
+    }
+    /// The number of nodes of the compiled tree (the root included).
+    pub fn node_count(&self) -> usize {
+        self.root.size_up_to(usize::MAX - 1)
     }
 }
 
@@ -328,6 +419,18 @@ impl Location {
             };
         }
         l
+    }
+    /// The location a wildcard-free pattern names (`None` for a pattern with `[*]`).
+    pub fn of_path(path: &FieldPath) -> Option<Location> {
+        let mut l = Location::root();
+        for s in path.steps() {
+            match s {
+                Step::Key(k) => l.push_key(k),
+                Step::Index(i) => l.push_index(*i),
+                Step::Wildcard => return None,
+            };
+        }
+        Some(l)
     }
     /// Human-readable form, in the pattern syntax (`items[2].card`, `"a.b".c`); empty for the root.
     pub fn display(&self) -> String {

@@ -73,7 +73,11 @@ fn encrypt(ring: &Ring, key_id: &str, version: u32, doc: &Value, fields: &[&str]
     let b = bin(doc);
     let mut out = Vec::new();
     let n = Encryptor::new(&c, key_id, version, ctx)
-        .encrypt_document(&Document::from_datum(&b).unwrap(), &Selector::new(&paths), &mut out)
+        .encrypt_document(
+            &Document::from_datum(&b).unwrap(),
+            &Selector::new(&paths).unwrap(),
+            &mut out,
+        )
         .unwrap();
     assert!(n > 0);
     val(&out)

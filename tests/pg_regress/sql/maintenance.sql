@@ -107,7 +107,7 @@ CREATE TABLE mt_plain (id int, at timestamptz);
 SELECT event_crypto.set_retention("table" => 'mt_plain', older_than => '1 day');   -- 55000 not protected per subject
 SELECT event_crypto.enforce_retention(NULL);                          -- 22004
 SELECT event_crypto.drop_retention();                                 -- 22023
-SELECT event_crypto.record_maintenance('shred_key', '{}', '{}');      -- 22023 not a maintenance action
+SELECT event_crypto.maintenance_action('shred_key');                  -- 22023 not a maintenance action
 ROLLBACK;
 
 -- A failing action is reported in its row; the others still run.

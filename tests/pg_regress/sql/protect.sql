@@ -6,7 +6,7 @@ BEGIN;
 SELECT event_crypto.create_key('tenant-42');
 CREATE TABLE events (id bigserial PRIMARY KEY, stream_id uuid, subject_id text, type text,
                      payload jsonb, email_idx text, created_at timestamptz DEFAULT now());
-SELECT table_name, column_name, fields, key_id, key_column, key_prefix, context_column, on_forgotten, view_name
+SELECT table_name, column_name, fields, key_id, key_column, key_prefix, context_column, on_forgotten, decrypted_view
 FROM event_crypto.protect('events', 'payload',
          fields         => ARRAY['email','phone','address.street','cards[*].number'],
          key_column     => 'subject_id',
@@ -103,7 +103,7 @@ SELECT count(*) FILTER (WHERE payload->>'email' IS NOT NULL) AS readable FROM ev
 -- export: every event of a subject, decrypted
 SELECT jsonb_path_query(event_crypto.export_subject('bob'), '$.tables[*].rows[*].payload') AS bob_export;
 SELECT action, subject, key_ids, actor = current_user AS by_me FROM event_crypto.audit_log
-WHERE key_ids::text NOT LIKE '%mt:%' ORDER BY id;   -- (the maintenance test committed rows for its mt: keys)
+WHERE xact_id = pg_current_xact_id() ORDER BY id;   -- (earlier test files committed rows of their own)
 
 -- event types with their own fields
 CREATE TABLE typed (id serial PRIMARY KEY, subject text, kind text, payload jsonb);
@@ -178,7 +178,7 @@ ROLLBACK;
 -- the decrypted view: security_invoker keeps row-level security, and only decryptors read it
 BEGIN;
 CREATE TABLE rls_events (id serial, subject text, payload jsonb);
-SELECT view_name FROM event_crypto.protect('rls_events', 'payload', fields => ARRAY['email'], key_column => 'subject');
+SELECT decrypted_view FROM event_crypto.protect('rls_events', 'payload', fields => ARRAY['email'], key_column => 'subject');
 SELECT reloptions FROM pg_class WHERE oid = 'rls_events_decrypted'::regclass;
 INSERT INTO rls_events (subject, payload) VALUES ('r1', '{"email":"r1@x.io"}'), ('r2', '{"email":"r2@x.io"}');
 ALTER TABLE rls_events ENABLE ROW LEVEL SECURITY;

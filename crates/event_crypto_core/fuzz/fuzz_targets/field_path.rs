@@ -14,7 +14,15 @@ fuzz_target!(|data: &[u8]| {
         let again = FieldPath::parse(p.text()).expect("a parsed path parses again");
         assert_eq!(again.steps(), p.steps());
     }
-    let selector = Selector::new(&paths);
+    let selector = match Selector::new(&paths) {
+        Ok(s) => s,
+        // only a selection that would grow past the node limit is refused
+        Err(e) => {
+            assert_eq!(e.kind(), event_crypto_core::ErrorKind::TooLarge, "{e}");
+            return;
+        }
+    };
+    assert!(selector.node_count() <= event_crypto_core::path::MAX_SELECTOR_NODES + 1);
     let root = selector.root();
     let _ = root.is_selected();
     let _ = root.key(b"email");

@@ -3,7 +3,7 @@
 #![no_main]
 
 use event_crypto_core::aead::{Algorithm, Cipher};
-use event_crypto_core::document::{Decryptor, Encryptor, KeyLookup, KeySource, OnShredded};
+use event_crypto_core::document::{check_envelopes, Checked, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::{ErrorKind, Result};
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|t| from_json_text(&t).ok())
         .is_some_and(|b| b == data);
     let mut out = Vec::new();
-    let encrypted = Encryptor::new(&cipher, "fuzz", 1, None).encrypt_document(&doc, &Selector::new(&paths), &mut out);
+    let encrypted = Encryptor::new(&cipher, "fuzz", 1, None).encrypt_document(&doc, &Selector::new(&paths).unwrap(), &mut out);
     if let Ok(n) = encrypted {
         if let Ok(enc) = Document::from_datum(&out) {
             let mut plain = Vec::new();
@@ -44,6 +44,15 @@ fuzz_target!(|data: &[u8]| {
             if canonical && n > 0 && !has_envelope_lookalike(data) {
                 assert!(opened.expect("what was just encrypted decrypts"), "something was decrypted");
                 assert_eq!(plain, data, "decrypt(encrypt(doc)) == doc, byte for byte");
+                // and a protected table's trigger accepts every envelope as bound to this row
+                let mut seen = 0;
+                let found = check_envelopes(&enc, &mut OneKey(cipher.clone()), None, &|k| k == "fuzz", |_, c| {
+                    assert!(matches!(c, Checked::Opened(_)));
+                    seen += 1;
+                    Ok(())
+                })
+                .expect("fresh envelopes are bound to their row");
+                assert_eq!((found, seen), (n, n));
             }
         } else {
             assert!(!canonical, "the writer's output of a sound document parses");

@@ -1,0 +1,37 @@
+//! Typed reads of catalog rows. A row that is not what the code expects (a NULL where the table forbids one, a
+//! value of another type) raises `CatalogAccess` (55000) naming the column; it never reads as a default
+//! (version 0, "no key material", an empty name).
+
+use event_crypto_core::{Error, ErrorKind, Result};
+use pgrx::spi::SpiHeapTupleData;
+use pgrx::{FromDatum, IntoDatum};
+
+fn bad(column: &str, why: String) -> Error {
+    Error::new(
+        ErrorKind::CatalogAccess,
+        format!("the event_crypto catalog holds an unexpected value in column \"{column}\""),
+    )
+    .with_detail(why)
+    .with_hint("The extension's tables were changed by hand or are damaged; restore them from a backup.")
+}
+
+/// Column `i` (1-based) of a row, which must not be NULL.
+pub fn get<T: IntoDatum + FromDatum>(row: &SpiHeapTupleData<'_>, i: usize, column: &str) -> Result<T> {
+    get_opt(row, i, column)?.ok_or_else(|| bad(column, "it is NULL".to_string()))
+}
+
+/// Column `i` (1-based) of a row, NULL as `None`.
+pub fn get_opt<T: IntoDatum + FromDatum>(row: &SpiHeapTupleData<'_>, i: usize, column: &str) -> Result<Option<T>> {
+    row.get::<T>(i).map_err(|e| bad(column, e.to_string()))
+}
+
+/// The first column of the first row of a query (read-only SPI), or `None` when it returns no row or NULL.
+pub fn one<T: IntoDatum + FromDatum>(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Option<T>> {
+    pgrx::Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args).map_err(crate::error::spi_error)?;
+        match t.into_iter().next() {
+            Some(r) => get_opt::<T>(&r, 1, "value"),
+            None => Ok(None),
+        }
+    })
+}

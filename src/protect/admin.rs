@@ -1,0 +1,757 @@
+//! `protect()`, `unprotect()`, `add_blind_index()`, `drop_blind_index()`: the only way the protection
+//! configuration changes. Each checks that the calling role may change the table's triggers (the TRIGGER
+//! privilege, which its owner has), validates, writes the configuration as the catalog owner (no other role may
+//! write those tables) and records an audit row. DDL on the table (its trigger, the decrypted view) runs as the
+//! caller with a pinned search_path, every name quoted and every object found by oid: nothing stored is ever
+//! spliced into SQL as text.
+//!
+//! The `config_check` trigger validates every row written to `event_crypto.protected_columns` and
+//! `event_crypto.blind_indexes`, whoever writes it (a superuser by hand, pg_restore, logical replication).
+
+use super::config::{build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow};
+use crate::access::{acting_role, as_catalog_owner, with_safe_search_path, Privilege, Table};
+use crate::catalog::{get, get_opt};
+use crate::error::{raise, spi_error, OrRaise};
+use crate::sqltypes::{Name, RegClass};
+use event_crypto_core::blind::Normalize;
+use event_crypto_core::envelope::check_key_id;
+use event_crypto_core::path::{FieldPath, Selector};
+use event_crypto_core::subject::{check_key_prefix, prefixes_overlap};
+use event_crypto_core::{Error, ErrorKind, Result};
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use pgrx::{AllocatedByRust, FromDatum, JsonB, PgTupleDesc};
+use serde_json::{json, Value};
+
+/// A protection configuration as given to protect() or found in a row of `event_crypto.protected_columns`.
+pub struct ConfigInput {
+    pub relid: pg_sys::Oid,
+    pub column: String,
+    pub fields: Vec<String>,
+    pub key_id: Option<String>,
+    pub key_column: Option<String>,
+    pub key_prefix: String,
+    pub context_column: Option<String>,
+    pub type_column: Option<String>,
+    pub fields_by_type: Option<Value>,
+    pub on_forgotten: String,
+}
+
+/// Runs `f` with the descriptor of table `relid` (opened with AccessShareLock).
+fn with_desc<R>(relid: pg_sys::Oid, f: impl FnOnce(&PgTupleDesc<'_>) -> Result<R>) -> Result<R> {
+    // SAFETY: the relation is opened with a lock for the duration of `f` and closed again.
+    unsafe {
+        let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        if rel.is_null() {
+            return Err(Error::new(
+                ErrorKind::WrongObjectType,
+                format!("relation with OID {} does not exist", relid.to_u32()),
+            ));
+        }
+        let desc = PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let r = f(&desc);
+        drop(desc);
+        pg_sys::relation_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        r
+    }
+}
+
+fn column_exists(desc: &PgTupleDesc<'_>, table: &Table, name: &str) -> Result<()> {
+    if desc.iter().any(|a| !a.is_dropped() && a.name() == name) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::ConfigColumn,
+        format!("column \"{name}\" of {} does not exist", table.name),
+    ))
+}
+
+/// The key prefixes other protected columns use (and `subject:`, which forget_subject always covers).
+fn other_prefixes(relid: pg_sys::Oid, column: &str) -> Result<Vec<String>> {
+    let mut v: Vec<String> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT key_prefix FROM event_crypto.protected_columns \
+                 WHERE key_column IS NOT NULL \
+                   AND NOT (table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                            AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
+                None,
+                &[relid.into(), column.into()],
+            )
+            .map_err(spi_error)?
+            .map(|r| get::<String>(&r, 1, "key_prefix"))
+            .collect::<Result<Vec<_>>>()
+        })
+    })?;
+    v.push("subject:".into());
+    Ok(v)
+}
+
+/// Checks a protection configuration against the table as it is.
+pub fn validate(input: &ConfigInput) -> Result<()> {
+    let table = Table::open(input.relid)?;
+    if (input.key_id.is_none()) == (input.key_column.is_none()) {
+        return Err(
+            Error::invalid_argument("give exactly one of key_id and key_column").with_hint(
+                "key_id encrypts every row under one key; key_column takes a per-subject key id from a column.",
+            ),
+        );
+    }
+    if (input.type_column.is_none()) != (input.fields_by_type.is_none()) {
+        return Err(Error::invalid_argument("type_column and fields_by_type go together"));
+    }
+    for c in [&input.key_column, &input.context_column, &input.type_column]
+        .into_iter()
+        .flatten()
+    {
+        if c == &input.column {
+            return Err(Error::invalid_argument(
+                "the key, context and type columns must differ from the protected column",
+            ));
+        }
+    }
+    if !["error", "new_key"].contains(&input.on_forgotten.as_str()) {
+        return Err(Error::invalid_argument("on_forgotten must be error or new_key"));
+    }
+    if let Some(k) = &input.key_id {
+        check_key_id(k)?;
+    }
+    let by_type = match &input.fields_by_type {
+        Some(v) => by_type_lists(v)?,
+        None => Vec::new(),
+    };
+    if input.fields.is_empty() && input.fields_by_type.is_none() {
+        return Err(Error::invalid_argument("no fields to protect")
+            .with_hint("Pass fields, or type_column with fields_by_type."));
+    }
+    let fields = parse_paths(&input.fields)?;
+    Selector::new(&fields)?;
+    for (_, texts) in &by_type {
+        let mut all = fields.clone();
+        all.extend(parse_paths(texts)?);
+        Selector::new(&all)?;
+    }
+    if input.key_column.is_some() {
+        check_key_prefix(&input.key_prefix)?;
+        for other in other_prefixes(input.relid, &input.column)? {
+            if prefixes_overlap(&input.key_prefix, &other) {
+                return Err(Error::invalid_argument(format!(
+                    "key_prefix \"{}\" overlaps the key prefix \"{other}\" of another protected table",
+                    input.key_prefix
+                ))
+                .with_detail("When one prefix begins with the other, a subject of one table and a subject of the other can get the same key id, and forgetting one would destroy the other's data.")
+                .with_hint("Use the same prefix for tables whose subjects are the same, or prefixes that do not begin with one another."));
+            }
+        }
+    }
+    with_desc(input.relid, |desc| {
+        column_exists(desc, &table, &input.column)?;
+        for c in [&input.key_column, &input.context_column, &input.type_column]
+            .into_iter()
+            .flatten()
+        {
+            column_exists(desc, &table, c)?;
+        }
+        // resolves every column with its type (the protected column must be jsonb)
+        build(
+            &input.column,
+            desc,
+            ConfigRow {
+                table: table.name.clone(),
+                fields: input.fields.clone(),
+                key_id: input.key_id.clone(),
+                key_column: input.key_column.clone(),
+                key_prefix: input.key_prefix.clone(),
+                context_column: input.context_column.clone(),
+                type_column: input.type_column.clone(),
+                fields_by_type: input.fields_by_type.clone(),
+                on_forgotten: input.on_forgotten.clone(),
+            },
+            Vec::new(),
+        )
+        .map(|_| ())
+    })
+}
+
+/// Checks a blind index definition against the table as it is.
+pub fn validate_blind(
+    relid: pg_sys::Oid,
+    column: &str,
+    field: &str,
+    target: &str,
+    key_id: &str,
+    normalize: Option<&str>,
+) -> Result<()> {
+    let table = Table::open(relid)?;
+    let p = FieldPath::parse(field)?;
+    if p.has_wildcard() {
+        return Err(Error::new(
+            ErrorKind::InvalidPath,
+            format!("field path \"{field}\" selects several values"),
+        )
+        .with_hint("A blind index covers exactly one value per row: use a path without [*]."));
+    }
+    Normalize::parse(normalize)?;
+    check_key_id(key_id)?;
+    if target == column {
+        return Err(Error::invalid_argument(
+            "the blind index column must differ from the protected column",
+        ));
+    }
+    with_desc(relid, |desc| {
+        column_exists(desc, &table, target)?;
+        resolve_col(desc, &table.name, target, ColumnType::BlindIndex).map_err(|e| {
+            if e.kind() == ErrorKind::WrongColumnType {
+                let ty = desc
+                    .iter()
+                    .find(|a| !a.is_dropped() && a.name() == target)
+                    .map(|a| type_name(a.type_oid().value()))
+                    .unwrap_or_default();
+                Error::new(
+                    ErrorKind::WrongColumnType,
+                    format!("blind index column \"{target}\" must be text, not {ty}"),
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(())
+    })
+}
+
+fn required<T>(v: Option<T>, name: &str) -> T {
+    v.unwrap_or_else(|| raise(Error::null_argument(name)))
+}
+
+/// A single-quoted SQL literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A view protect() made: its schema-qualified, quoted name and its owner; `None` if the oid is no longer a view.
+fn our_view(oid: pg_sys::Oid) -> Option<(String, pg_sys::Oid)> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname), \
+                    c.relowner \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) 'v'",
+            Some(1),
+            &[oid.into()],
+        )
+        .map_err(spi_error)
+        .and_then(|t| {
+            t.into_iter()
+                .next()
+                .map(|r| Ok((get::<String>(&r, 1, "name")?, get::<pg_sys::Oid>(&r, 2, "relowner")?)))
+                .transpose()
+        })
+        .or_raise()
+    })
+}
+
+/// The trigger protect() installs on a table for `column`.
+fn trigger_name(column: &str) -> String {
+    format!("event_crypto_protect_{column}")
+}
+
+fn trigger_exists(relid: pg_sys::Oid, name: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
+        &[relid.into(), name.into()],
+    )
+    .unwrap_or_else(|e| crate::error::spi_failed(e))
+    .unwrap_or(false)
+}
+
+fn ddl(sql: &str) {
+    with_safe_search_path(|| Spi::run(sql)).unwrap_or_else(|e| crate::error::spi_failed(e));
+}
+
+/// DDL on an object event_crypto made (the protect trigger, the decrypted view), run as the object's owner in a
+/// security-restricted operation: the caller's right to change the table's triggers was checked, and DROP
+/// TRIGGER and CREATE OR REPLACE VIEW need ownership, which an admin with the TRIGGER privilege lacks.
+fn ddl_as(owner: pg_sys::Oid, sql: &str) {
+    crate::access::as_restricted(owner, false, || Spi::run(sql)).unwrap_or_else(|e| crate::error::spi_failed(e));
+}
+
+/// The protection row of (table, column), as protect() returns it.
+fn config_row(relid: pg_sys::Oid, column: &str) -> Option<PgHeapTuple<'static, AllocatedByRust>> {
+    as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT p FROM event_crypto.protected_columns p \
+                 WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                Some(1),
+                &[relid.into(), column.into()],
+            )
+            .map_err(spi_error)
+            .and_then(|t| t.into_iter().next().map(|r| get_opt(&r, 1, "p")).transpose().map(Option::flatten))
+            .or_raise()
+        })
+    })
+}
+
+/// Encrypts the given fields of a jsonb column on every INSERT and UPDATE, and creates `<table>_decrypted`.
+/// Calling it again updates the configuration. Needs the TRIGGER privilege on the table (its owner has it) and
+/// CREATE on the table's schema (for the view).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe, requires = ["catalog"])]
+fn protect(
+    table: Option<RegClass>,
+    column: Option<Name>,
+    fields: default!(Option<Vec<Option<String>>>, "NULL"),
+    key_id: default!(Option<String>, "NULL"),
+    key_column: default!(Option<Name>, "NULL"),
+    key_prefix: default!(Option<String>, "'subject:'"),
+    context_column: default!(Option<Name>, "NULL"),
+    type_column: default!(Option<Name>, "NULL"),
+    fields_by_type: default!(Option<JsonB>, "NULL"),
+    on_forgotten: default!(Option<String>, "'error'"),
+    view_name: default!(Option<Name>, "NULL"),
+) -> pgrx::composite_type!('static, "protected_columns") {
+    let relid = required(table, "table").0;
+    let column = required(column, "column").0;
+    let key_prefix = required(key_prefix, "key_prefix");
+    let on_forgotten = required(on_forgotten, "on_forgotten");
+    let fields: Vec<String> = fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            f.unwrap_or_else(|| raise(Error::null_argument("fields").with_detail("the array contains a NULL element")))
+        })
+        .collect();
+    let t = Table::open(relid).or_raise();
+    t.require(&[Privilege::Trigger], "event_crypto.protect()").or_raise();
+    let input = ConfigInput {
+        relid,
+        column: column.clone(),
+        fields,
+        key_id,
+        key_column: key_column.map(|n| n.0),
+        key_prefix,
+        context_column: context_column.map(|n| n.0),
+        type_column: type_column.map(|n| n.0),
+        fields_by_type: fields_by_type.map(|j| j.0),
+        on_forgotten,
+    };
+    validate(&input).or_raise();
+
+    // The trigger, as the caller (CREATE TRIGGER checks the TRIGGER privilege itself too).
+    let trigger = quote_identifier(trigger_name(&column));
+    if trigger_exists(relid, &trigger_name(&column)) {
+        ddl_as(t.owner, &format!("DROP TRIGGER {trigger} ON {}", t.name));
+    }
+    ddl(&format!(
+        "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
+        t.name,
+        literal(&column)
+    ));
+
+    // The decrypted view, beside the table: the previous one (found by oid) goes if it had another name.
+    let mut view_rel = view_name
+        .map(|n| n.0)
+        .unwrap_or_else(|| format!("{}_decrypted", t.relname));
+    // PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes; so does the view found by name below.
+    while view_rel.len() > pg_sys::NAMEDATALEN as usize - 1 {
+        view_rel.pop();
+    }
+    let schema: String = crate::catalog::one::<String>(
+        "SELECT pg_catalog.quote_ident(nspname) FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[t.namespace.into()],
+    )
+    .or_raise()
+    .unwrap_or_else(|| {
+        raise(Error::new(
+            ErrorKind::CatalogAccess,
+            "the table's schema could not be read",
+        ))
+    });
+    let view = format!("{schema}.{}", quote_identifier(&view_rel));
+    let old_view: Option<pg_sys::Oid> = as_catalog_owner(|| {
+        crate::catalog::one::<pg_sys::Oid>(
+            "SELECT decrypted_view::pg_catalog.oid FROM event_crypto.protected_columns \
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[relid.into(), column.as_str().into()],
+        )
+    })
+    .or_raise();
+    let previous = old_view.and_then(our_view);
+    if let Some((old, owner)) = &previous {
+        if *old != view {
+            ddl_as(*owner, &format!("DROP VIEW {old}"));
+        }
+    }
+    // A relation that already has the view's name and is not this table's decrypted view is someone else's:
+    // never replaced.
+    let existing = crate::catalog::one::<pg_sys::Oid>(
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+        &[t.namespace.into(), view_rel.as_str().into()],
+    )
+    .or_raise();
+    if let Some(o) = existing {
+        if Some(o) != old_view {
+            raise(
+                Error::new(
+                    ErrorKind::DuplicateKey,
+                    format!(
+                        "relation {view} already exists and is not the decrypted view of {}",
+                        t.name
+                    ),
+                )
+                .with_hint("Pass another name as view_name, or drop that relation."),
+            );
+        }
+    }
+    let select_list = view_select_list(&t, &input);
+    let create = format!(
+        "CREATE OR REPLACE VIEW {view} WITH (security_invoker = true) AS SELECT {select_list} FROM {} t",
+        t.name
+    );
+    match &previous {
+        // replacing this table's own view (same name): as its owner
+        Some((old, owner)) if *old == view => ddl_as(*owner, &create),
+        // a new view: as the caller, who needs CREATE on the schema and owns it
+        _ => ddl(&create),
+    }
+    let view_oid: pg_sys::Oid = crate::catalog::one::<pg_sys::Oid>(
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+        &[t.namespace.into(), view_rel.as_str().into()],
+    )
+    .or_raise()
+    .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the decrypted view was not created")));
+
+    let role = acting_role();
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO event_crypto.protected_columns AS p \
+                    (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
+                     fields_by_type, on_forgotten, decrypted_view, protected_by) \
+                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12) \
+                 ON CONFLICT ON CONSTRAINT protected_columns_pkey DO UPDATE SET \
+                    fields = EXCLUDED.fields, key_id = EXCLUDED.key_id, key_column = EXCLUDED.key_column, \
+                    key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
+                    type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
+                    on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
+                    protected_at = pg_catalog.now(), protected_by = EXCLUDED.protected_by",
+                None,
+                &[
+                    relid.into(),
+                    column.as_str().into(),
+                    input.fields.clone().into(),
+                    input.key_id.as_deref().into(),
+                    input.key_column.as_deref().into(),
+                    input.key_prefix.as_str().into(),
+                    input.context_column.as_deref().into(),
+                    input.type_column.as_deref().into(),
+                    input.fields_by_type.clone().map(JsonB).into(),
+                    input.on_forgotten.as_str().into(),
+                    view_oid.into(),
+                    role.as_str().into(),
+                ],
+            )
+            .map(|_| ())
+            .map_err(spi_error)
+            .or_raise()
+        })
+    });
+    crate::audit::record(
+        "protect",
+        None,
+        &input.key_id.iter().cloned().collect::<Vec<_>>(),
+        json!({
+            "table": t.name, "column": column, "fields": input.fields, "key_column": input.key_column,
+            "key_prefix": input.key_column.as_ref().map(|_| &input.key_prefix), "context_column": input.context_column,
+            "type_column": input.type_column, "fields_by_type": input.fields_by_type,
+            "on_forgotten": input.on_forgotten, "view": view,
+        }),
+    );
+    config_row(relid, &column)
+        .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the configuration was not stored")))
+}
+
+/// The decrypted view's columns: the table's, with the protected one decrypted under each row's own key.
+fn view_select_list(t: &Table, input: &ConfigInput) -> String {
+    let text_of = |c: &Option<String>| match c {
+        Some(c) => format!("pg_catalog.format('%s', t.{})", quote_identifier(c)),
+        None => "NULL::pg_catalog.text".to_string(),
+    };
+    let decrypt = format!(
+        "event_crypto.decrypt_row(t.{col}, '{oid}'::pg_catalog.regclass, {colname}::pg_catalog.name, {key}, {ctx})",
+        col = quote_identifier(&input.column),
+        oid = t.oid.to_u32(),
+        colname = literal(&input.column),
+        key = text_of(&input.key_column),
+        ctx = text_of(&input.context_column),
+    );
+    let cols: Vec<String> = with_desc(t.oid, |desc| {
+        Ok(desc
+            .iter()
+            .filter(|a| !a.is_dropped())
+            .map(|a| {
+                let q = quote_identifier(a.name());
+                if a.name() == input.column {
+                    format!("{decrypt} AS {q}")
+                } else {
+                    format!("t.{q}")
+                }
+            })
+            .collect())
+    })
+    .or_raise();
+    cols.join(", ")
+}
+
+/// Stops protecting a column: its trigger, its decrypted view and its configuration (blind indexes included) go.
+/// Returns whether it was protected. Needs the TRIGGER privilege on the table.
+#[pg_extern(volatile, parallel_unsafe)]
+fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
+    let relid = required(table, "table").0;
+    let column = required(column, "column").0;
+    let t = Table::open(relid).or_raise();
+    t.require(&[Privilege::Trigger], "event_crypto.unprotect()").or_raise();
+    let view: Option<Option<pg_sys::Oid>> = as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "DELETE FROM event_crypto.protected_columns \
+                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                 RETURNING decrypted_view::pg_catalog.oid",
+                None,
+                &[relid.into(), column.as_str().into()],
+            )
+            .map_err(spi_error)
+            .and_then(|t| t.into_iter().next().map(|r| get_opt::<pg_sys::Oid>(&r, 1, "decrypted_view")).transpose())
+            .or_raise()
+        })
+    });
+    let Some(view) = view else {
+        return false;
+    };
+    if trigger_exists(relid, &trigger_name(&column)) {
+        ddl_as(
+            t.owner,
+            &format!("DROP TRIGGER {} ON {}", quote_identifier(trigger_name(&column)), t.name),
+        );
+    }
+    let mut dropped_view = None;
+    if let Some((name, owner)) = view.and_then(our_view) {
+        ddl_as(owner, &format!("DROP VIEW {name}"));
+        dropped_view = Some(name);
+    }
+    crate::audit::record(
+        "unprotect",
+        None,
+        &[],
+        json!({"table": t.name, "column": column, "view": dropped_view}),
+    );
+    true
+}
+
+/// Fills `target_column` with the blind index of `field` (one value per row) on every INSERT and UPDATE of the
+/// protected column. Needs the TRIGGER privilege on the table.
+#[pg_extern(volatile, parallel_unsafe, requires = ["catalog"])]
+fn add_blind_index(
+    table: Option<RegClass>,
+    column: Option<Name>,
+    field: Option<String>,
+    target_column: Option<Name>,
+    key_id: Option<String>,
+    normalize: default!(Option<String>, "NULL"),
+) -> pgrx::composite_type!('static, "blind_indexes") {
+    let relid = required(table, "table").0;
+    let column = required(column, "column").0;
+    let field = required(field, "field");
+    let target = required(target_column, "target_column").0;
+    let key_id = required(key_id, "key_id");
+    let t = Table::open(relid).or_raise();
+    t.require(&[Privilege::Trigger], "event_crypto.add_blind_index()")
+        .or_raise();
+    if super::config::config_of_table(relid, &column).or_raise().is_none() {
+        raise(
+            Error::new(
+                ErrorKind::NotReady,
+                format!("column \"{column}\" of {} is not protected", t.name),
+            )
+            .with_hint("Call event_crypto.protect() first."),
+        );
+    }
+    validate_blind(relid, &column, &field, &target, &key_id, normalize.as_deref()).or_raise();
+    let row = as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO event_crypto.blind_indexes AS b (table_name, column_name, field, target_column, key_id, normalize) \
+                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6) \
+                 ON CONFLICT ON CONSTRAINT blind_indexes_pkey DO UPDATE SET \
+                    column_name = EXCLUDED.column_name, field = EXCLUDED.field, key_id = EXCLUDED.key_id, \
+                    normalize = EXCLUDED.normalize \
+                 RETURNING b",
+                None,
+                &[
+                    relid.into(),
+                    column.as_str().into(),
+                    field.as_str().into(),
+                    target.as_str().into(),
+                    key_id.as_str().into(),
+                    normalize.as_deref().into(),
+                ],
+            )
+            .map_err(spi_error)
+            .and_then(|t| t.into_iter().next().map(|r| get(&r, 1, "b")).transpose())
+            .or_raise()
+        })
+    });
+    crate::audit::record(
+        "add_blind_index",
+        None,
+        std::slice::from_ref(&key_id),
+        json!({"table": t.name, "column": column, "field": field, "target_column": target, "normalize": normalize}),
+    );
+    row.unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the blind index was not stored")))
+}
+
+/// Stops filling a blind index column. Returns whether it was configured. Needs the TRIGGER privilege.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> bool {
+    let relid = required(table, "table").0;
+    let target = required(target_column, "target_column").0;
+    let t = Table::open(relid).or_raise();
+    t.require(&[Privilege::Trigger], "event_crypto.drop_blind_index()")
+        .or_raise();
+    let n = as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "DELETE FROM event_crypto.blind_indexes \
+                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                None,
+                &[relid.into(), target.as_str().into()],
+            )
+            .map(|t| t.len())
+            .map_err(spi_error)
+            .or_raise()
+        })
+    });
+    if n > 0 {
+        crate::audit::record(
+            "drop_blind_index",
+            None,
+            &[],
+            json!({"table": t.name, "target_column": target}),
+        );
+    }
+    n > 0
+}
+
+/// Checks field paths as protect() stores them: each must parse and the set must compile (54000 when it would
+/// grow past the selector limit); `allow_wildcards => false` for blind indexes, which index exactly one value.
+#[pg_extern(immutable, parallel_safe)]
+fn validate_fields(fields: Option<Vec<Option<String>>>, allow_wildcards: default!(bool, true)) -> bool {
+    let texts: Vec<String> = fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            f.unwrap_or_else(|| raise(Error::null_argument("fields").with_detail("the array contains a NULL element")))
+        })
+        .collect();
+    let paths = parse_paths(&texts).or_raise();
+    for (p, f) in paths.iter().zip(&texts) {
+        if !allow_wildcards && p.has_wildcard() {
+            raise(
+                Error::new(
+                    ErrorKind::InvalidPath,
+                    format!("field path \"{f}\" selects several values"),
+                )
+                .with_hint("A blind index covers exactly one value per row: use a path without [*]."),
+            );
+        }
+    }
+    Selector::new(&paths).or_raise();
+    true
+}
+
+/// Checks a blind index normalisation name.
+#[pg_extern(immutable, parallel_safe)]
+fn validate_normalize(normalize: Option<&str>) -> bool {
+    Normalize::parse(normalize).or_raise();
+    true
+}
+
+/// A column of a trigger's row by name, converted with its type's FromDatum.
+fn attr<T: FromDatum>(tuple: *mut pg_sys::HeapTupleData, desc: &PgTupleDesc<'_>, name: &str) -> Option<T> {
+    let (i, att) = desc
+        .iter()
+        .enumerate()
+        .find(|(_, a)| !a.is_dropped() && a.name() == name)?;
+    // SAFETY: the tuple and descriptor come from the firing trigger; the attribute number is the descriptor's own.
+    unsafe {
+        let d = pgrx::heap_getattr_raw(tuple, std::num::NonZeroUsize::new(i + 1)?, desc.as_ptr())?;
+        T::from_polymorphic_datum(d, false, att.type_oid().value())
+    }
+}
+
+/// Validates the row a BEFORE INSERT OR UPDATE trigger on `event_crypto.protected_columns` or
+/// `event_crypto.blind_indexes` is about to write (the `config_check` trigger, see `crate::triggers`).
+pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
+    let td = trigger.trigger_data();
+    // SAFETY: a row trigger's data: the relation is open, the new tuple valid for the call.
+    let (rel, tuple) = unsafe {
+        let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        (
+            &*td.tg_relation,
+            if op == pg_sys::TRIGGER_EVENT_UPDATE {
+                td.tg_newtuple
+            } else {
+                td.tg_trigtuple
+            },
+        )
+    };
+    // SAFETY: the relation's descriptor lives as long as the relation is open.
+    let desc = unsafe { PgTupleDesc::from_pg_unchecked(rel.rd_att) };
+    let table = trigger.table_name().unwrap_or_default();
+    let text = |name: &str| attr::<String>(tuple, &desc, name);
+    let name = |name: &str| attr::<Name>(tuple, &desc, name).map(|n| n.0);
+    let required_text = |v: Option<String>, col: &str| v.ok_or_else(|| Error::null_argument(col));
+    let relid = attr::<RegClass>(tuple, &desc, "table_name")
+        .ok_or_else(|| Error::null_argument("table_name"))?
+        .0;
+    let checked = (|| -> Result<()> {
+        let column = required_text(name("column_name"), "column_name")?;
+        if table == "blind_indexes" {
+            return validate_blind(
+                relid,
+                &column,
+                &required_text(text("field"), "field")?,
+                &required_text(name("target_column"), "target_column")?,
+                &required_text(text("key_id"), "key_id")?,
+                text("normalize").as_deref(),
+            );
+        }
+        let fields = attr::<Vec<Option<String>>>(tuple, &desc, "fields")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.ok_or_else(|| Error::null_argument("fields").with_detail("the array contains a NULL element")))
+            .collect::<Result<Vec<_>>>()?;
+        validate(&ConfigInput {
+            relid,
+            column,
+            fields,
+            key_id: text("key_id"),
+            key_column: name("key_column"),
+            key_prefix: required_text(text("key_prefix"), "key_prefix")?,
+            context_column: name("context_column"),
+            type_column: name("type_column"),
+            fields_by_type: attr::<JsonB>(tuple, &desc, "fields_by_type").map(|j| j.0),
+            on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
+        })
+    })();
+    checked.map_err(|e| {
+        let mut e2 = Error::new(e.kind(), format!("invalid event_crypto.{table} row: {}", e.message())).with_hint(
+            "Change the protection configuration with event_crypto.protect() and event_crypto.add_blind_index().",
+        );
+        if let Some(d) = e.detail() {
+            e2 = e2.with_detail(d.to_string());
+        }
+        e2
+    })
+}

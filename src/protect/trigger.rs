@@ -1,0 +1,374 @@
+//! The BEFORE INSERT OR UPDATE row trigger of protected tables (`event_crypto.protect_trigger('<column>')`).
+//!
+//! For each row it:
+//! 1. refuses an UPDATE that would move stored ciphertext to another subject or context;
+//! 2. checks every envelope the row brings (anywhere in the document, configured field or not): it must parse,
+//!    be under the row's own key (the fixed key id, or a key of the row's subject) and authenticate with the row's
+//!    context at its own location. An envelope copied from another subject, stream, field or row, a string that
+//!    merely starts with `$ec1$`, an edited one: the row is refused (`23514`, `22P02`). Only an envelope under the
+//!    row's own *shredded* key cannot be authenticated; it is kept (replays and restores of a forgotten subject's
+//!    events), and its blind index values are NULL;
+//! 3. computes every blind index column from the plaintext (decrypting the row's own envelopes where the field is
+//!    already encrypted): a value supplied with the row is always replaced;
+//! 4. encrypts the configured fields that are still plaintext under the row's key, creating the key on first use.
+
+use super::config::{config, Col, Config, KeySpec};
+use crate::jsonb::Jsonb;
+use crate::keys::{self, CachedKeys, KeyEntry};
+use event_crypto_core::document::{check_context, check_envelopes, needs_encryption, value_at, Checked, Encryptor};
+use event_crypto_core::envelope::looks_like_envelope;
+use event_crypto_core::jsonb::{parse_json, write_json, Parsed, Value as JsonbValue};
+use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_key_id};
+use event_crypto_core::{Error, ErrorKind, Result};
+use pgrx::prelude::*;
+use pgrx::PgTupleDesc;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+/// A row being inserted or updated.
+pub struct Row {
+    pub tuple: *mut pg_sys::HeapTupleData,
+    pub tupdesc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    pub fn datum(&self, col: &Col) -> Option<pg_sys::Datum> {
+        // SAFETY: tuple and descriptor come from the firing trigger; attno and type were checked against this
+        // descriptor (Config::fits).
+        unsafe { pgrx::heap_getattr_raw(self.tuple, col.attno, self.tupdesc) }
+    }
+
+    /// The text form of a column (its type's output function). text, varchar and uuid, the usual types of subject
+    /// and stream ids, are formatted here without a call into PostgreSQL.
+    pub fn text(&self, col: &Col) -> Option<String> {
+        self.datum(col).map(|d| datum_text(col, d))
+    }
+}
+
+/// The text of a non-null datum of `col`'s type: its output function's result (what `format('%s', …)` gives).
+pub fn datum_text(col: &Col, d: pg_sys::Datum) -> String {
+    match col.type_oid {
+        // SAFETY: a non-null text/varchar datum (type checked); detoasting keeps a short header, which the slice
+        // handles.
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => unsafe {
+            let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
+        },
+        pg_sys::UUIDOID => {
+            // SAFETY: a uuid datum (type checked) points to its 16 bytes.
+            let b = unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>() as *const u8, 16) };
+            let mut out = String::with_capacity(36);
+            for (i, byte) in b.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    out.push('-');
+                }
+                out.push(char::from(b"0123456789abcdef"[(byte >> 4) as usize]));
+                out.push(char::from(b"0123456789abcdef"[(byte & 15) as usize]));
+            }
+            out
+        }
+        // SAFETY: the output function of the column's own type, applied to a non-null datum of that type.
+        _ => unsafe {
+            let s = pg_sys::OidOutputFunctionCall(col.output, d);
+            CStr::from_ptr(s).to_string_lossy().into_owned()
+        },
+    }
+}
+
+/// Whether `key_id` is a key of `subject` under `prefix`: its name says so, and (in a catalog upgraded from
+/// 0.1.0 that kept ambiguous names) the record of who it belongs to agrees.
+pub fn key_belongs_to(prefix: &str, subject: &str, key_id: &str) -> bool {
+    if !keys::legacy_keys_exist() {
+        return parse_subject_key_id(prefix, key_id).is_some_and(|(s, _)| s == subject);
+    }
+    keys::lookup(key_id).is_ok_and(|e| e.belongs_to(prefix, subject))
+}
+
+/// The key ids envelopes of a row may be under: the configured key id, or the keys of the row's subject.
+pub fn row_binding<'a>(cfg: &'a Config, subject: Option<&'a str>) -> impl Fn(&str) -> bool + 'a {
+    move |k: &str| match (&cfg.key, subject) {
+        (KeySpec::Fixed(id), _) => k == id,
+        (KeySpec::Column { prefix, .. }, Some(s)) => key_belongs_to(prefix, s, k),
+        (KeySpec::Column { .. }, None) => false,
+    }
+}
+
+fn null_key_column(cfg: &Config, col: &Col) -> Error {
+    Error::new(
+        ErrorKind::NullArgument,
+        format!("key column \"{}\" of protected table {} is NULL", col.name, cfg.table),
+    )
+    .with_detail("The row's fields cannot be encrypted or checked without a subject; it is refused rather than stored in plaintext.")
+}
+
+fn null_context_column(cfg: &Config, col: &Col) -> Error {
+    Error::new(
+        ErrorKind::NullArgument,
+        format!(
+            "context column \"{}\" of protected table {} is NULL",
+            col.name, cfg.table
+        ),
+    )
+    .with_detail("The row's fields are bound to their context; the row is refused rather than stored in plaintext.")
+}
+
+/// The subject key of a row: generation 1 of the subject, or (forgotten subject, `on_forgotten = 'new_key'`) the
+/// first generation that is not shredded.
+fn subject_key(cfg: &Config, col: &Col, prefix: &str, subject: &str) -> Result<(String, Rc<KeyEntry>)> {
+    check_subject(subject).map_err(|e| {
+        Error::invalid_argument(format!(
+            "key column \"{}\" of protected table {} holds an unusable subject id",
+            col.name, cfg.table
+        ))
+        .with_detail(e.message().to_string())
+    })?;
+    let key_id = subject_key_id(prefix, subject, 1)?;
+    let e = keys::ensure_key(&key_id)?;
+    if !e.belongs_to(prefix, subject) {
+        return Err(taken(&key_id, subject));
+    }
+    if !e.shredded {
+        return Ok((key_id, e));
+    }
+    if !cfg.new_key_when_forgotten {
+        return Err(Error::new(
+            ErrorKind::SubjectForgotten,
+            format!("subject \"{subject}\" has been forgotten: its key \"{key_id}\" was shredded"),
+        )
+        .with_detail(format!("New data for a forgotten subject is refused in {}.", cfg.table))
+        .with_hint("To accept new events of forgotten subjects under a fresh key, call event_crypto.protect() with on_forgotten => 'new_key'."));
+    }
+    // A fresh key generation: "<key id>#2", "#3", ... (forget_subject shreds every generation).
+    for n in 2..=10_000u32 {
+        let next = subject_key_id(prefix, subject, n)?;
+        let e = keys::ensure_key(&next)?;
+        if e.belongs_to(prefix, subject) && !e.shredded {
+            return Ok((next, e));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::SubjectForgotten,
+        format!("subject \"{subject}\" has no usable key generation left"),
+    ))
+}
+
+fn taken(key_id: &str, subject: &str) -> Error {
+    Error::new(
+        ErrorKind::NotReady,
+        format!("key id \"{key_id}\" of subject \"{subject}\" belongs to another subject"),
+    )
+    .with_detail("It was made by event_crypto 0.1.0, whose key ids were ambiguous, for another subject (event_crypto.legacy_subject_keys).")
+    .with_hint("Events of this subject cannot be encrypted until that key id is free; see docs/security.md.")
+}
+
+/// The blind index value of a plaintext (the JSON text of a value): a string's own text, other values' compact
+/// JSON text.
+fn index_text(plaintext: &[u8]) -> Result<String> {
+    if plaintext.first() == Some(&b'"') {
+        if let Parsed::String(s) = parse_json(plaintext)? {
+            return String::from_utf8(s).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"));
+        }
+    }
+    String::from_utf8(plaintext.to_vec()).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))
+}
+
+/// The trigger's work for one row; returns the replacement tuple, or None to keep the row as it is.
+pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys::HeapTupleData>> {
+    let td = trigger.trigger_data();
+    // SAFETY: PostgreSQL hands us valid trigger data for a row trigger on an open relation.
+    let (rel, event) = unsafe { (&*td.tg_relation, td.tg_event) };
+    let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+    let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
+    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    if !is_row || !is_before || !(op == pg_sys::TRIGGER_EVENT_INSERT || op == pg_sys::TRIGGER_EVENT_UPDATE) {
+        return Err(Error::invalid_argument(
+            "event_crypto.protect_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
+        ));
+    }
+    // The trigger's first argument, read in place (pgrx's extra_args() copies every argument into a String).
+    // SAFETY: tg_trigger is valid during the call; tgargs has tgnargs NUL-terminated strings.
+    let column = unsafe {
+        let t = &*td.tg_trigger;
+        (t.tgnargs > 0).then(|| CStr::from_ptr(*t.tgargs).to_str().unwrap_or(""))
+    };
+    let Some(column) = column else {
+        return Err(Error::invalid_argument(
+            "event_crypto.protect_trigger() needs the protected column as its argument",
+        ));
+    };
+    let tupdesc = rel.rd_att;
+    // SAFETY: the relation's descriptor lives as long as the relation is open (the whole trigger call).
+    let desc = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
+    let cfg = config(rel.rd_id, column, &desc)?;
+    let is_update = op == pg_sys::TRIGGER_EVENT_UPDATE;
+    let new = Row {
+        tuple: if is_update { td.tg_newtuple } else { td.tg_trigtuple },
+        tupdesc,
+    };
+    let key_col = match &cfg.key {
+        KeySpec::Column { col, .. } => Some(col),
+        KeySpec::Fixed(_) => None,
+    };
+
+    let mut payload_unchanged = false;
+    if is_update {
+        // Stored envelopes are bound to the key and context of the row: changing either is refused.
+        let old = Row {
+            tuple: td.tg_trigtuple,
+            tupdesc,
+        };
+        for col in key_col.into_iter().chain(cfg.context.as_ref()) {
+            if old.text(col) != new.text(col) && new.datum(&cfg.payload).is_some() {
+                return Err(Error::new(
+                    ErrorKind::RebindRefused,
+                    format!(
+                        "column \"{}\" of protected table {} cannot be changed",
+                        col.name, cfg.table
+                    ),
+                )
+                .with_detail(format!(
+                    "The encrypted fields of column \"{}\" are bound to it.",
+                    cfg.payload.name
+                ))
+                .with_hint(
+                    "Insert a new row (event) instead of moving encrypted data to another subject or context.",
+                ));
+            }
+        }
+        // SAFETY: both datums are non-null jsonb datums of the checked payload column.
+        payload_unchanged = match (old.datum(&cfg.payload), new.datum(&cfg.payload)) {
+            (Some(a), Some(b)) => unsafe {
+                Jsonb::from_datum_packed(a).content() == Jsonb::from_datum_packed(b).content()
+            },
+            _ => false,
+        };
+    }
+
+    let Some(datum) = new.datum(&cfg.payload) else {
+        // no payload: nothing to encrypt, and no blind index value can stand
+        return finish(&new, cfg.blind.iter().map(|b| (&b.target, None)).collect());
+    };
+    // SAFETY: a non-null datum of the jsonb column (type checked), detoasted for the duration of this call.
+    let payload = unsafe { Jsonb::from_datum_packed(datum) };
+    let doc = payload.document();
+
+    let subject = key_col.and_then(|c| new.text(c));
+    // A NULL context (like a NULL subject) only matters once something has to be bound to it.
+    let context_text = cfg.context.as_ref().and_then(|col| new.text(col));
+    let context = check_context(context_text.as_deref())?;
+    let missing = |e: Error| -> Error {
+        if e.kind() != ErrorKind::EnvelopeNotBound {
+            return e;
+        }
+        match (key_col, &subject, &cfg.context, &context_text) {
+            (Some(col), None, _, _) => null_key_column(&cfg, col),
+            (_, _, Some(col), None) => null_context_column(&cfg, col),
+            _ => e,
+        }
+    };
+
+    // 2. and 3.: the envelopes the row brings, and the blind index values they hold.
+    let mut from_envelopes: Vec<Option<Option<String>>> = vec![None; cfg.blind.len()];
+    if !(payload_unchanged && cfg.blind.is_empty()) {
+        let binding = row_binding(&cfg, subject.as_deref());
+        let checked = check_envelopes(&doc, &mut CachedKeys::default(), context, &binding, |loc, c| {
+            for (i, b) in cfg.blind.iter().enumerate() {
+                if b.location.encoded() == loc.encoded() {
+                    from_envelopes[i] = Some(match c {
+                        Checked::Opened(pt) => Some(
+                            keys::ensure_key(&b.key_id)?
+                                .indexer()?
+                                .digest(&index_text(pt)?, b.normalize),
+                        ),
+                        Checked::Shredded => None,
+                    });
+                }
+            }
+            Ok(())
+        });
+        let found = checked.map_err(missing)?;
+        if let (true, Some(col), None) = (found > 0, &cfg.context, &context_text) {
+            // envelopes in a table bound to contexts need the row's context, even ones bound to none
+            return Err(null_context_column(&cfg, col));
+        }
+    }
+
+    let mut replace: Vec<(&Col, Option<pg_sys::Datum>)> = Vec::new();
+    for (i, b) in cfg.blind.iter().enumerate() {
+        let digest = match value_at(&doc, &b.path)? {
+            None | Some(JsonbValue::Null) => None,
+            Some(JsonbValue::String(s)) if looks_like_envelope(s) => from_envelopes[i].take().flatten(),
+            Some(JsonbValue::String(s)) => {
+                let s = std::str::from_utf8(s).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))?;
+                Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(s, b.normalize))
+            }
+            Some(v) => {
+                // numbers, booleans and containers are indexed by their compact JSON text
+                let mut text = Vec::new();
+                write_json(&v, &mut text, 0)?;
+                Some(
+                    keys::ensure_key(&b.key_id)?
+                        .indexer()?
+                        .digest(&index_text(&text)?, b.normalize),
+                )
+            }
+        };
+        replace.push((&b.target, digest.and_then(IntoDatum::into_datum)));
+    }
+
+    // 4.: encryption of the configured fields still in plaintext.
+    let selector = cfg
+        .type_col
+        .as_ref()
+        .and_then(|c| new.text(c))
+        .and_then(|t| cfg.by_type.get(&t))
+        .unwrap_or(&cfg.fields);
+    if needs_encryption(&doc, selector)? {
+        if let (Some(col), None) = (&cfg.context, &context_text) {
+            return Err(null_context_column(&cfg, col));
+        }
+        let (key_id, entry) = match &cfg.key {
+            KeySpec::Fixed(k) => (k.clone(), keys::ensure_key(k)?),
+            KeySpec::Column { col, prefix } => {
+                let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
+                subject_key(&cfg, col, prefix, s)?
+            }
+        };
+        let (version, cipher) = entry.encryption_key()?;
+        let encrypted = Jsonb::build(|out| {
+            let n = Encryptor::new(&cipher, &key_id, version, context).encrypt_document(&doc, selector, out)?;
+            entry.note_encrypted(version, n);
+            Ok(n > 0)
+        });
+        if let Some(e) = encrypted {
+            replace.push((&cfg.payload, e.into_datum()));
+        }
+    }
+    finish(&new, replace)
+}
+
+/// The row with columns replaced, or None when nothing changes.
+fn finish(row: &Row, replace: Vec<(&Col, Option<pg_sys::Datum>)>) -> Result<Option<*mut pg_sys::HeapTupleData>> {
+    if replace.is_empty() {
+        return Ok(None);
+    }
+    let mut cols: Vec<i32> = replace.iter().map(|(c, _)| c.attno.get() as i32).collect();
+    let mut values: Vec<pg_sys::Datum> = replace
+        .iter()
+        .map(|(_, v)| v.unwrap_or(pg_sys::Datum::from(0usize)))
+        .collect();
+    let mut nulls: Vec<bool> = replace.iter().map(|(_, v)| v.is_none()).collect();
+    // SAFETY: the arrays have one entry per replaced column (types checked); the tuple and descriptor belong to
+    // this trigger call.
+    let tuple = unsafe {
+        pg_sys::heap_modify_tuple_by_cols(
+            row.tuple,
+            row.tupdesc,
+            cols.len() as i32,
+            cols.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        )
+    };
+    Ok(Some(tuple))
+}

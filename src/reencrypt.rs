@@ -1,0 +1,524 @@
+//! Work over the rows of a user table that re-encryption and retiring key versions need: one batch of
+//! `reencrypt_table` (`reencrypt_batch`), and the count of rows still under a key version before
+//! `retire_key_version` destroys it.
+//!
+//! Both run on the table as its owner in a security-restricted operation, after checking the acting role's own
+//! privileges (`crate::access`), and see every row (`row_security = off`: a table whose row-level security
+//! applies to its owner too is refused rather than half seen). A row whose envelopes are not what they should be
+//! (malformed, not bound to the row, failing authentication) is skipped and counted (`rows_invalid`), never
+//! re-encrypted and never allowed to stop the pass; a count that cannot be made (no privilege, an unreadable
+//! row) is never taken as zero: `retire_key_version` refuses instead.
+
+use crate::access::{as_catalog_owner, Privilege, Table};
+use crate::catalog::get;
+use crate::error::{raise, spi_error, spi_failed, OrRaise};
+use crate::jsonb::Jsonb;
+use crate::keys::CachedKeys;
+use crate::protect::config::{config_of_table, Config, KeySpec};
+use crate::protect::trigger::row_binding;
+use crate::sqltypes::{Name, RegClass};
+use event_crypto_core::document::{check_context, check_envelopes, needs_encryption, OnInvalid};
+use event_crypto_core::jsonb::to_json_text;
+use event_crypto_core::path::{FieldPath, Selector};
+use event_crypto_core::reencrypt::{has_stale_envelopes, uses_key_version, Reencryptor};
+use event_crypto_core::{Error, ErrorKind, Result};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use serde_json::json;
+
+fn required<T>(v: Option<T>, name: &str) -> T {
+    v.unwrap_or_else(|| raise(Error::null_argument(name)))
+}
+
+/// The type of a column of `relid` (None if there is no such column).
+fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
+    crate::catalog::one::<pg_sys::Oid>(
+        "SELECT atttypid FROM pg_catalog.pg_attribute \
+         WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+           AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+        &[relid.into(), column.into()],
+    )
+    .or_raise()
+}
+
+/// Every field path a protected column's configuration names (for every type).
+fn all_fields(cfg_relid: pg_sys::Oid, column: &str) -> Result<Selector> {
+    let texts: Vec<String> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT f FROM event_crypto.protected_columns p, \
+                        LATERAL (SELECT pg_catalog.unnest(p.fields) \
+                                 UNION SELECT pg_catalog.jsonb_array_elements_text(e.value) \
+                                       FROM pg_catalog.jsonb_each(COALESCE(p.fields_by_type, '{}')) e) x(f) \
+                 WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                None,
+                &[cfg_relid.into(), column.into()],
+            )
+            .map_err(spi_error)?
+            .map(|r| get::<String>(&r, 1, "field"))
+            .collect::<Result<Vec<_>>>()
+        })
+    })?;
+    let paths = texts.iter().map(|t| FieldPath::parse(t)).collect::<Result<Vec<_>>>()?;
+    Selector::new(&paths)
+}
+
+/// What one row needs.
+enum RowPlan {
+    Keep,
+    Rewrite(String),
+    Invalid,
+}
+
+/// One batch of a pass over "table"."column": the next `batch_size` rows after the last position, of which those
+/// holding an envelope under an old key version, or (protected columns) a configured field still in plaintext,
+/// are rewritten; the protect trigger encrypts the plaintext fields of such rows as on any UPDATE (and fills
+/// their blind index columns). Rows whose envelopes are not bound to them are skipped and counted. Needs SELECT
+/// and UPDATE on the table; runs as its owner.
+#[pg_extern(volatile, parallel_unsafe)]
+fn reencrypt_batch(
+    table: Option<RegClass>,
+    column: Option<Name>,
+    batch_size: default!(Option<i32>, 1000),
+    context_column: default!(Option<Name>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(rows_scanned, i64),
+        name!(rows_rewritten, i64),
+        name!(rows_invalid, i64),
+        name!(finished, bool),
+    ),
+> {
+    let relid = required(table, "table").0;
+    let column = required(column, "column").0;
+    let batch_size = required(batch_size, "batch_size");
+    if !(1..=100_000).contains(&batch_size) {
+        raise(Error::invalid_argument("batch_size must be between 1 and 100000"));
+    }
+    let t = Table::open(relid).or_raise();
+    t.require(
+        &[Privilege::Select, Privilege::Update],
+        "event_crypto.reencrypt_batch()",
+    )
+    .or_raise();
+    match column_type(relid, &column) {
+        None => raise(Error::new(
+            ErrorKind::ConfigColumn,
+            format!("column \"{column}\" of {} does not exist", t.name),
+        )),
+        Some(ty) if ty != pg_sys::JSONBOID => raise(Error::new(
+            ErrorKind::WrongColumnType,
+            format!("column \"{column}\" of {} is not of type jsonb", t.name),
+        )),
+        _ => {}
+    }
+    let context_column = context_column.map(|n| n.0);
+    if let Some(c) = &context_column {
+        if column_type(relid, c).is_none() {
+            raise(Error::new(
+                ErrorKind::ConfigColumn,
+                format!("column \"{c}\" of {} does not exist", t.name),
+            ));
+        }
+    }
+    let cfg = config_of_table(relid, &column).or_raise();
+    if let (Some(cfg), Some(c)) = (&cfg, &context_column) {
+        if cfg.context.as_ref().map(|x| &x.name) != Some(c) {
+            raise(
+                Error::invalid_argument(format!(
+                    "column \"{column}\" of {} is protected with context column {}",
+                    t.name,
+                    cfg.context
+                        .as_ref()
+                        .map(|x| quote_identifier(&x.name))
+                        .unwrap_or_else(|| "none".into())
+                ))
+                .with_hint("Leave context_column out for protected columns: their configuration names it."),
+            );
+        }
+    }
+    let fields = cfg.as_ref().map(|_| all_fields(relid, &column).or_raise());
+    let ctx_col = cfg
+        .as_ref()
+        .and_then(|c| c.context.as_ref().map(|x| x.name.clone()))
+        .or(context_column);
+    let key_col = cfg.as_ref().and_then(|c| match &c.key {
+        KeySpec::Column { col, .. } => Some(col.name.clone()),
+        KeySpec::Fixed(_) => None,
+    });
+
+    // The progress row: one pass per column at a time (concurrent callers wait on its lock).
+    let (last, end) = as_catalog_owner(|| {
+        Spi::connect_mut(|c| -> Result<(String, String)> {
+            c.update(
+                "INSERT INTO event_crypto.reencrypt_progress (table_name, column_name, end_ctid) \
+                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, event_crypto.reencrypt_end($1::pg_catalog.oid::pg_catalog.regclass)) \
+                 ON CONFLICT DO NOTHING",
+                None,
+                &[relid.into(), column.as_str().into()],
+            )
+            .map_err(spi_error)?;
+            let row = c
+                .update(
+                    "SELECT finished_at IS NOT NULL, last_ctid::pg_catalog.text, end_ctid::pg_catalog.text \
+                     FROM event_crypto.reencrypt_progress \
+                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                     FOR UPDATE",
+                    Some(1),
+                    &[relid.into(), column.as_str().into()],
+                )
+                .map_err(spi_error)?;
+            let r = row.first();
+            let finished: bool = r.get(1).map_err(spi_error)?.unwrap_or(false);
+            if finished {
+                c.update(
+                    "UPDATE event_crypto.reencrypt_progress SET started_at = pg_catalog.now(), updated_at = pg_catalog.now(), \
+                        finished_at = NULL, last_ctid = '(0,0)', end_ctid = event_crypto.reencrypt_end(table_name), \
+                        batches = 0, rows_scanned = 0, rows_rewritten = 0, rows_invalid = 0 \
+                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                    None,
+                    &[relid.into(), column.as_str().into()],
+                )
+                .map_err(spi_error)?;
+            }
+            let r = c
+                .select(
+                    "SELECT last_ctid::pg_catalog.text, end_ctid::pg_catalog.text FROM event_crypto.reencrypt_progress \
+                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                    Some(1),
+                    &[relid.into(), column.as_str().into()],
+                )
+                .map_err(spi_error)?;
+            let r = r.first();
+            Ok((
+                r.get::<String>(1).map_err(spi_error)?.unwrap_or_default(),
+                r.get::<String>(2).map_err(spi_error)?.unwrap_or_default(),
+            ))
+        })
+    })
+    .or_raise();
+
+    let text_of = |c: &Option<String>| match c {
+        Some(c) => format!("pg_catalog.format('%s', t.{})", quote_identifier(c)),
+        None => "NULL::pg_catalog.text".to_string(),
+    };
+    let select = format!(
+        "SELECT t.ctid::pg_catalog.text, t.{col}, {ctx}, {key} FROM {tbl} t \
+         WHERE t.ctid OPERATOR(pg_catalog.>) $1::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) $2::pg_catalog.tid \
+         ORDER BY t.ctid LIMIT $3",
+        col = quote_identifier(&column),
+        ctx = text_of(&ctx_col),
+        key = text_of(&key_col),
+        tbl = t.name
+    );
+    let update = format!(
+        "UPDATE {tbl} t SET {col} = u.v::pg_catalog.jsonb \
+         FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.tid[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(ctid, v) \
+         WHERE t.ctid OPERATOR(pg_catalog.=) u.ctid",
+        tbl = t.name,
+        col = quote_identifier(&column)
+    );
+    type Batch = (i64, Option<String>, Vec<(String, String)>, i64);
+    let (scanned, last_seen, rewrite, invalid) = t
+        .as_owner(|| {
+            Spi::connect_mut(|c| -> Result<Batch> {
+                let rows = c
+                    .select(
+                        &select,
+                        None,
+                        &[last.as_str().into(), end.as_str().into(), (batch_size as i64).into()],
+                    )
+                    .map_err(spi_error)?;
+                let mut scanned = 0i64;
+                let mut last_seen = None;
+                let mut rewrite = Vec::new();
+                let mut invalid = 0i64;
+                for r in rows {
+                    scanned += 1;
+                    let ctid: String = get(&r, 1, "ctid")?;
+                    last_seen = Some(ctid.clone());
+                    let Some(payload) = r.get::<Jsonb>(2).map_err(spi_error)? else {
+                        continue;
+                    };
+                    let ctx: Option<String> = r.get(3).map_err(spi_error)?;
+                    let subject: Option<String> = r.get(4).map_err(spi_error)?;
+                    match plan_row(
+                        cfg.as_deref(),
+                        fields.as_ref(),
+                        &payload,
+                        ctx.as_deref(),
+                        subject.as_deref(),
+                    ) {
+                        RowPlan::Keep => {}
+                        RowPlan::Invalid => invalid += 1,
+                        RowPlan::Rewrite(text) => rewrite.push((ctid, text)),
+                    }
+                }
+                Ok((scanned, last_seen, rewrite, invalid))
+            })
+        })
+        .or_raise();
+    let rewritten = rewrite.len() as i64;
+    if !rewrite.is_empty() {
+        let (ctids, values): (Vec<String>, Vec<String>) = rewrite.into_iter().unzip();
+        t.as_owner(|| Spi::connect_mut(|c| c.update(&update, None, &[ctids.into(), values.into()]).map(|_| ())))
+            .unwrap_or_else(|e| spi_failed(e));
+    }
+    let (total_scanned, total_rewritten, total_invalid, finished) = as_catalog_owner(|| {
+        Spi::connect_mut(|c| -> Result<(i64, i64, i64, bool)> {
+            let r = match &last_seen {
+                None => c.update(
+                    "UPDATE event_crypto.reencrypt_progress SET finished_at = pg_catalog.now(), updated_at = pg_catalog.now() \
+                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                     RETURNING rows_scanned, rows_rewritten, rows_invalid",
+                    Some(1),
+                    &[relid.into(), column.as_str().into()],
+                ),
+                Some(l) => c.update(
+                    "UPDATE event_crypto.reencrypt_progress SET last_ctid = $3::pg_catalog.tid, batches = batches OPERATOR(pg_catalog.+) 1, \
+                        rows_scanned = rows_scanned OPERATOR(pg_catalog.+) $4, rows_rewritten = rows_rewritten OPERATOR(pg_catalog.+) $5, \
+                        rows_invalid = rows_invalid OPERATOR(pg_catalog.+) $6, updated_at = pg_catalog.now() \
+                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                     RETURNING rows_scanned, rows_rewritten, rows_invalid",
+                    Some(1),
+                    &[
+                        relid.into(),
+                        column.as_str().into(),
+                        l.as_str().into(),
+                        scanned.into(),
+                        rewritten.into(),
+                        invalid.into(),
+                    ],
+                ),
+            }
+            .map_err(spi_error)?;
+            let r = r.first();
+            Ok((
+                r.get::<i64>(1).map_err(spi_error)?.unwrap_or(0),
+                r.get::<i64>(2).map_err(spi_error)?.unwrap_or(0),
+                r.get::<i64>(3).map_err(spi_error)?.unwrap_or(0),
+                last_seen.is_none(),
+            ))
+        })
+    })
+    .or_raise();
+    TableIterator::once((total_scanned, total_rewritten, total_invalid, finished))
+}
+
+/// Decides what one row of a re-encryption pass needs. For a protected column, every envelope must be bound
+/// to the row (else the row is invalid and left alone); a row with stale envelopes or configured plaintext is
+/// rewritten (the trigger encrypts the plaintext).
+fn plan_row(
+    cfg: Option<&Config>,
+    fields: Option<&Selector>,
+    payload: &Jsonb,
+    ctx: Option<&str>,
+    subject: Option<&str>,
+) -> RowPlan {
+    let doc = payload.document();
+    let context = match check_context(ctx.filter(|c| !c.is_empty())) {
+        Ok(c) => c,
+        Err(_) => return RowPlan::Invalid,
+    };
+    let mut keys = CachedKeys::default();
+    // Rows of a protected column are judged by their binding: one that does not hold is skipped and counted. A
+    // column that is not protected has no binding to judge by: an envelope that does not open with the context
+    // column the call named fails the batch (most likely the call named the wrong one).
+    let row_level = |kind: ErrorKind| cfg.is_some() && OnInvalid::applies_to(kind);
+    if let Some(cfg) = cfg {
+        let binding = row_binding(cfg, subject);
+        match check_envelopes(&doc, &mut keys, context, &binding, |_, _| Ok(())) {
+            Ok(_) => {}
+            Err(e) if OnInvalid::applies_to(e.kind()) => return RowPlan::Invalid,
+            Err(e) => raise(e),
+        }
+    }
+    let plaintext_left = fields.is_some_and(|f| needs_encryption(&doc, f).unwrap_or(false));
+    let stale = match has_stale_envelopes(&doc, &mut keys) {
+        Ok(s) => s,
+        Err(e) if row_level(e.kind()) => return RowPlan::Invalid,
+        Err(e) => raise(e),
+    };
+    if !stale && !plaintext_left {
+        return RowPlan::Keep;
+    }
+    let mut out = Vec::new();
+    let r = Reencryptor::new(&mut keys, context).reencrypt_document(&doc, &mut out);
+    let datum: &[u8] = match r {
+        Ok(true) => &out,
+        Ok(false) => payload.bytes(),
+        Err(e) if row_level(e.kind()) => return RowPlan::Invalid,
+        Err(e) => raise(e),
+    };
+    match to_json_text(datum) {
+        Ok(text) => RowPlan::Rewrite(text),
+        Err(_) => RowPlan::Invalid,
+    }
+}
+
+/// How many rows of one column use a key version, and how many could not be read.
+struct Usage {
+    rows: i64,
+    unreadable: i64,
+}
+
+/// Counts the rows of `table`.`column` with an envelope under `key_id` version `version` (headers only), as the
+/// table's owner, in one snapshot.
+fn count_usage(t: &Table, column: &str, key_id: &str, version: u32) -> Result<Usage> {
+    let sql = format!(
+        "SELECT t.{} FROM {} t WHERE t.{} IS NOT NULL",
+        quote_identifier(column),
+        t.name,
+        quote_identifier(column)
+    );
+    t.as_owner(|| {
+        Spi::connect(|client| -> Result<Usage> {
+            let mut usage = Usage { rows: 0, unreadable: 0 };
+            let mut cursor = client.try_open_cursor(sql.as_str(), &[]).map_err(spi_error)?;
+            loop {
+                pgrx::check_for_interrupts!();
+                let batch = cursor.fetch(1000).map_err(spi_error)?;
+                // SAFETY: the table fetch() just set; freed once this batch is counted.
+                let raw = unsafe { pg_sys::SPI_tuptable };
+                if batch.is_empty() {
+                    break;
+                }
+                for r in batch {
+                    let Some(p) = r.get::<Jsonb>(1).map_err(spi_error)? else {
+                        continue;
+                    };
+                    match event_crypto_core::jsonb::Document::from_datum(p.bytes())
+                        .and_then(|d| uses_key_version(&d, key_id, version))
+                    {
+                        Ok(true) => usage.rows += 1,
+                        Ok(false) => {}
+                        Err(_) => usage.unreadable += 1,
+                    }
+                }
+                // SAFETY: nothing refers to the batch any more.
+                unsafe { pg_sys::SPI_freetuptable(raw) };
+            }
+            Ok(usage)
+        })
+    })
+}
+
+/// Destroys one retired version of a key id (its wrapped bytes overwritten with NULL; envelopes under it then
+/// read as shredded). Unless `force`, first checks every protected column, and every column `reencrypt_table`
+/// has processed, for rows still encrypted under it, as each table's owner; a column it cannot check (the caller
+/// lacks SELECT, the table cannot be read, rows too damaged to read) refuses the retirement like a column that
+/// uses the version.
+pub fn retire_version(key_id: &str, version: i32, force: bool) -> Result<serde_json::Value> {
+    event_crypto_core::envelope::check_key_id(key_id)?;
+    if version < 1 {
+        return Err(Error::invalid_argument(format!(
+            "key version {version} does not exist (versions start at 1)"
+        )));
+    }
+    let status = crate::keys::version_status(key_id, version as u32)?;
+    match status.as_str() {
+        "shredded" => {
+            return Ok(json!({"key_id": key_id, "version": version, "destroyed": false, "already_destroyed": true}))
+        }
+        "active" => {
+            return Err(Error::new(
+                ErrorKind::KeyInUse,
+                format!("version {version} of encryption key \"{key_id}\" is its active version"),
+            )
+            .with_hint("Rotate the key (event_crypto.rotate_key), re-encrypt (event_crypto.reencrypt_table), then retire the old version."))
+        }
+        _ => {}
+    }
+    let mut checked = serde_json::Map::new();
+    if !force {
+        let targets: Vec<(pg_sys::Oid, String)> = as_catalog_owner(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT DISTINCT t.table_name::pg_catalog.oid, t.column_name::pg_catalog.text \
+                         FROM (SELECT table_name, column_name FROM event_crypto.protected_columns \
+                               UNION SELECT table_name, column_name FROM event_crypto.reencrypt_progress) t \
+                         ORDER BY 1, 2",
+                        None,
+                        &[],
+                    )
+                    .map_err(spi_error)?
+                    .map(|r| {
+                        Ok((
+                            get::<pg_sys::Oid>(&r, 1, "table_name")?,
+                            get::<String>(&r, 2, "column_name")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+        })?;
+        let mut in_use = Vec::new();
+        let mut unknown = Vec::new();
+        for (relid, column) in targets {
+            let t = match Table::lookup(relid) {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    unknown.push(format!("OID {} ({})", relid.to_u32(), e.message()));
+                    continue;
+                }
+            };
+            let label = format!("{}.{}", t.name, quote_identifier(&column));
+            if let Err(e) = t.require(&[Privilege::Select], "event_crypto.retire_key_version()") {
+                unknown.push(format!("{label} ({})", e.message()));
+                checked.insert(label, json!(null));
+                continue;
+            }
+            match crate::access::in_subtransaction(|| count_usage(&t, &column, key_id, version as u32)) {
+                Ok(Ok(u)) => {
+                    if u.rows > 0 {
+                        in_use.push(format!("{} rows of {label}", u.rows));
+                    }
+                    if u.unreadable > 0 {
+                        unknown.push(format!("{label} ({} rows could not be read)", u.unreadable));
+                    }
+                    checked.insert(label, json!(u.rows));
+                }
+                Ok(Err(e)) => {
+                    unknown.push(format!("{label} ({})", e.message()));
+                    checked.insert(label, json!(null));
+                }
+                Err(c) => {
+                    unknown.push(format!("{label} ({})", c.message));
+                    checked.insert(label, json!(null));
+                }
+            }
+        }
+        if !in_use.is_empty() || !unknown.is_empty() {
+            let mut detail = Vec::new();
+            if !in_use.is_empty() {
+                detail.push(format!("Still encrypted under it: {}.", in_use.join(", ")));
+            }
+            if !unknown.is_empty() {
+                detail.push(format!("Could not be checked: {}.", unknown.join("; ")));
+            }
+            return Err(Error::new(
+                ErrorKind::KeyInUse,
+                if in_use.is_empty() {
+                    format!("version {version} of encryption key \"{key_id}\" cannot be shown to be unused")
+                } else {
+                    format!("version {version} of encryption key \"{key_id}\" still encrypts stored rows")
+                },
+            )
+            .with_detail(detail.join(" "))
+            .with_hint("CALL event_crypto.reencrypt_table() on those columns first (with the privileges to read them), or pass force => true to destroy it anyway (those fields then read as shredded)."));
+        }
+    }
+    let destroyed = crate::keys::destroy_version(key_id, version)?;
+    let checked = serde_json::Value::Object(checked);
+    if destroyed {
+        crate::audit::record(
+            "retire_key_version",
+            None,
+            &[key_id.to_string()],
+            json!({"version": version, "forced": force, "rows_checked": checked}),
+        );
+    }
+    Ok(json!({"key_id": key_id, "version": version, "destroyed": destroyed, "forced": force, "checked": checked}))
+}
