@@ -195,6 +195,14 @@ pub fn relation_changed(relid: pg_sys::Oid) {
         Some(c) if relid == c.protected_columns || relid == c.blind_indexes => crate::protect::invalidate_config(None),
         _ => crate::protect::invalidate_config(Some(relid)),
     }
+    // The catalog's own oids are looked up again after any change to one of its tables: a long-lived session (the
+    // maintenance worker, a pooled connection) must not keep the oids of tables a DROP EXTENSION removed, or the
+    // next catalog's changes would no longer reach its caches.
+    if let Some(c) = cat {
+        if [c.keys, c.legacy_subject_keys, c.protected_columns, c.blind_indexes].contains(&relid) {
+            CATALOG.with(|cell| cell.set(None));
+        }
+    }
 }
 
 pub fn register_invalidation() {

@@ -167,24 +167,28 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
             if !installed {
                 return false;
             }
-            let rows: std::result::Result<Vec<(String, bool, String)>, pgrx::spi::SpiError> = Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT action, ok, detail::pg_catalog.text FROM event_crypto.run_maintenance()",
-                        None,
-                        &[],
-                    )?
-                    .map(|r| {
-                        Ok((
-                            r.get::<String>(1)?.unwrap_or_default(),
-                            r.get::<bool>(2)?.unwrap_or(false),
-                            r.get::<String>(3)?.unwrap_or_default(),
-                        ))
-                    })
-                    .collect()
+            // An error outside the actions (the role lacks a grant, the extension is half dropped) is logged and
+            // the worker waits for the next run, rather than exiting and being restarted every few seconds.
+            let run = crate::access::in_subtransaction(|| {
+                Spi::connect(|client| {
+                    client
+                        .select(
+                            "SELECT action, ok, detail::pg_catalog.text FROM event_crypto.run_maintenance()",
+                            None,
+                            &[],
+                        )?
+                        .map(|r| {
+                            Ok((
+                                r.get::<String>(1)?.unwrap_or_default(),
+                                r.get::<bool>(2)?.unwrap_or(false),
+                                r.get::<String>(3)?.unwrap_or_default(),
+                            ))
+                        })
+                        .collect::<std::result::Result<Vec<(String, bool, String)>, pgrx::spi::SpiError>>()
+                })
             });
-            match rows {
-                Ok(rows) => {
+            match run {
+                Ok(Ok(rows)) => {
                     for (action, ok, detail) in rows {
                         if ok {
                             log!("event_crypto worker: {action}: {detail}");
@@ -193,7 +197,12 @@ pub extern "C-unwind" fn event_crypto_worker_main(_arg: pg_sys::Datum) {
                         }
                     }
                 }
-                Err(e) => warning!("event_crypto worker: the maintenance run could not be read: {e}"),
+                Ok(Err(e)) => warning!("event_crypto worker: the maintenance run could not be read: {e}"),
+                Err(c) => warning!(
+                    "event_crypto worker: the maintenance run failed ({}): {}",
+                    c.sqlstate,
+                    c.message
+                ),
             }
             true
         });

@@ -552,7 +552,13 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
             );
             let mut r = rotate(&due, "usage_rotation");
             if let Value::Object(m) = &mut r {
-                m.insert("limit".into(), json!(limit));
+                // the limit is an integer setting in all but its type (a float GUC, for values past 2^31)
+                let shown = if limit.fract() == 0.0 && limit < 9e15 {
+                    json!(limit as u64)
+                } else {
+                    json!(limit)
+                };
+                m.insert("limit".into(), shown);
             }
             r
         }

@@ -40,6 +40,41 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_key_cache_is_bounded() {
+        // 120,000 keys made 92 MB of cache in one session (issue 11, item 15): the cache keeps at most
+        // event_crypto.key_cache_size key ids, dropping the one cached longest ago
+        Spi::run("SET event_crypto.key_cache_size = 16").unwrap();
+        Spi::run("SELECT event_crypto.create_key('bound-' || i) FROM generate_series(1, 100) i").unwrap();
+        keys::invalidate_keys();
+        for i in 1..=100 {
+            keys::lookup(&format!("bound-{i}")).unwrap();
+            assert!(keys::cached_count() <= 16, "{} cached", keys::cached_count());
+        }
+        assert_eq!(keys::cached_count(), 16);
+        let a = keys::lookup("bound-100").unwrap();
+        let b = keys::lookup("bound-100").unwrap();
+        assert!(
+            std::rc::Rc::ptr_eq(&a, &b),
+            "the newest entries are still served from the cache"
+        );
+        Spi::run("RESET event_crypto.key_cache_size").unwrap();
+    }
+
+    #[pg_test]
+    fn a_failing_statement_in_a_subtransaction_leaves_the_transaction_usable() {
+        Spi::run("CREATE TABLE subx (n int)").unwrap();
+        let r = crate::access::in_subtransaction(|| {
+            Spi::run("INSERT INTO subx VALUES (1)").unwrap();
+            Spi::run("SELECT 1 / 0").unwrap();
+        });
+        let caught = r.err().expect("the division raised");
+        assert_eq!(caught.sqlstate, "22012");
+        // the subtransaction's insert is gone, the transaction goes on
+        Spi::run("INSERT INTO subx VALUES (2)").unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT sum(n) FROM subx").unwrap(), Some(2));
+    }
+
+    #[pg_test]
     fn unknown_keys_are_not_cached() {
         keys::invalidate_keys();
         let e = keys::lookup("never-created").err().expect("unknown");
@@ -185,7 +220,7 @@ mod tests {
         }
     }
 
-    #[pg_test(error = "encryption key \"tenant-x\" does not exist")]
+    #[pg_test(error = "encryption key \"tenant-x\" does not exist or has been shredded")]
     fn encrypting_with_an_unknown_key_raises() {
         Spi::run("SELECT event_crypto.encrypt_fields('{\"a\":1}', '{a}', 'tenant-x')").unwrap();
     }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts (or stops) the throwaway PostgreSQL 15 clusters the integration tests connect to, all on 127.0.0.1:
 #   a (54331)  master key file A                      -- the main cluster (wal_level = logical: it publishes to f
-#              in the replication test)
+#              in the replication test); started with RUST_BACKTRACE=1 (no Rust backtrace may reach an error)
 #   b (54332)  master key file B                      -- "restore with a different master key"; runs the
-#              maintenance worker in database postgres every second
+#              maintenance worker in database postgres every second, as role ec_worker (created here, LOGIN, no
+#              superuser; the worker test grants it event_crypto_admin)
 #   c (54333)  key file readable by group and others  -- must be refused
 #   d (54334)  key file inside the data directory     -- must be refused
 #   e (54335)  preloaded, no master key configured    -- clear error, never a crash
@@ -44,6 +45,7 @@ for n in a b c d e f; do
 wal_level = logical" ;;
     b)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
 event_crypto.worker_database = 'postgres'
+event_crypto.worker_role = 'ec_worker'
 event_crypto.worker_interval = 1" ;;
     c)   newkey "$DIR/$n/master.key"; chmod 644 "$DIR/$n/master.key"
          key_line="event_crypto.master_key_file = '$DIR/$n/master.key'" ;;
@@ -62,7 +64,16 @@ fsync = off
 max_connections = 40
 log_min_messages = warning
 CONF
-  as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w start >/dev/null
+  if [ "$n" = a ]; then
+    runuser -u "$RUN_AS" -- env RUST_BACKTRACE=1 "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w start >/dev/null
+  else
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w start >/dev/null
+  fi
+  if [ "$n" = b ]; then
+    # the worker's role must exist when it connects: create it, then restart so the worker starts as it
+    as_pg "$PG_BIN/psql" -X -q -h "$DIR/$n" -p "$port" -d postgres -c "CREATE ROLE ec_worker LOGIN"
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w -m fast restart >/dev/null
+  fi
   port=$((port + 1))
 done
 

@@ -146,3 +146,16 @@ pub fn scratch() -> String {
 pub fn f_dir() -> String {
     std::env::var("EC_IT_F_DIR").expect("EC_IT_F_DIR is not set: run through .ci/test.sh")
 }
+
+/// Restarts the server of cluster `name` ("a" to "f", the directory under the scratch directory) and waits for it.
+pub fn restart_cluster(name: &str) {
+    let dir = format!("{}/{name}", scratch());
+    let st = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", &pg_bin("pg_ctl")])
+        .args(["-D", &format!("{dir}/data"), "-w", "-m", "fast", "restart"])
+        .args(["-l", &format!("{dir}/server.log")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "pg_ctl restart of cluster {name} failed");
+}

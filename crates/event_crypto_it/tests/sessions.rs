@@ -60,7 +60,8 @@ fn shred_in_one_session_reaches_a_session_that_had_the_key_cached() {
     let e = reader
         .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
         .unwrap_err();
-    assert_eq!(sql_error(&e).0, "55000");
+    // (encrypting under a shredded key id gives the error of an unknown one: 42704)
+    assert_eq!(sql_error(&e).0, "42704");
     let e = reader
         .query(
             "SELECT event_crypto.decrypt_fields(payload, NULL, 'error') FROM events WHERE subject = 'alice'",
@@ -210,4 +211,40 @@ fn parallel_workers_decrypt() {
         .unwrap()
         .get(0);
     assert_eq!(sum, 20000 * 20001 / 2);
+}
+
+/// A long-lived session (a pooled connection, the maintenance worker) that lived through DROP EXTENSION and
+/// CREATE EXTENSION still sees the new catalog's shreds: it no longer keeps the dropped tables' oids, through which
+/// it recognised the key catalog's invalidations (found while testing issue 11: the worker kept forgetting a
+/// subject it had already forgotten, because its key cache was never dropped again).
+#[test]
+fn a_session_that_outlives_the_extension_sees_shreds_of_the_new_catalog() {
+    let db = fresh_db("A", "ec_recreate");
+    let mut admin = connect("A", &db);
+    let mut pooled = connect("A", &db);
+    admin.batch_execute("SELECT event_crypto.create_key('old:k')").unwrap();
+    pooled
+        .query_one("SELECT event_crypto.encrypt_value('1', 'old:k')", &[])
+        .unwrap();
+    admin
+        .batch_execute(
+            "DROP EXTENSION event_crypto CASCADE;
+             CREATE EXTENSION event_crypto;
+             SELECT event_crypto.create_key('new:k');
+             CREATE TABLE ev (p text);
+             INSERT INTO ev SELECT event_crypto.encrypt_value('\"secret\"', 'new:k');",
+        )
+        .unwrap();
+    let read = |c: &mut postgres::Client| -> Option<Value> {
+        c.query_one("SELECT event_crypto.decrypt_value(p) FROM ev", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        read(&mut pooled),
+        Some(Value::String("secret".into())),
+        "the key is cached now"
+    );
+    admin.batch_execute("SELECT event_crypto.shred_key('new:k')").unwrap();
+    assert_eq!(read(&mut pooled), None, "the shred reached the session's cache");
 }
