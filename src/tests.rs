@@ -67,7 +67,7 @@ mod tests {
             Spi::run("INSERT INTO subx VALUES (1)").unwrap();
             Spi::run("SELECT 1 / 0").unwrap();
         });
-        let caught = r.err().expect("the division raised");
+        let caught = r.expect_err("the division raised");
         assert_eq!(caught.sqlstate, "22012");
         // the subtransaction's insert is gone, the transaction goes on
         Spi::run("INSERT INTO subx VALUES (2)").unwrap();
