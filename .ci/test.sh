@@ -5,7 +5,8 @@
 #   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
-#   6. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
+#   6. the upgrade from the previous release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data the old build made)
+#   7. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
 # Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
 set -euo pipefail
@@ -91,6 +92,9 @@ if ! runuser -u "$RUN_AS" -- "$PG_ISOLATION" --temp-instance="$ISO/tmp_check" --
   cat "$ISO/regression.diffs" 2>/dev/null || true
   exit 1
 fi
+
+step "upgrade from the previous release"
+bash tests/upgrade.sh "$SCRATCH/upgrade"
 
 step "integration tests"
 bash tests/clusters.sh start "$SCRATCH/it"

@@ -66,6 +66,7 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.unprotect(regclass, name),
                           event_crypto.add_blind_index(regclass, name, text, name, text, text),
                           event_crypto.drop_blind_index(regclass, name),
+                          event_crypto.refresh_decrypted_views(),
                           event_crypto.protect_trigger(),
                           event_crypto.validate_fields(text[], boolean), event_crypto.validate_normalize(text),
                           event_crypto.forget_subject(text),
@@ -96,6 +97,6 @@ GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text)
     TO event_crypto_encryptor;
 GRANT EXECUTE ON FUNCTION event_crypto.decrypt_fields(jsonb, text, text),
                           event_crypto.decrypt_value(text, text, text),
-                          event_crypto.decrypt_row(jsonb, regclass, text, text, text, text, text),
+                          event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
                           event_crypto.export_subject(text, regclass[])
     TO event_crypto_decryptor;

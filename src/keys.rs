@@ -520,6 +520,11 @@ pub fn legacy_keys_exist() -> bool {
     if let Some(b) = LEGACY.with(|l| l.get()) {
         return b;
     }
+    if catalog().legacy_subject_keys == pg_sys::InvalidOid {
+        // the SQL objects are still those of a release before the table (before ALTER EXTENSION UPDATE)
+        LEGACY.with(|l| l.set(Some(false)));
+        return false;
+    }
     let b = as_catalog_owner(|| {
         Spi::connect(|c| {
             c.select(

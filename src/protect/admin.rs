@@ -349,26 +349,6 @@ fn protect(
         literal(&column)
     ));
 
-    // The decrypted view, beside the table: the previous one (found by oid) goes if it had another name.
-    let mut view_rel = view_name
-        .map(|n| n.0)
-        .unwrap_or_else(|| format!("{}_decrypted", t.relname));
-    // PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes; so does the view found by name below.
-    while view_rel.len() > pg_sys::NAMEDATALEN as usize - 1 {
-        view_rel.pop();
-    }
-    let schema: String = crate::catalog::one::<String>(
-        "SELECT pg_catalog.quote_ident(nspname) FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
-        &[t.namespace.into()],
-    )
-    .or_raise()
-    .unwrap_or_else(|| {
-        raise(Error::new(
-            ErrorKind::CatalogAccess,
-            "the table's schema could not be read",
-        ))
-    });
-    let view = format!("{schema}.{}", quote_identifier(&view_rel));
     let old_view: Option<pg_sys::Oid> = as_catalog_owner(|| {
         crate::catalog::one::<pg_sys::Oid>(
             "SELECT decrypted_view::pg_catalog.oid FROM event_crypto.protected_columns \
@@ -377,50 +357,10 @@ fn protect(
         )
     })
     .or_raise();
-    let previous = old_view.and_then(our_view);
-    if let Some((old, owner)) = &previous {
-        if *old != view {
-            ddl_as(*owner, &format!("DROP VIEW {old}"));
-        }
-    }
-    // A relation that already has the view's name and is not this table's decrypted view is someone else's:
-    // never replaced.
-    let existing = crate::catalog::one::<pg_sys::Oid>(
-        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-        &[t.namespace.into(), view_rel.as_str().into()],
-    )
-    .or_raise();
-    if let Some(o) = existing {
-        if Some(o) != old_view {
-            raise(
-                Error::new(
-                    ErrorKind::DuplicateKey,
-                    format!(
-                        "relation {view} already exists and is not the decrypted view of {}",
-                        t.name
-                    ),
-                )
-                .with_hint("Pass another name as view_name, or drop that relation."),
-            );
-        }
-    }
-    let select_list = view_select_list(&t, &input);
-    let create = format!(
-        "CREATE OR REPLACE VIEW {view} WITH (security_invoker = true) AS SELECT {select_list} FROM {} t",
-        t.name
-    );
-    match &previous {
-        // replacing this table's own view (same name): as its owner
-        Some((old, owner)) if *old == view => ddl_as(*owner, &create),
-        // a new view: as the caller, who needs CREATE on the schema and owns it
-        _ => ddl(&create),
-    }
-    let view_oid: pg_sys::Oid = crate::catalog::one::<pg_sys::Oid>(
-        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-        &[t.namespace.into(), view_rel.as_str().into()],
-    )
-    .or_raise()
-    .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the decrypted view was not created")));
+    let view_rel = view_name
+        .map(|n| n.0)
+        .unwrap_or_else(|| format!("{}_decrypted", t.relname));
+    let (view, view_oid) = make_view(&t, &input, view_rel, old_view);
 
     let role = acting_role();
     as_catalog_owner(|| {
@@ -470,6 +410,79 @@ fn protect(
     );
     config_row(relid, &column)
         .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the configuration was not stored")))
+}
+
+/// Creates (or replaces) the decrypted view of a protected column, named `view_rel` in the table's schema; the
+/// previous view (`old_view`, by oid) goes if it had another name. A relation that has the name and is not the
+/// previous view is someone else's and is never replaced (42710). Returns the view's quoted name and oid.
+fn make_view(
+    t: &Table,
+    input: &ConfigInput,
+    mut view_rel: String,
+    old_view: Option<pg_sys::Oid>,
+) -> (String, pg_sys::Oid) {
+    // PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes; so does the view found by name below.
+    while view_rel.len() > pg_sys::NAMEDATALEN as usize - 1 {
+        view_rel.pop();
+    }
+    let schema: String = crate::catalog::one::<String>(
+        "SELECT pg_catalog.quote_ident(nspname) FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[t.namespace.into()],
+    )
+    .or_raise()
+    .unwrap_or_else(|| {
+        raise(Error::new(
+            ErrorKind::CatalogAccess,
+            "the table's schema could not be read",
+        ))
+    });
+    let view = format!("{schema}.{}", quote_identifier(&view_rel));
+    let previous = old_view.and_then(our_view);
+    if let Some((old, owner)) = &previous {
+        if *old != view {
+            ddl_as(*owner, &format!("DROP VIEW {old}"));
+        }
+    }
+    let named = |name: &str| {
+        crate::catalog::one::<pg_sys::Oid>(
+            "SELECT c.oid FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[t.namespace.into(), name.into()],
+        )
+        .or_raise()
+    };
+    if let Some(o) = named(&view_rel) {
+        if Some(o) != old_view {
+            raise(
+                Error::new(
+                    ErrorKind::DuplicateKey,
+                    format!(
+                        "relation {view} already exists and is not the decrypted view of {}",
+                        t.name
+                    ),
+                )
+                .with_hint("Pass another name as view_name, or drop that relation."),
+            );
+        }
+    }
+    let select_list = view_select_list(t, input);
+    let create = format!(
+        "CREATE OR REPLACE VIEW {view} WITH (security_invoker = true) AS SELECT {select_list} FROM {} t",
+        t.name
+    );
+    match &previous {
+        // replacing this table's own view (same name): as its owner
+        Some((old, owner)) if *old == view => ddl_as(*owner, &create),
+        // a new view: as the caller, who needs CREATE on the schema and owns it
+        _ => ddl(&create),
+    }
+    let oid = named(&view_rel).unwrap_or_else(|| {
+        raise(Error::new(
+            ErrorKind::CatalogAccess,
+            "the decrypted view was not created",
+        ))
+    });
+    (view, oid)
 }
 
 /// The decrypted view's columns: the table's, with the protected one decrypted under each row's own key.
@@ -754,4 +767,125 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
         }
         e2
     })
+}
+
+/// Re-creates the decrypted view of every protected column the caller may change (the TRIGGER privilege) from
+/// the stored configuration, keeping each view's name: after an upgrade that changed what the views call (from
+/// 0.1.0, so that they decrypt each row under its own key only), or after columns were added to a table. Views
+/// it could not re-create are listed with the reason.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn refresh_decrypted_views() -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(column_name, String),
+        name!(decrypted_view, Option<String>),
+        name!(refreshed, bool),
+        name!(reason, Option<String>),
+    ),
+> {
+    type Stored = (pg_sys::Oid, String, ConfigRow, Option<pg_sys::Oid>);
+    let rows: Vec<Stored> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, table_name::pg_catalog.text, fields, key_id, \
+                        key_column::pg_catalog.text, key_prefix, context_column::pg_catalog.text, type_column::pg_catalog.text, \
+                        fields_by_type, on_forgotten, decrypted_view::pg_catalog.oid \
+                 FROM event_crypto.protected_columns ORDER BY 1, 2",
+                None,
+                &[],
+            )
+            .map_err(spi_error)?
+            .map(|r| {
+                Ok((
+                    get::<pg_sys::Oid>(&r, 1, "table_name")?,
+                    get::<String>(&r, 2, "column_name")?,
+                    ConfigRow {
+                        table: get(&r, 3, "table_name")?,
+                        fields: get(&r, 4, "fields")?,
+                        key_id: get_opt(&r, 5, "key_id")?,
+                        key_column: get_opt(&r, 6, "key_column")?,
+                        key_prefix: get(&r, 7, "key_prefix")?,
+                        context_column: get_opt(&r, 8, "context_column")?,
+                        type_column: get_opt(&r, 9, "type_column")?,
+                        fields_by_type: get_opt::<JsonB>(&r, 10, "fields_by_type")?.map(|j| j.0),
+                        on_forgotten: get(&r, 11, "on_forgotten")?,
+                    },
+                    get_opt::<pg_sys::Oid>(&r, 12, "decrypted_view")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+        })
+    })
+    .or_raise();
+    let mut out = Vec::new();
+    for (relid, column, row, old_view) in rows {
+        let label = row.table.clone();
+        let t = match Table::lookup(relid) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push((label, column, None, false, Some(e.message().to_string())));
+                continue;
+            }
+        };
+        if let Err(e) = t.require(&[Privilege::Trigger], "event_crypto.refresh_decrypted_views()") {
+            out.push((t.name, column, None, false, Some(e.message().to_string())));
+            continue;
+        }
+        let view_rel = old_view
+            .and_then(|o| {
+                crate::catalog::one::<String>(
+                    "SELECT relname::pg_catalog.text FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1 \
+                     AND relkind OPERATOR(pg_catalog.=) 'v'",
+                    &[o.into()],
+                )
+                .or_raise()
+            })
+            .unwrap_or_else(|| format!("{}_decrypted", t.relname));
+        let input = ConfigInput {
+            relid,
+            column: column.clone(),
+            fields: row.fields,
+            key_id: row.key_id,
+            key_column: row.key_column,
+            key_prefix: row.key_prefix,
+            context_column: row.context_column,
+            type_column: row.type_column,
+            fields_by_type: row.fields_by_type,
+            on_forgotten: row.on_forgotten,
+        };
+        let made = crate::access::in_subtransaction(|| {
+            let (view, oid) = make_view(&t, &input, view_rel.clone(), old_view);
+            as_catalog_owner(|| {
+                Spi::connect_mut(|c| {
+                    c.update(
+                        "UPDATE event_crypto.protected_columns SET decrypted_view = $3::pg_catalog.oid::pg_catalog.regclass \
+                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                        None,
+                        &[relid.into(), column.as_str().into(), oid.into()],
+                    )
+                    .map(|_| ())
+                    .map_err(spi_error)
+                    .or_raise()
+                })
+            });
+            view
+        });
+        match made {
+            Ok(view) => out.push((t.name, column, Some(view), true, None)),
+            Err(c) => out.push((t.name, column, None, false, Some(c.message))),
+        }
+    }
+    let done: Vec<String> = out.iter().filter(|r| r.3).map(|r| format!("{}.{}", r.0, r.1)).collect();
+    if !out.is_empty() {
+        crate::audit::record(
+            "refresh_decrypted_views",
+            None,
+            &[],
+            json!({"refreshed": done, "not_refreshed": out.iter().filter(|r| !r.3).map(|r| json!({"table": r.0, "column": r.1, "reason": r.4})).collect::<Vec<_>>()}),
+        );
+    }
+    TableIterator::new(out)
 }

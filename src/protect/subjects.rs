@@ -15,7 +15,7 @@ use crate::catalog::get;
 use crate::error::{raise, spi_error, spi_failed, OrRaise};
 use crate::jsonb::Jsonb;
 use crate::keys::{self, CachedKeys};
-use crate::sqltypes::RegClass;
+use crate::sqltypes::{Name, RegClass};
 use event_crypto_core::document::{check_context, Decryptor, OnInvalid, OnShredded};
 use event_crypto_core::jsonb::{to_json_text, Document};
 use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_key_id};
@@ -518,14 +518,14 @@ fn decrypt_bound(cfg: &Config, subject: Option<&str>, context: Option<&str>, sen
 fn decrypt_row(
     payload: Option<Jsonb>,
     table: Option<RegClass>,
-    column: Option<&str>,
+    column: Option<Name>,
     key_value: Option<&str>,
     context: Option<&str>,
     on_shredded: default!(Option<&str>, "'null'"),
     on_invalid: default!(Option<&str>, "'null'"),
 ) -> Option<Jsonb> {
     let table = table.unwrap_or_else(|| raise(Error::null_argument("table"))).0;
-    let column = column.unwrap_or_else(|| raise(Error::null_argument("column")));
+    let column = column.unwrap_or_else(|| raise(Error::null_argument("column"))).0;
     let on_shredded =
         OnShredded::parse(on_shredded.unwrap_or_else(|| raise(Error::null_argument("on_shredded")))).or_raise();
     let on_invalid = match on_invalid.unwrap_or_else(|| raise(Error::null_argument("on_invalid"))) {
@@ -535,7 +535,7 @@ fn decrypt_row(
         _ => raise(Error::invalid_argument("unknown on_invalid policy").with_hint("Use 'null', 'keep' or 'error'.")),
     };
     let payload = payload?;
-    let cfg: Rc<Config> = require_config(table, column).or_raise();
+    let cfg: Rc<Config> = require_config(table, &column).or_raise();
     let doc = payload.document();
     let subject = key_value.filter(|s| !s.is_empty());
     let context = check_context(context.filter(|c| !c.is_empty())).or_raise();

@@ -212,4 +212,20 @@ SELECT count(*) FROM event_crypto.protect('typed', 'payload', fields => ARRAY['y
 INSERT INTO typed VALUES (2, 's', 7, NULL, '2026-01-02', '{"y":"secret-2"}');
 SELECT id, event_crypto.decrypt_fields(payload, at::text)->>'y' AS y FROM typed WHERE id = 2;
 SELECT key_id FROM event_crypto.key_info WHERE key_id LIKE '%7' ORDER BY 1;
+-- refresh_decrypted_views(): re-creates every decrypted view (after an upgrade, or after someone dropped one), under
+-- the name it has; tables whose owner the caller may not act for are reported, never skipped silently
+CREATE TABLE other_owned (id int PRIMARY KEY, subject text, payload jsonb);
+SELECT count(*) FROM event_crypto.protect('other_owned', 'payload', fields => ARRAY['x'], key_column => 'subject');
+CREATE ROLE ec_other_owner;
+ALTER TABLE other_owned OWNER TO ec_other_owner;
+DROP VIEW typed_decrypted;
+CREATE ROLE ec_refresher IN ROLE event_crypto_admin;
+GRANT TRIGGER ON typed TO ec_refresher;
+SET ROLE ec_refresher;
+SELECT table_name, column_name, decrypted_view, refreshed, reason FROM event_crypto.refresh_decrypted_views() ORDER BY 1, 2;
+RESET ROLE;
+SELECT table_name, column_name, decrypted_view, refreshed, reason FROM event_crypto.refresh_decrypted_views() ORDER BY 1, 2;
+SELECT c.relname FROM event_crypto.protected_columns p JOIN pg_class c ON c.oid = p.decrypted_view
+WHERE p.table_name = 'typed'::regclass;
+SELECT id, payload FROM typed_decrypted ORDER BY id;
 ROLLBACK;

@@ -1,0 +1,473 @@
+-- event_crypto 0.1.0 -> 0.2.0 (issue 11: the holes an attacker found). Every object ends as a fresh 0.2.0 install
+-- makes it (the upgrade test compares them); every row of 0.1.0 stays and decrypts.
+\echo Use "ALTER EXTENSION event_crypto UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Tables
+-- ---------------------------------------------------------------------------------------------------------------
+
+-- protected_columns: the decrypted view by oid instead of a stored, spliced name. A 0.1.0 row keeps its view only
+-- if the name still leads to a view built on the protected table (a name written by hand into the table, as an
+-- admin could in 0.1.0, is dropped rather than trusted).
+ALTER TABLE event_crypto.protected_columns ADD COLUMN decrypted_view regclass;
+DO $view$
+DECLARE
+    r record;
+    v oid;
+BEGIN
+    FOR r IN SELECT table_name, column_name, view_name FROM event_crypto.protected_columns WHERE view_name IS NOT NULL LOOP
+        BEGIN
+            v := pg_catalog.to_regclass(r.view_name)::pg_catalog.oid;
+        EXCEPTION WHEN OTHERS THEN
+            v := NULL;
+        END;
+        IF v IS NOT NULL AND EXISTS (
+               SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_rewrite w ON w.ev_class OPERATOR(pg_catalog.=) c.oid
+                 JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                                            AND d.objid OPERATOR(pg_catalog.=) w.oid
+                WHERE c.oid OPERATOR(pg_catalog.=) v AND c.relkind OPERATOR(pg_catalog.=) 'v'
+                  AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND d.refobjid OPERATOR(pg_catalog.=) r.table_name::pg_catalog.oid) THEN
+            UPDATE event_crypto.protected_columns p SET decrypted_view = v::pg_catalog.regclass
+             WHERE p.table_name OPERATOR(pg_catalog.=) r.table_name AND p.column_name OPERATOR(pg_catalog.=) r.column_name;
+        ELSE
+            RAISE WARNING 'event_crypto: the decrypted view "%" of %.% is not a view of that table; it is no longer recorded',
+                r.view_name, r.table_name, r.column_name;
+        END IF;
+    END LOOP;
+END
+$view$;
+ALTER TABLE event_crypto.protected_columns DROP COLUMN view_name;
+COMMENT ON TABLE event_crypto.protected_columns IS
+    'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';
+COMMENT ON TABLE event_crypto.blind_indexes IS
+    'Blind index columns filled by the protect trigger. Written only by add_blind_index() and drop_blind_index(); every row is validated by a trigger.';
+
+-- audit_head: one row per sealing commit (appended, never updated: REPEATABLE READ writers can seal too).
+ALTER TABLE event_crypto.audit_head DROP CONSTRAINT audit_head_pkey;
+ALTER TABLE event_crypto.audit_head DROP COLUMN singleton;
+ALTER TABLE event_crypto.audit_head ADD PRIMARY KEY (seq);
+ALTER TABLE event_crypto.audit_head ADD CHECK (seq >= 1);
+ALTER TABLE event_crypto.audit_head ADD COLUMN sealed_at timestamptz NOT NULL DEFAULT pg_catalog.now();
+COMMENT ON TABLE event_crypto.audit_head IS
+    'Every head of the audit chain: the position and hash of the newest sealed row after each commit that sealed rows. The newest is the head.';
+
+-- reencrypt_progress: rows skipped because an envelope in them is not bound to the row
+ALTER TABLE event_crypto.reencrypt_progress ADD COLUMN rows_invalid bigint NOT NULL DEFAULT 0;
+
+-- legacy_subject_keys: 0.1.0 named the key generations of subject s "<prefix>s#<n>", so "subject:dave#2" was both
+-- dave's second generation and subject "dave#2"'s first key. From 0.2.0 on, '%' and '#' of subject ids are escaped
+-- (event_crypto.subject_key_id): a name says whose key it is. A 0.1.0 key id whose name now says otherwise than
+-- what 0.1.0 meant by it is recorded here with the subject it belongs to. What 0.1.0 meant: "<prefix>x#<n>" was
+-- generation n of x when 0.1.0 would have made it so (x's first key and generations 2 .. n-1 all existed, shredded,
+-- before it was made), otherwise the first key of subject "x#<n>".
+CREATE TABLE event_crypto.legacy_subject_keys (
+    key_id     text    NOT NULL,
+    key_prefix text    NOT NULL,
+    subject    text    NOT NULL,
+    generation integer NOT NULL CHECK (generation >= 1),
+    PRIMARY KEY (key_id, key_prefix)
+);
+CREATE INDEX legacy_subject_keys_subject ON event_crypto.legacy_subject_keys (key_prefix, subject);
+COMMENT ON TABLE event_crypto.legacy_subject_keys IS
+    'Key ids made before subject ids were escaped, with the subject each belongs to (written by the upgrade from 0.1.0).';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.legacy_subject_keys', '');
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Functions (the C functions are created as a fresh install creates them)
+-- ---------------------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION event_crypto."subject_key_id"(
+	"key_prefix" TEXT,
+	"subject" TEXT,
+	"generation" INT DEFAULT 1
+) RETURNS TEXT
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subject_key_id_sql_wrapper';
+
+CREATE FUNCTION event_crypto."subject_of_key_id"(
+	"key_prefix" TEXT,
+	"key_id" TEXT
+) RETURNS TABLE (
+	"subject" TEXT,
+	"generation" INT
+)
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subject_of_key_id_wrapper';
+
+DO $legacy$
+DECLARE
+    p text;
+    k record;
+    rest text;
+    x text;
+    n integer;
+    owner_subject text;
+    owner_generation integer;
+    chained boolean;
+    d record;
+BEGIN
+    FOR p IN SELECT DISTINCT c.key_prefix FROM event_crypto.protected_columns c WHERE c.key_column IS NOT NULL
+             UNION SELECT 'subject:' LOOP
+        FOR k IN SELECT g.key_id, pg_catalog.min(g.created_at) AS born FROM event_crypto.keys g
+                  WHERE pg_catalog.starts_with(g.key_id, p)
+                    AND pg_catalog.substr(g.key_id, pg_catalog.length(p) + 1) ~ '[#%]'
+                  GROUP BY g.key_id LOOP
+            rest := pg_catalog.substr(k.key_id, pg_catalog.length(p) + 1);
+            owner_subject := rest;
+            owner_generation := 1;
+            IF rest ~ '.#[1-9][0-9]{0,4}$' THEN
+                x := pg_catalog.regexp_replace(rest, '#[0-9]+$', '');
+                n := pg_catalog.substring(rest, '#([0-9]+)$')::integer;
+                chained := n >= 2;
+                FOR i IN 1 .. n - 1 LOOP
+                    EXIT WHEN NOT chained;
+                    -- generation i of x existed, every version of it shredded no later than this key was made
+                    chained := EXISTS (SELECT 1 FROM event_crypto.keys g
+                                        WHERE g.key_id = p || x || CASE WHEN i = 1 THEN '' ELSE '#' || i END)
+                           AND NOT EXISTS (SELECT 1 FROM event_crypto.keys g
+                                            WHERE g.key_id = p || x || CASE WHEN i = 1 THEN '' ELSE '#' || i END
+                                              AND (g.status <> 'shredded' OR g.shredded_at > k.born));
+                END LOOP;
+                IF chained THEN
+                    owner_subject := x;
+                    owner_generation := n;
+                END IF;
+            END IF;
+            SELECT s.subject, s.generation INTO d FROM event_crypto.subject_of_key_id(p, k.key_id) s;
+            IF NOT FOUND OR d.subject IS DISTINCT FROM owner_subject OR d.generation IS DISTINCT FROM owner_generation THEN
+                INSERT INTO event_crypto.legacy_subject_keys (key_id, key_prefix, subject, generation)
+                VALUES (k.key_id, p, owner_subject, owner_generation);
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$legacy$;
+
+-- protect() and friends: Rust now, with the same signatures
+CREATE OR REPLACE FUNCTION event_crypto."protect"(
+	"table" regclass,
+	"column" name,
+	"fields" TEXT[] DEFAULT NULL,
+	"key_id" TEXT DEFAULT NULL,
+	"key_column" name DEFAULT NULL,
+	"key_prefix" TEXT DEFAULT 'subject:',
+	"context_column" name DEFAULT NULL,
+	"type_column" name DEFAULT NULL,
+	"fields_by_type" jsonb DEFAULT NULL,
+	"on_forgotten" TEXT DEFAULT 'error',
+	"view_name" name DEFAULT NULL
+) RETURNS event_crypto.protected_columns
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'protect_wrapper';
+ALTER FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name) RESET ALL;
+COMMENT ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name) IS NULL;
+
+CREATE OR REPLACE FUNCTION event_crypto."unprotect"(
+	"table" regclass,
+	"column" name
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'unprotect_wrapper';
+ALTER FUNCTION event_crypto.unprotect(regclass, name) RESET ALL;
+
+CREATE OR REPLACE FUNCTION event_crypto."add_blind_index"(
+	"table" regclass,
+	"column" name,
+	"field" TEXT,
+	"target_column" name,
+	"key_id" TEXT,
+	"normalize" TEXT DEFAULT NULL
+) RETURNS event_crypto.blind_indexes
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'add_blind_index_wrapper';
+ALTER FUNCTION event_crypto.add_blind_index(regclass, name, text, name, text, text) RESET ALL;
+
+CREATE OR REPLACE FUNCTION event_crypto."drop_blind_index"(
+	"table" regclass,
+	"target_column" name
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drop_blind_index_wrapper';
+ALTER FUNCTION event_crypto.drop_blind_index(regclass, name) RESET ALL;
+
+CREATE FUNCTION event_crypto."refresh_decrypted_views"() RETURNS TABLE (
+	"table_name" TEXT,
+	"column_name" TEXT,
+	"decrypted_view" TEXT,
+	"refreshed" bool,
+	"reason" TEXT
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'refresh_decrypted_views_wrapper';
+
+CREATE FUNCTION event_crypto."decrypt_row"(
+	"payload" jsonb,
+	"table" regclass,
+	"column" name,
+	"key_value" TEXT,
+	"context" TEXT,
+	"on_shredded" TEXT DEFAULT 'null',
+	"on_invalid" TEXT DEFAULT 'null'
+) RETURNS jsonb
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'decrypt_row_wrapper';
+
+DROP FUNCTION event_crypto.export_subject(text);
+CREATE FUNCTION event_crypto."export_subject"(
+	"subject" TEXT,
+	"trust_policies" regclass[] DEFAULT '{}'
+) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'export_subject_wrapper';
+
+CREATE FUNCTION event_crypto."config_check"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'config_check_wrapper';
+
+-- policies and maintenance: Rust, each action auditing itself; no function writes an audit row its caller describes
+CREATE OR REPLACE FUNCTION event_crypto."set_rotation"(
+	"key_pattern" TEXT,
+	"every" interval
+) RETURNS event_crypto.rotation_policies
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_rotation_wrapper';
+ALTER FUNCTION event_crypto.set_rotation(text, interval) RESET ALL;
+
+CREATE OR REPLACE FUNCTION event_crypto."set_retention"(
+	"key_pattern" TEXT DEFAULT NULL,
+	"table" regclass DEFAULT NULL,
+	"older_than" interval DEFAULT NULL,
+	"inactive_for" interval DEFAULT NULL,
+	"time_column" name DEFAULT NULL
+) RETURNS event_crypto.retention_policies
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_retention_wrapper';
+ALTER FUNCTION event_crypto.set_retention(text, regclass, interval, interval, name) RESET ALL;
+
+CREATE OR REPLACE FUNCTION event_crypto."drop_retention"(
+	"key_pattern" TEXT DEFAULT NULL,
+	"table" regclass DEFAULT NULL
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drop_retention_wrapper';
+ALTER FUNCTION event_crypto.drop_retention(text, regclass) RESET ALL;
+
+CREATE OR REPLACE FUNCTION event_crypto."enforce_retention"(
+	"dry_run" bool DEFAULT true
+) RETURNS TABLE (
+	"policy_id" bigint,
+	"key_id" TEXT,
+	"subject" TEXT,
+	"reason" TEXT,
+	"shredded" bool
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'enforce_retention_wrapper';
+ALTER FUNCTION event_crypto.enforce_retention(boolean) RESET ALL;
+
+CREATE FUNCTION event_crypto."maintenance_action"(
+	"action" TEXT
+) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'maintenance_action_wrapper';
+
+DROP FUNCTION event_crypto.rotate_keys(text[], text);
+DROP FUNCTION event_crypto.record_maintenance(text, text[], jsonb);
+
+CREATE OR REPLACE FUNCTION event_crypto.run_maintenance()
+    RETURNS TABLE (action text, ok boolean, detail jsonb)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention'] LOOP
+        BEGIN
+            detail := event_crypto.maintenance_action(action);
+            ok := NOT (detail ? 'failed' OR detail ? 'skipped');
+        EXCEPTION WHEN OTHERS THEN
+            ok := false;
+            detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- re-encryption: one batch runs on the table as its owner (Rust), and counts rows it must leave alone
+DROP PROCEDURE event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint);
+DROP FUNCTION event_crypto.reencrypt_batch(regclass, name, integer, name);
+CREATE FUNCTION event_crypto."reencrypt_batch"(
+	"table" regclass,
+	"column" name,
+	"batch_size" INT DEFAULT 1000,
+	"context_column" name DEFAULT NULL
+) RETURNS TABLE (
+	"rows_scanned" bigint,
+	"rows_rewritten" bigint,
+	"rows_invalid" bigint,
+	"finished" bool
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reencrypt_batch_wrapper';
+
+CREATE PROCEDURE event_crypto.reencrypt_table("table" regclass, "column" name, batch_size integer DEFAULT 1000,
+                                              context_column name DEFAULT NULL,
+                                              INOUT rows_scanned bigint DEFAULT NULL,
+                                              INOUT rows_rewritten bigint DEFAULT NULL,
+                                              INOUT rows_invalid bigint DEFAULT NULL)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    b record;
+BEGIN
+    LOOP
+        SELECT * INTO b FROM event_crypto.reencrypt_batch("table", "column", batch_size, context_column);
+        rows_scanned := b.rows_scanned;
+        rows_rewritten := b.rows_rewritten;
+        rows_invalid := b.rows_invalid;
+        COMMIT;
+        EXIT WHEN b.finished;
+    END LOOP;
+    IF rows_invalid OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING '% rows of % were left as they are: an envelope in them is not bound to its row', rows_invalid, "table"
+            USING HINT = 'They read as null in the decrypted view; see event_crypto.reencrypt_progress and docs/security.md.';
+    END IF;
+END
+$$;
+COMMENT ON PROCEDURE event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint) IS
+    'Re-encrypts stale envelopes (and encrypts configured plaintext) of a column in committed batches; resumable. CALL outside a transaction block.';
+
+-- the audit chain: sealed at commit by the transaction's pre-commit callback, not by a deferred constraint trigger
+DROP TRIGGER audit_seal ON event_crypto.audit_log;
+DROP FUNCTION event_crypto.audit_seal();
+CREATE FUNCTION event_crypto."audit_pending"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'audit_pending_wrapper';
+
+CREATE OR REPLACE FUNCTION event_crypto.verify_audit_log(OUT ok boolean, OUT rows_checked bigint, OUT first_bad_seq bigint,
+                                              OUT problem text, OUT head_seq bigint, OUT head_hash text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r        event_crypto.audit_log;
+    prev     bytea := pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+    expected bigint := 1;
+    head     record;
+    unsealed bigint;
+BEGIN
+    ok := true;
+    rows_checked := 0;
+    FOR r IN SELECT * FROM event_crypto.audit_log l WHERE l.seq IS NOT NULL ORDER BY l.seq LOOP
+        IF r.seq <> expected THEN
+            ok := false; first_bad_seq := expected;
+            problem := pg_catalog.format('audit row %s is missing (the next row has position %s)', expected, r.seq);
+            EXIT;
+        END IF;
+        IF r.prev_hash IS DISTINCT FROM prev THEN
+            ok := false; first_bad_seq := r.seq;
+            problem := pg_catalog.format('audit row %s does not chain to row %s (a row was replaced or removed)', r.seq, r.seq - 1);
+            EXIT;
+        END IF;
+        IF r.row_hash IS DISTINCT FROM event_crypto.audit_chain_hash(prev, event_crypto.audit_content(r)) THEN
+            ok := false; first_bad_seq := r.seq;
+            problem := pg_catalog.format('audit row %s (id %s) was altered after it was sealed', r.seq, r.id);
+            EXIT;
+        END IF;
+        prev := r.row_hash;
+        expected := expected + 1;
+        rows_checked := rows_checked + 1;
+    END LOOP;
+    SELECT h.seq, h.row_hash INTO head FROM event_crypto.audit_head h ORDER BY h.seq DESC LIMIT 1;
+    head_seq := head.seq;
+    head_hash := pg_catalog.encode(head.row_hash, 'hex');
+    IF ok AND (head.seq IS DISTINCT FROM expected - 1 OR head.row_hash IS DISTINCT FROM prev)
+       AND NOT (head.seq IS NULL AND rows_checked = 0) THEN
+        ok := false; first_bad_seq := expected;
+        problem := CASE WHEN head.seq IS NULL THEN 'the audit chain head is missing'
+                        ELSE pg_catalog.format('the newest audit rows are missing: the chain head is at position %s, the log ends at %s',
+                                               head.seq, expected - 1) END;
+    END IF;
+    SELECT pg_catalog.count(*) INTO unsealed FROM event_crypto.audit_log l
+     WHERE l.seq IS NULL AND pg_catalog.pg_xact_status(l.xact_id) = 'committed';
+    IF ok AND unsealed > 0 THEN
+        ok := false;
+        problem := pg_catalog.format('%s committed audit rows were never sealed (written with triggers disabled)', unsealed);
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Triggers
+-- ---------------------------------------------------------------------------------------------------------------
+
+CREATE TRIGGER legacy_subject_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.legacy_subject_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.legacy_subject_keys ENABLE ALWAYS TRIGGER legacy_subject_keys_changed;
+CREATE TRIGGER protected_columns_check BEFORE INSERT OR UPDATE ON event_crypto.protected_columns
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.config_check();
+CREATE TRIGGER blind_indexes_check BEFORE INSERT OR UPDATE ON event_crypto.blind_indexes
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.config_check();
+ALTER TABLE event_crypto.protected_columns ENABLE ALWAYS TRIGGER protected_columns_check;
+ALTER TABLE event_crypto.blind_indexes ENABLE ALWAYS TRIGGER blind_indexes_check;
+CREATE TRIGGER audit_pending AFTER INSERT ON event_crypto.audit_log
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.audit_pending();
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Privileges: no role but the catalog owner writes event_crypto's tables any more
+-- ---------------------------------------------------------------------------------------------------------------
+
+REVOKE INSERT, UPDATE, DELETE ON event_crypto.protected_columns, event_crypto.blind_indexes,
+                                 event_crypto.rotation_policies, event_crypto.retention_policies,
+                                 event_crypto.reencrypt_progress
+    FROM event_crypto_admin;
+REVOKE USAGE ON SEQUENCE event_crypto.retention_policies_id_seq FROM event_crypto_admin;
+REVOKE ALL ON ALL TABLES IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA event_crypto FROM PUBLIC;
+GRANT SELECT ON event_crypto.legacy_subject_keys TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.refresh_decrypted_views(), event_crypto.protect_trigger(),
+                          event_crypto.reencrypt_batch(regclass, name, integer, name),
+                          event_crypto.maintenance_action(text)
+    TO event_crypto_admin;
+GRANT EXECUTE ON PROCEDURE event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.subject_key_id(text, text, integer), event_crypto.subject_of_key_id(text, text)
+    TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
+GRANT EXECUTE ON FUNCTION event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
+                          event_crypto.export_subject(text, regclass[])
+    TO event_crypto_decryptor;
+
+-- The decrypted views protect() made are the users' objects, which an extension script cannot replace: they still
+-- call decrypt_fields(), which decrypts an envelope under whatever key it names. Say so.
+DO $views$
+DECLARE
+    n bigint;
+BEGIN
+    SELECT pg_catalog.count(*) INTO n FROM event_crypto.protected_columns WHERE decrypted_view IS NOT NULL;
+    IF n > 0 THEN
+        RAISE WARNING 'event_crypto 0.2.0: % decrypted views still decrypt every envelope of a row under any key', n
+            USING HINT = 'Run SELECT * FROM event_crypto.refresh_decrypted_views(); to re-create them so that they decrypt each row under its own key only.';
+    END IF;
+END
+$views$;
