@@ -8,7 +8,9 @@
 //! The `config_check` trigger validates every row written to `event_crypto.protected_columns` and
 //! `event_crypto.blind_indexes`, whoever writes it (a superuser by hand, pg_restore, logical replication).
 
-use super::config::{build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow};
+use super::config::{
+    build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow, CONFIG_ROW_COLUMNS,
+};
 use crate::access::{acting_role, as_catalog_owner, with_safe_search_path, Privilege, Table};
 use crate::catalog::{get, get_opt};
 use crate::error::{raise, spi_error, OrRaise};
@@ -22,20 +24,14 @@ use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::{AllocatedByRust, FromDatum, JsonB, PgTupleDesc};
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// A protection configuration as given to protect() or found in a row of `event_crypto.protected_columns`.
+/// A protection configuration of (table, column), as given to protect() or found in a row of
+/// `event_crypto.protected_columns`.
 pub struct ConfigInput {
     pub relid: pg_sys::Oid,
     pub column: String,
-    pub fields: Vec<String>,
-    pub key_id: Option<String>,
-    pub key_column: Option<String>,
-    pub key_prefix: String,
-    pub context_column: Option<String>,
-    pub type_column: Option<String>,
-    pub fields_by_type: Option<Value>,
-    pub on_forgotten: String,
+    pub cfg: ConfigRow,
 }
 
 /// Runs `f` with the descriptor of table `relid` (opened with AccessShareLock).
@@ -91,17 +87,17 @@ fn other_prefixes(relid: pg_sys::Oid, column: &str) -> Result<Vec<String>> {
 /// Checks a protection configuration against the table as it is.
 pub fn validate(input: &ConfigInput) -> Result<()> {
     let table = Table::open(input.relid)?;
-    if (input.key_id.is_none()) == (input.key_column.is_none()) {
+    if (input.cfg.key_id.is_none()) == (input.cfg.key_column.is_none()) {
         return Err(
             Error::invalid_argument("give exactly one of key_id and key_column").with_hint(
                 "key_id encrypts every row under one key; key_column takes a per-subject key id from a column.",
             ),
         );
     }
-    if (input.type_column.is_none()) != (input.fields_by_type.is_none()) {
+    if (input.cfg.type_column.is_none()) != (input.cfg.fields_by_type.is_none()) {
         return Err(Error::invalid_argument("type_column and fields_by_type go together"));
     }
-    for c in [&input.key_column, &input.context_column, &input.type_column]
+    for c in [&input.cfg.key_column, &input.cfg.context_column, &input.cfg.type_column]
         .into_iter()
         .flatten()
     {
@@ -111,34 +107,34 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
             ));
         }
     }
-    if !["error", "new_key"].contains(&input.on_forgotten.as_str()) {
+    if !["error", "new_key"].contains(&input.cfg.on_forgotten.as_str()) {
         return Err(Error::invalid_argument("on_forgotten must be error or new_key"));
     }
-    if let Some(k) = &input.key_id {
+    if let Some(k) = &input.cfg.key_id {
         check_key_id(k)?;
     }
-    let by_type = match &input.fields_by_type {
+    let by_type = match &input.cfg.fields_by_type {
         Some(v) => by_type_lists(v)?,
         None => Vec::new(),
     };
-    if input.fields.is_empty() && input.fields_by_type.is_none() {
+    if input.cfg.fields.is_empty() && input.cfg.fields_by_type.is_none() {
         return Err(Error::invalid_argument("no fields to protect")
             .with_hint("Pass fields, or type_column with fields_by_type."));
     }
-    let fields = parse_paths(&input.fields)?;
+    let fields = parse_paths(&input.cfg.fields)?;
     Selector::new(&fields)?;
     for (_, texts) in &by_type {
         let mut all = fields.clone();
         all.extend(parse_paths(texts)?);
         Selector::new(&all)?;
     }
-    if input.key_column.is_some() {
-        check_key_prefix(&input.key_prefix)?;
+    if input.cfg.key_column.is_some() {
+        check_key_prefix(&input.cfg.key_prefix)?;
         for other in other_prefixes(input.relid, &input.column)? {
-            if prefixes_overlap(&input.key_prefix, &other) {
+            if prefixes_overlap(&input.cfg.key_prefix, &other) {
                 return Err(Error::invalid_argument(format!(
                     "key_prefix \"{}\" overlaps the key prefix \"{other}\" of another protected table",
-                    input.key_prefix
+                    input.cfg.key_prefix
                 ))
                 .with_detail("When one prefix begins with the other, a subject of one table and a subject of the other can get the same key id, and forgetting one would destroy the other's data.")
                 .with_hint("Use the same prefix for tables whose subjects are the same, or prefixes that do not begin with one another."));
@@ -147,7 +143,7 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
     }
     with_desc(input.relid, |desc| {
         column_exists(desc, &table, &input.column)?;
-        for c in [&input.key_column, &input.context_column, &input.type_column]
+        for c in [&input.cfg.key_column, &input.cfg.context_column, &input.cfg.type_column]
             .into_iter()
             .flatten()
         {
@@ -159,14 +155,7 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
             desc,
             ConfigRow {
                 table: table.name.clone(),
-                fields: input.fields.clone(),
-                key_id: input.key_id.clone(),
-                key_column: input.key_column.clone(),
-                key_prefix: input.key_prefix.clone(),
-                context_column: input.context_column.clone(),
-                type_column: input.type_column.clone(),
-                fields_by_type: input.fields_by_type.clone(),
-                on_forgotten: input.on_forgotten.clone(),
+                ..input.cfg.clone()
             },
             Vec::new(),
         )
@@ -327,14 +316,17 @@ fn protect(
     let input = ConfigInput {
         relid,
         column: column.clone(),
-        fields,
-        key_id,
-        key_column: key_column.map(|n| n.0),
-        key_prefix,
-        context_column: context_column.map(|n| n.0),
-        type_column: type_column.map(|n| n.0),
-        fields_by_type: fields_by_type.map(|j| j.0),
-        on_forgotten,
+        cfg: ConfigRow {
+            table: t.name.clone(),
+            fields,
+            key_id,
+            key_column: key_column.map(|n| n.0),
+            key_prefix,
+            context_column: context_column.map(|n| n.0),
+            type_column: type_column.map(|n| n.0),
+            fields_by_type: fields_by_type.map(|j| j.0),
+            on_forgotten,
+        },
     };
     validate(&input).or_raise();
 
@@ -380,14 +372,14 @@ fn protect(
                 &[
                     relid.into(),
                     column.as_str().into(),
-                    input.fields.clone().into(),
-                    input.key_id.as_deref().into(),
-                    input.key_column.as_deref().into(),
-                    input.key_prefix.as_str().into(),
-                    input.context_column.as_deref().into(),
-                    input.type_column.as_deref().into(),
-                    input.fields_by_type.clone().map(JsonB).into(),
-                    input.on_forgotten.as_str().into(),
+                    input.cfg.fields.clone().into(),
+                    input.cfg.key_id.as_deref().into(),
+                    input.cfg.key_column.as_deref().into(),
+                    input.cfg.key_prefix.as_str().into(),
+                    input.cfg.context_column.as_deref().into(),
+                    input.cfg.type_column.as_deref().into(),
+                    input.cfg.fields_by_type.clone().map(JsonB).into(),
+                    input.cfg.on_forgotten.as_str().into(),
                     view_oid.into(),
                     role.as_str().into(),
                 ],
@@ -400,12 +392,12 @@ fn protect(
     crate::audit::record(
         "protect",
         None,
-        &input.key_id.iter().cloned().collect::<Vec<_>>(),
+        &input.cfg.key_id.iter().cloned().collect::<Vec<_>>(),
         json!({
-            "table": t.name, "column": column, "fields": input.fields, "key_column": input.key_column,
-            "key_prefix": input.key_column.as_ref().map(|_| &input.key_prefix), "context_column": input.context_column,
-            "type_column": input.type_column, "fields_by_type": input.fields_by_type,
-            "on_forgotten": input.on_forgotten, "view": view,
+            "table": t.name, "column": column, "fields": input.cfg.fields, "key_column": input.cfg.key_column,
+            "key_prefix": input.cfg.key_column.as_ref().map(|_| &input.cfg.key_prefix), "context_column": input.cfg.context_column,
+            "type_column": input.cfg.type_column, "fields_by_type": input.cfg.fields_by_type,
+            "on_forgotten": input.cfg.on_forgotten, "view": view,
         }),
     );
     config_row(relid, &column)
@@ -496,8 +488,8 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
         col = quote_identifier(&input.column),
         oid = t.oid.to_u32(),
         colname = literal(&input.column),
-        key = text_of(&input.key_column),
-        ctx = text_of(&input.context_column),
+        key = text_of(&input.cfg.key_column),
+        ctx = text_of(&input.cfg.context_column),
     );
     let cols: Vec<String> = with_desc(t.oid, |desc| {
         Ok(desc
@@ -748,14 +740,17 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
         validate(&ConfigInput {
             relid,
             column,
-            fields,
-            key_id: text("key_id"),
-            key_column: name("key_column"),
-            key_prefix: required_text(text("key_prefix"), "key_prefix")?,
-            context_column: name("context_column"),
-            type_column: name("type_column"),
-            fields_by_type: attr::<JsonB>(tuple, &desc, "fields_by_type").map(|j| j.0),
-            on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
+            cfg: ConfigRow {
+                table: String::new(), // validate() names the table itself
+                fields,
+                key_id: text("key_id"),
+                key_column: name("key_column"),
+                key_prefix: required_text(text("key_prefix"), "key_prefix")?,
+                context_column: name("context_column"),
+                type_column: name("type_column"),
+                fields_by_type: attr::<JsonB>(tuple, &desc, "fields_by_type").map(|j| j.0),
+                on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
+            },
         })
     })();
     checked.map_err(|e| {
@@ -789,10 +784,10 @@ fn refresh_decrypted_views() -> TableIterator<
     let rows: Vec<Stored> = as_catalog_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, table_name::pg_catalog.text, fields, key_id, \
-                        key_column::pg_catalog.text, key_prefix, context_column::pg_catalog.text, type_column::pg_catalog.text, \
-                        fields_by_type, on_forgotten, decrypted_view::pg_catalog.oid \
-                 FROM event_crypto.protected_columns ORDER BY 1, 2",
+                &format!(
+                    "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, decrypted_view::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
+                     FROM event_crypto.protected_columns ORDER BY 1, 2"
+                ),
                 None,
                 &[],
             )
@@ -801,18 +796,8 @@ fn refresh_decrypted_views() -> TableIterator<
                 Ok((
                     get::<pg_sys::Oid>(&r, 1, "table_name")?,
                     get::<String>(&r, 2, "column_name")?,
-                    ConfigRow {
-                        table: get(&r, 3, "table_name")?,
-                        fields: get(&r, 4, "fields")?,
-                        key_id: get_opt(&r, 5, "key_id")?,
-                        key_column: get_opt(&r, 6, "key_column")?,
-                        key_prefix: get(&r, 7, "key_prefix")?,
-                        context_column: get_opt(&r, 8, "context_column")?,
-                        type_column: get_opt(&r, 9, "type_column")?,
-                        fields_by_type: get_opt::<JsonB>(&r, 10, "fields_by_type")?.map(|j| j.0),
-                        on_forgotten: get(&r, 11, "on_forgotten")?,
-                    },
-                    get_opt::<pg_sys::Oid>(&r, 12, "decrypted_view")?,
+                    ConfigRow::from_spi(&r, 4)?,
+                    get_opt::<pg_sys::Oid>(&r, 3, "decrypted_view")?,
                 ))
             })
             .collect::<Result<Vec<_>>>()
@@ -847,14 +832,7 @@ fn refresh_decrypted_views() -> TableIterator<
         let input = ConfigInput {
             relid,
             column: column.clone(),
-            fields: row.fields,
-            key_id: row.key_id,
-            key_column: row.key_column,
-            key_prefix: row.key_prefix,
-            context_column: row.context_column,
-            type_column: row.type_column,
-            fields_by_type: row.fields_by_type,
-            on_forgotten: row.on_forgotten,
+            cfg: row,
         };
         let made = crate::access::in_subtransaction(|| {
             let (view, oid) = make_view(&t, &input, view_rel.clone(), old_view);

@@ -15,6 +15,7 @@ use event_crypto_core::blind::Normalize;
 use event_crypto_core::path::{FieldPath, Location, Selector};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
 use pgrx::{JsonB, PgTupleDesc};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -166,7 +167,8 @@ pub fn type_name(oid: pg_sys::Oid) -> String {
     }
 }
 
-/// A row of `event_crypto.protected_columns`.
+/// A row of `event_crypto.protected_columns` (its table by name, for messages).
+#[derive(Clone)]
 pub struct ConfigRow {
     pub table: String,
     pub fields: Vec<String>,
@@ -187,38 +189,44 @@ pub struct BlindRow {
     pub normalize: Option<String>,
 }
 
+/// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order.
+pub const CONFIG_ROW_COLUMNS: &str =
+    "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
+     context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten";
+
+impl ConfigRow {
+    /// Reads [`CONFIG_ROW_COLUMNS`] from a result row, starting at column `first` (1-based).
+    pub fn from_spi(r: &SpiHeapTupleData<'_>, first: usize) -> Result<ConfigRow> {
+        Ok(ConfigRow {
+            table: get(r, first, "table_name")?,
+            fields: get::<Vec<String>>(r, first + 1, "fields")?,
+            key_id: get_opt(r, first + 2, "key_id")?,
+            key_column: get_opt(r, first + 3, "key_column")?,
+            key_prefix: get(r, first + 4, "key_prefix")?,
+            context_column: get_opt(r, first + 5, "context_column")?,
+            type_column: get_opt(r, first + 6, "type_column")?,
+            fields_by_type: get_opt::<JsonB>(r, first + 7, "fields_by_type")?.map(|j| j.0),
+            on_forgotten: get(r, first + 8, "on_forgotten")?,
+        })
+    }
+}
+
 fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec<BlindRow>)> {
     as_catalog_owner(|| {
         Spi::connect(|client| {
             let args = [relid.into(), column.into()];
             let t = client
                 .select(
-                    "SELECT table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
-                            context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten \
-                     FROM event_crypto.protected_columns \
-                     WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                       AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                    &format!(
+                        "SELECT {CONFIG_ROW_COLUMNS} FROM event_crypto.protected_columns \
+                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                           AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+                    ),
                     Some(1),
                     &args,
                 )
                 .map_err(spi_error)?;
-            let row = t
-                .into_iter()
-                .next()
-                .map(|r| -> Result<ConfigRow> {
-                    Ok(ConfigRow {
-                        table: get(&r, 1, "table_name")?,
-                        fields: get::<Vec<String>>(&r, 2, "fields")?,
-                        key_id: get_opt(&r, 3, "key_id")?,
-                        key_column: get_opt(&r, 4, "key_column")?,
-                        key_prefix: get(&r, 5, "key_prefix")?,
-                        context_column: get_opt(&r, 6, "context_column")?,
-                        type_column: get_opt(&r, 7, "type_column")?,
-                        fields_by_type: get_opt::<JsonB>(&r, 8, "fields_by_type")?.map(|j| j.0),
-                        on_forgotten: get(&r, 9, "on_forgotten")?,
-                    })
-                })
-                .transpose()?;
+            let row = t.into_iter().next().map(|r| ConfigRow::from_spi(&r, 1)).transpose()?;
             let t = client
                 .select(
                     "SELECT field, target_column::pg_catalog.text, key_id, normalize FROM event_crypto.blind_indexes \

@@ -603,6 +603,15 @@ impl<K: KeySource> ChildRewriter for Decryptor<'_, K> {
     }
 }
 
+/// Whether a document may hold an envelope at all: jsonb keeps every string verbatim, so a datum whose bytes do
+/// not contain `$ec` holds none, and the walk over its values (most rows of a protected table: plaintext from the
+/// application) is skipped.
+pub fn may_contain_envelope(doc: &Document<'_>) -> bool {
+    static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"$ec"));
+    PREFIX.find(doc.bytes()).is_some()
+}
+
 /// How an envelope found by [`check_envelopes`] turned out.
 pub enum Checked<'p> {
     /// It authenticated as this row's field; here is its plaintext (the JSON text of the value).
@@ -625,6 +634,9 @@ pub fn check_envelopes<K: KeySource>(
     binding: Binding<'_>,
     mut each: impl FnMut(&Location, Checked<'_>) -> Result<()>,
 ) -> Result<usize> {
+    if !may_contain_envelope(doc) {
+        return Ok(0);
+    }
     struct Walk<'k, K: KeySource, F> {
         keys: &'k mut K,
         context: Option<&'k [u8]>,
@@ -676,25 +688,40 @@ pub fn check_envelopes<K: KeySource>(
             if depth > MAX_DEPTH {
                 return Err(too_deep());
             }
+            // The location is only built for what can hold an envelope: most values of a document are plain
+            // scalars, and this walk runs on every row a protected table receives.
             if c.is_object() {
                 for (i, pair) in c.pairs().enumerate() {
                     crate::check_interrupts_every(i);
                     let (k, v) = pair?;
-                    let mark = self.loc.push_key_bytes(k);
-                    let r = self.value(v, depth);
-                    self.loc.truncate(mark);
-                    r?;
+                    if Self::may_be_or_hold_envelope(&v) {
+                        let mark = self.loc.push_key_bytes(k);
+                        let r = self.value(v, depth);
+                        self.loc.truncate(mark);
+                        r?;
+                    }
                 }
             } else {
                 for (i, e) in c.elements().enumerate() {
                     crate::check_interrupts_every(i);
-                    let mark = self.loc.push_index(i);
-                    let r = self.value(e?, depth);
-                    self.loc.truncate(mark);
-                    r?;
+                    let e = e?;
+                    if Self::may_be_or_hold_envelope(&e) {
+                        let mark = self.loc.push_index(i);
+                        let r = self.value(e, depth);
+                        self.loc.truncate(mark);
+                        r?;
+                    }
                 }
             }
             Ok(())
+        }
+
+        fn may_be_or_hold_envelope(v: &Value<'_>) -> bool {
+            match v {
+                Value::String(s) => looks_like_envelope(s),
+                Value::Object(_) | Value::Array(_) => true,
+                _ => false,
+            }
         }
 
         fn value(&mut self, v: Value<'_>, depth: usize) -> Result<()> {

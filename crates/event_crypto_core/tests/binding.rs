@@ -3,7 +3,8 @@
 
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
-    check_envelopes, needs_encryption, Checked, Decryptor, Encryptor, KeyLookup, KeySource, OnInvalid, OnShredded,
+    check_envelopes, may_contain_envelope, needs_encryption, Checked, Decryptor, Encryptor, KeyLookup, KeySource,
+    OnInvalid, OnShredded,
 };
 use event_crypto_core::envelope::looks_like_envelope;
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
@@ -291,4 +292,39 @@ fn bound_decryption_reads_foreign_or_broken_envelopes_as_null_or_keeps_them() {
         .decrypt_document(&Document::from_datum(&only_alice).unwrap(), &mut out)
         .unwrap();
     assert_eq!(val(&out)["email"], json!("a@x.io"));
+}
+
+#[test]
+fn the_prefilter_finds_every_envelope_wherever_it_is() {
+    let keys = Keys::new(&["k"]);
+    let inner = encrypt(&keys, "k", None, &json!({"a": "secret"}), &["a"]).unwrap()["a"].clone();
+    for doc in [
+        json!({"a": inner}),
+        json!({"deep": [{"x": [1, {"y": inner}]}]}),
+        json!([null, true, 1.5, inner]),
+        json!({"k": {"$e$c": [inner]}}),
+        inner.clone(),
+    ] {
+        let b = bin(&doc);
+        let d = Document::from_datum(&b).unwrap();
+        assert!(may_contain_envelope(&d), "{doc}");
+        // found: it authenticates where it was made, and is refused anywhere else (its location is bound)
+        let mut keys = Keys::new(&["k"]);
+        match check(&mut keys, &doc, "k", None) {
+            Ok(seen) => assert_eq!(seen, vec![("a".to_string(), true)], "{doc}"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::EnvelopeNotBound, "{doc}"),
+        }
+    }
+    // no "$ec" anywhere: nothing to walk; "$ec" in a key or a plain string: walked, nothing found
+    for (doc, prefiltered) in [
+        (json!({"email": "a@x.io", "n": [1, 2, {"z": "$e c"}]}), false),
+        (json!({"$ec1$": "key, not value"}), true),
+        (json!({"price": "$ec is not an envelope"}), true),
+    ] {
+        let b = bin(&doc);
+        let d = Document::from_datum(&b).unwrap();
+        assert_eq!(may_contain_envelope(&d), prefiltered, "{doc}");
+        let mut keys = Keys::new(&["k"]);
+        assert!(check(&mut keys, &doc, "k", None).unwrap().is_empty(), "{doc}");
+    }
 }

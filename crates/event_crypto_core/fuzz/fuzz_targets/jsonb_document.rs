@@ -3,7 +3,9 @@
 #![no_main]
 
 use event_crypto_core::aead::{Algorithm, Cipher};
-use event_crypto_core::document::{check_envelopes, Checked, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded};
+use event_crypto_core::document::{
+    check_envelopes, may_contain_envelope, Checked, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
+};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::{ErrorKind, Result};
@@ -53,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
                 })
                 .expect("fresh envelopes are bound to their row");
                 assert_eq!((found, seen), (n, n));
+                // the trigger's shortcut never hides an envelope
+                assert!(may_contain_envelope(&enc), "a document with {n} envelopes passes the prefilter");
             }
         } else {
             assert!(!canonical, "the writer's output of a sound document parses");

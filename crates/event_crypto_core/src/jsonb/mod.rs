@@ -172,6 +172,11 @@ impl<'a> Document<'a> {
     }
 
     /// The root container (a scalar document is a one-element array flagged as scalar).
+    /// The datum's bytes after the varlena header: every key and string of the document is among them verbatim.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.root.base
+    }
+
     pub fn root(&self) -> Container<'a> {
         self.root
     }
