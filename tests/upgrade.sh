@@ -86,7 +86,7 @@ if ! diff -u "$SCRATCH/before.txt" "$SCRATCH/after.txt"; then
     echo "rows read differently after the upgrade" >&2
     exit 1
 fi
-psql_db up -a -f "$ROOT/tests/upgrade/after.sql" > "$SCRATCH/after.out" 2>&1
+psql_db up -a -f - < "$ROOT/tests/upgrade/after.sql" > "$SCRATCH/after.out" 2>&1   # from stdin: messages name <stdin>, not the checkout
 if ! diff -u "$ROOT/tests/upgrade/after.out" "$SCRATCH/after.out"; then
     echo "what this release adds does not work as expected on upgraded data" >&2
     exit 1
