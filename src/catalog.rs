@@ -25,6 +25,29 @@ pub fn get_opt<T: IntoDatum + FromDatum>(row: &SpiHeapTupleData<'_>, i: usize, c
     row.get::<T>(i).map_err(|e| bad(column, e.to_string()))
 }
 
+/// The first column of every row of a query (read-only SPI), in the query's order.
+pub fn all<T: IntoDatum + FromDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+    column: &str,
+) -> Result<Vec<T>> {
+    pgrx::Spi::connect(|c| {
+        c.select(sql, None, args)
+            .map_err(crate::error::spi_error)?
+            .map(|r| get::<T>(&r, 1, column))
+            .collect()
+    })
+}
+
+/// Runs a writing statement (INSERT, UPDATE, DELETE); returns how many rows it affected.
+pub fn modify(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<usize> {
+    pgrx::Spi::connect_mut(|c| {
+        c.update(sql, None, args)
+            .map(|t| t.len())
+            .map_err(crate::error::spi_error)
+    })
+}
+
 /// The first column of the first row of a query (read-only SPI), or `None` when it returns no row or NULL.
 pub fn one<T: IntoDatum + FromDatum>(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Option<T>> {
     pgrx::Spi::connect(|c| {

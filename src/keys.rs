@@ -526,17 +526,10 @@ pub fn legacy_keys_exist() -> bool {
         return false;
     }
     let b = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT EXISTS (SELECT 1 FROM event_crypto.legacy_subject_keys)",
-                Some(1),
-                &[],
-            )
-            .and_then(|t| t.first().get_one::<bool>())
-            .unwrap_or_else(|e| spi_failed(e))
-            .unwrap_or(false)
-        })
-    });
+        crate::catalog::one::<bool>("SELECT EXISTS (SELECT 1 FROM event_crypto.legacy_subject_keys)", &[])
+    })
+    .unwrap_or_else(|e| raise(e))
+    .unwrap_or(false);
     LEGACY.with(|l| l.set(Some(b)));
     b
 }

@@ -64,17 +64,12 @@ fn set_rotation(
     }
     let Some(every) = every else {
         let n = as_catalog_owner(|| {
-            Spi::connect_mut(|c| {
-                c.update(
-                    "DELETE FROM event_crypto.rotation_policies WHERE key_pattern OPERATOR(pg_catalog.=) $1",
-                    None,
-                    &[pattern.into()],
-                )
-                .map(|t| t.len())
-                .map_err(spi_error)
-                .or_raise()
-            })
-        });
+            crate::catalog::modify(
+                "DELETE FROM event_crypto.rotation_policies WHERE key_pattern OPERATOR(pg_catalog.=) $1",
+                &[pattern.into()],
+            )
+        })
+        .or_raise();
         if n > 0 {
             crate::audit::record(
                 "set_rotation",
@@ -200,18 +195,13 @@ fn drop_retention(key_pattern: default!(Option<&str>, "NULL"), table: default!(O
     }
     let oid = table.map(|t| t.0);
     let n = as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                "DELETE FROM event_crypto.retention_policies \
-                 WHERE key_pattern OPERATOR(pg_catalog.=) $1 OR table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
-                None,
-                &[key_pattern.into(), oid.into()],
-            )
-            .map(|t| t.len())
-            .map_err(spi_error)
-            .or_raise()
-        })
-    });
+        crate::catalog::modify(
+            "DELETE FROM event_crypto.retention_policies \
+             WHERE key_pattern OPERATOR(pg_catalog.=) $1 OR table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
+            &[key_pattern.into(), oid.into()],
+        )
+    })
+    .or_raise();
     if n > 0 {
         crate::audit::record(
             "drop_retention",
@@ -596,14 +586,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
 }
 
 fn due_keys(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Vec<String> {
-    as_catalog_owner(|| {
-        Spi::connect(|c| {
-            c.select(sql, None, args)
-                .map_err(spi_error)
-                .and_then(|t| t.map(|r| get::<String>(&r, 1, "key_id")).collect::<Result<Vec<_>>>())
-                .or_raise()
-        })
-    })
+    as_catalog_owner(|| crate::catalog::all(sql, args, "key_id")).or_raise()
 }
 
 /// Rotates each key id (a failure is recorded and the others still rotate) and audits the batch as `reason`.

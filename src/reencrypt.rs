@@ -44,20 +44,15 @@ fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
 /// Every field path a protected column's configuration names (for every type).
 fn all_fields(cfg_relid: pg_sys::Oid, column: &str) -> Result<Selector> {
     let texts: Vec<String> = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT DISTINCT f FROM event_crypto.protected_columns p, \
-                        LATERAL (SELECT pg_catalog.unnest(p.fields) \
-                                 UNION SELECT pg_catalog.jsonb_array_elements_text(e.value) \
-                                       FROM pg_catalog.jsonb_each(COALESCE(p.fields_by_type, '{}')) e) x(f) \
-                 WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-                None,
-                &[cfg_relid.into(), column.into()],
-            )
-            .map_err(spi_error)?
-            .map(|r| get::<String>(&r, 1, "field"))
-            .collect::<Result<Vec<_>>>()
-        })
+        crate::catalog::all(
+            "SELECT DISTINCT f FROM event_crypto.protected_columns p, \
+                    LATERAL (SELECT pg_catalog.unnest(p.fields) \
+                             UNION SELECT pg_catalog.jsonb_array_elements_text(e.value) \
+                                   FROM pg_catalog.jsonb_each(COALESCE(p.fields_by_type, '{}')) e) x(f) \
+             WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[cfg_relid.into(), column.into()],
+            "field",
+        )
     })?;
     let paths = texts.iter().map(|t| FieldPath::parse(t)).collect::<Result<Vec<_>>>()?;
     Selector::new(&paths)

@@ -66,19 +66,14 @@ fn column_exists(desc: &PgTupleDesc<'_>, table: &Table, name: &str) -> Result<()
 /// The key prefixes other protected columns use (and `subject:`, which forget_subject always covers).
 fn other_prefixes(relid: pg_sys::Oid, column: &str) -> Result<Vec<String>> {
     let mut v: Vec<String> = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT DISTINCT key_prefix FROM event_crypto.protected_columns \
-                 WHERE key_column IS NOT NULL \
-                   AND NOT (table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                            AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
-                None,
-                &[relid.into(), column.into()],
-            )
-            .map_err(spi_error)?
-            .map(|r| get::<String>(&r, 1, "key_prefix"))
-            .collect::<Result<Vec<_>>>()
-        })
+        crate::catalog::all(
+            "SELECT DISTINCT key_prefix FROM event_crypto.protected_columns \
+             WHERE key_column IS NOT NULL \
+               AND NOT (table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                        AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
+            &[relid.into(), column.into()],
+            "key_prefix",
+        )
     })?;
     v.push("subject:".into());
     Ok(v)
@@ -625,18 +620,13 @@ fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> boo
     t.require(&[Privilege::Trigger], "event_crypto.drop_blind_index()")
         .or_raise();
     let n = as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                "DELETE FROM event_crypto.blind_indexes \
-                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-                None,
-                &[relid.into(), target.as_str().into()],
-            )
-            .map(|t| t.len())
-            .map_err(spi_error)
-            .or_raise()
-        })
-    });
+        crate::catalog::modify(
+            "DELETE FROM event_crypto.blind_indexes \
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[relid.into(), target.as_str().into()],
+        )
+    })
+    .or_raise();
     if n > 0 {
         crate::audit::record(
             "drop_blind_index",

@@ -150,20 +150,15 @@ fn subject_key_ids(prefix: &str, subject: &str) -> Vec<String> {
         return legacy_key_ids(prefix, subject);
     };
     let mut out: Vec<String> = as_catalog_owner(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT DISTINCT key_id FROM event_crypto.keys \
-                     WHERE key_id OPERATOR(pg_catalog.=) $1 \
-                        OR pg_catalog.starts_with(key_id, $1 OPERATOR(pg_catalog.||) '#')",
-                    None,
-                    &[base.as_str().into()],
-                )
-                .unwrap_or_else(|e| spi_failed(e))
-                .map(|r| get::<String>(&r, 1, "key_id").or_raise())
-                .collect()
-        })
-    });
+        crate::catalog::all(
+            "SELECT DISTINCT key_id FROM event_crypto.keys \
+             WHERE key_id OPERATOR(pg_catalog.=) $1 \
+                OR pg_catalog.starts_with(key_id, $1 OPERATOR(pg_catalog.||) '#')",
+            &[base.as_str().into()],
+            "key_id",
+        )
+    })
+    .or_raise();
     out.retain(|k| key_belongs_to(prefix, subject, k));
     out.extend(legacy_key_ids(prefix, subject));
     out.sort();
@@ -176,19 +171,14 @@ fn legacy_key_ids(prefix: &str, subject: &str) -> Vec<String> {
         return Vec::new();
     }
     as_catalog_owner(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT key_id FROM event_crypto.legacy_subject_keys \
-                     WHERE key_prefix OPERATOR(pg_catalog.=) $1 AND subject OPERATOR(pg_catalog.=) $2",
-                    None,
-                    &[prefix.into(), subject.into()],
-                )
-                .unwrap_or_else(|e| spi_failed(e))
-                .map(|r| get::<String>(&r, 1, "key_id").or_raise())
-                .collect()
-        })
+        crate::catalog::all(
+            "SELECT key_id FROM event_crypto.legacy_subject_keys \
+             WHERE key_prefix OPERATOR(pg_catalog.=) $1 AND subject OPERATOR(pg_catalog.=) $2",
+            &[prefix.into(), subject.into()],
+            "key_id",
+        )
     })
+    .or_raise()
 }
 
 /// Forgets a subject: shreds every key generation of the subject under every configured key prefix (and
