@@ -6,7 +6,7 @@
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
 #   6. the upgrade from the previous release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data the old build made)
-#   7. integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
+#   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
 # Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
 set -euo pipefail
@@ -101,6 +101,14 @@ bash tests/clusters.sh start "$SCRATCH/it"
 trap 'bash "$ROOT/tests/clusters.sh" stop "$SCRATCH/it"' EXIT
 # shellcheck disable=SC1091
 . "$SCRATCH/it/env"
+# The demo's SQL (README's first command runs it in the system cluster) must keep working as written.
+"$PG_BIN/psql" -X -q -d "$EC_IT_A dbname=postgres" -c "DROP DATABASE IF EXISTS demo_check" -c "CREATE DATABASE demo_check"
+if ! "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -d "$EC_IT_A dbname=demo_check" -f demo/demo.sql > "$SCRATCH/demo.out" 2>&1; then
+  tail -30 "$SCRATCH/demo.out"
+  echo "demo/demo.sql failed" >&2
+  exit 1
+fi
+echo "test demo_sql ... ok 0 ms"
 cargo test -p event_crypto_it --tests -- --test-threads=1
 step "all tests passed"
 # One plain closing line over every tier: cargo's "test result:" totals plus pg_regress's per-file lines.

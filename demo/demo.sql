@@ -44,7 +44,7 @@ SELECT event_crypto.encrypt_fields('{"email":"again@example.io"}', ARRAY['email'
 \echo '--- protecting an event table: fields are encrypted on insert, whatever inserts them'
 CREATE TABLE stream_events (id bigserial PRIMARY KEY, stream_id uuid, subject_id text, type text,
                             payload jsonb, email_idx text, created_at timestamptz DEFAULT now());
-SELECT view_name FROM event_crypto.protect('stream_events', 'payload',
+SELECT decrypted_view FROM event_crypto.protect('stream_events', 'payload',
          fields => ARRAY['email', 'phone', 'address.street', 'cards[*].number'],
          key_column => 'subject_id', context_column => 'stream_id');
 SELECT target_column FROM event_crypto.add_blind_index('stream_events', 'payload', 'email', 'email_idx', 'tenant-42', 'lower');
