@@ -11,10 +11,13 @@
 #   f (54336)  master key ring file, restarted by the tests with other rings (rotation, rewrap, crashes);
 #              (DIR/f/first.key is the key it starts with, DIR/f/new.key a second key for them)
 # Usage: tests/clusters.sh start|stop DIR      (as root; servers run as postgres). Writes DIR/env for the tests.
+# EC_IT_PG_BIN (another PostgreSQL 15 bin directory) and EC_IT_PORT_BASE (first port, 54331) move them elsewhere,
+# so that two checkouts can run their clusters side by side.
 set -euo pipefail
 ACTION=$1
 DIR=$2
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${EC_IT_PG_BIN:-/usr/lib/postgresql/15/bin}
+PORT_BASE=${EC_IT_PORT_BASE:-54331}
 RUN_AS=postgres
 as_pg() { runuser -u "$RUN_AS" -- "$@"; }
 
@@ -36,7 +39,7 @@ rm -rf "$DIR"
 install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR"
 newkey() { (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$1"); chown "$RUN_AS:$RUN_AS" "$1"; chmod 600 "$1"; }
 
-port=54331
+port=$PORT_BASE
 for n in a b c d e f; do
   install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
   as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
@@ -79,12 +82,12 @@ done
 
 cat > "$DIR/env" <<ENV
 export EC_IT_PG_BIN=$PG_BIN
-export EC_IT_A="host=127.0.0.1 port=54331 user=postgres"
-export EC_IT_B="host=127.0.0.1 port=54332 user=postgres"
-export EC_IT_C="host=127.0.0.1 port=54333 user=postgres"
-export EC_IT_D="host=127.0.0.1 port=54334 user=postgres"
-export EC_IT_E="host=127.0.0.1 port=54335 user=postgres"
-export EC_IT_F="host=127.0.0.1 port=54336 user=postgres"
+export EC_IT_A="host=127.0.0.1 port=$((PORT_BASE + 0)) user=postgres"
+export EC_IT_B="host=127.0.0.1 port=$((PORT_BASE + 1)) user=postgres"
+export EC_IT_C="host=127.0.0.1 port=$((PORT_BASE + 2)) user=postgres"
+export EC_IT_D="host=127.0.0.1 port=$((PORT_BASE + 3)) user=postgres"
+export EC_IT_E="host=127.0.0.1 port=$((PORT_BASE + 4)) user=postgres"
+export EC_IT_F="host=127.0.0.1 port=$((PORT_BASE + 5)) user=postgres"
 export EC_IT_F_DIR=$DIR/f
 export EC_IT_SCRATCH=$DIR
 ENV
