@@ -17,7 +17,7 @@ CREATE TABLE event_crypto.keys (
     key_id            text        NOT NULL CHECK (pg_catalog.octet_length(key_id) BETWEEN 1 AND 255),
     version           integer     NOT NULL CHECK (version >= 1),
     algorithm         text        NOT NULL CHECK (algorithm IN ('aes-256-gcm', 'chacha20-poly1305')),
-    status            text        NOT NULL CHECK (status IN ('active', 'retired', 'shredded')),
+    status            text        NOT NULL CHECK (status IN ('active', 'retired', 'disabled', 'shredded')),
     wrapped_key       bytea,
     wrapped_index_key bytea,
     master_key_id     text        NOT NULL,
@@ -26,7 +26,10 @@ CREATE TABLE event_crypto.keys (
     retired_at        timestamptz,
     shredded_at       timestamptz,
     shredded_by       name,
+    -- a disabled version (retire_key_version) is destroyed by the maintenance run from then on
+    destroy_after     timestamptz,
     PRIMARY KEY (key_id, version),
+    CONSTRAINT keys_disabled_until CHECK ((status = 'disabled') = (destroy_after IS NOT NULL)),
     CONSTRAINT keys_material_iff_live CHECK (
         (status = 'shredded') = (wrapped_key IS NULL AND wrapped_index_key IS NULL)
         AND (wrapped_key IS NULL) = (wrapped_index_key IS NULL))
@@ -60,7 +63,11 @@ CREATE TABLE event_crypto.protected_columns (
     CONSTRAINT protected_types CHECK ((type_column IS NULL) = (fields_by_type IS NULL)
                                       AND (fields_by_type IS NULL OR pg_catalog.jsonb_typeof(fields_by_type) = 'object')),
     -- the view protect() created beside the table, by oid (it follows renames; nothing stored is spliced into SQL)
-    decrypted_view regclass
+    decrypted_view regclass,
+    -- rows whose type fields_by_type does not name (or NULL) get the common fields only; false: such rows are
+    -- refused (23514) unless fields_by_type has a "*" entry
+    allow_unlisted_types boolean NOT NULL DEFAULT false,
+    CONSTRAINT protected_unlisted_needs_types CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL)
 );
 COMMENT ON TABLE event_crypto.protected_columns IS
     'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';

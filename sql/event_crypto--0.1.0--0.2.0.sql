@@ -39,6 +39,23 @@ BEGIN
 END
 $view$;
 ALTER TABLE event_crypto.protected_columns DROP COLUMN view_name;
+-- Rows of a type fields_by_type does not name were stored in plaintext (issue 12): they are refused now, unless
+-- fields_by_type has a "*" entry or the configuration says allow_unlisted_types. Existing configurations are not
+-- silently kept open: they fail closed too (the upgrade warns about each one).
+ALTER TABLE event_crypto.protected_columns ADD COLUMN allow_unlisted_types boolean NOT NULL DEFAULT false;
+ALTER TABLE event_crypto.protected_columns ADD CONSTRAINT protected_unlisted_needs_types
+    CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL);
+DO $unlisted$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT table_name, column_name FROM event_crypto.protected_columns
+              WHERE fields_by_type IS NOT NULL AND NOT fields_by_type ? '*' LOOP
+        RAISE WARNING 'event_crypto: rows of %.% whose type fields_by_type does not name are now refused', r.table_name, r.column_name
+            USING HINT = 'To encrypt only the common fields of such rows as before, run event_crypto.protect() for it again with allow_unlisted_types => true.';
+    END LOOP;
+END
+$unlisted$;
 COMMENT ON TABLE event_crypto.protected_columns IS
     'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';
 COMMENT ON TABLE event_crypto.blind_indexes IS
@@ -147,8 +164,9 @@ BEGIN
 END
 $legacy$;
 
--- protect() and friends: Rust now, with the same signatures
-CREATE OR REPLACE FUNCTION event_crypto."protect"(
+-- protect() and friends: Rust now; protect() has a new last argument, allow_unlisted_types (issue 12)
+DROP FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name);
+CREATE FUNCTION event_crypto."protect"(
 	"table" regclass,
 	"column" name,
 	"fields" TEXT[] DEFAULT NULL,
@@ -159,13 +177,12 @@ CREATE OR REPLACE FUNCTION event_crypto."protect"(
 	"type_column" name DEFAULT NULL,
 	"fields_by_type" jsonb DEFAULT NULL,
 	"on_forgotten" TEXT DEFAULT 'error',
-	"view_name" name DEFAULT NULL
+	"view_name" name DEFAULT NULL,
+	"allow_unlisted_types" bool DEFAULT false
 ) RETURNS event_crypto.protected_columns
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'protect_wrapper';
-ALTER FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name) RESET ALL;
-COMMENT ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name) IS NULL;
 
 CREATE OR REPLACE FUNCTION event_crypto."unprotect"(
 	"table" regclass,
@@ -198,7 +215,9 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_blind_index_wrapper';
 ALTER FUNCTION event_crypto.drop_blind_index(regclass, name) RESET ALL;
 
-CREATE FUNCTION event_crypto."refresh_decrypted_views"() RETURNS TABLE (
+CREATE FUNCTION event_crypto."refresh_decrypted_views"(
+	"table" regclass DEFAULT NULL
+) RETURNS TABLE (
 	"table_name" TEXT,
 	"column_name" TEXT,
 	"decrypted_view" TEXT,
@@ -222,10 +241,21 @@ STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'decrypt_row_wrapper';
 
+-- forget_subject() and export_subject() act on one kind of subject (key prefix) at a time (issue 12)
+DROP FUNCTION event_crypto.forget_subject(text);
+CREATE FUNCTION event_crypto."forget_subject"(
+	"subject" TEXT,
+	"key_prefix" TEXT DEFAULT NULL
+) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'forget_subject_wrapper';
+
 DROP FUNCTION event_crypto.export_subject(text);
 CREATE FUNCTION event_crypto."export_subject"(
 	"subject" TEXT,
-	"trust_policies" regclass[] DEFAULT '{}'
+	"trust_policies" regclass[] DEFAULT '{}',
+	"key_prefix" TEXT DEFAULT NULL
 ) RETURNS jsonb
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
@@ -297,7 +327,7 @@ CREATE OR REPLACE FUNCTION event_crypto.run_maintenance()
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention'] LOOP
+    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention', 'retire'] LOOP
         BEGIN
             detail := event_crypto.maintenance_action(action);
             ok := NOT (detail ? 'failed' OR detail ? 'skipped');
@@ -436,6 +466,154 @@ CREATE TRIGGER audit_pending AFTER INSERT ON event_crypto.audit_log
 -- Privileges: no role but the catalog owner writes event_crypto's tables any more
 -- ---------------------------------------------------------------------------------------------------------------
 
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 12: nothing lost by mistake
+-- ---------------------------------------------------------------------------------------------------------------
+
+-- Retiring a key version first disables it (destroyed by the maintenance run after event_crypto.retire_wait).
+ALTER TABLE event_crypto.keys DROP CONSTRAINT keys_status_check;
+ALTER TABLE event_crypto.keys ADD CONSTRAINT keys_status_check CHECK (status IN ('active', 'retired', 'disabled', 'shredded'));
+ALTER TABLE event_crypto.keys ADD COLUMN destroy_after timestamptz;
+ALTER TABLE event_crypto.keys ADD CONSTRAINT keys_disabled_until CHECK ((status = 'disabled') = (destroy_after IS NOT NULL));
+
+CREATE OR REPLACE VIEW event_crypto.key_info AS
+    SELECT k.key_id, k.version, k.algorithm, k.status, k.master_key_id, k.created_at, k.created_by, k.retired_at,
+           k.shredded_at, k.shredded_by, k.wrapped_key IS NOT NULL AS has_key_material,
+           COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
+           k.destroy_after
+    FROM event_crypto.keys k
+    LEFT JOIN event_crypto.key_usage u
+           ON u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version
+    LEFT JOIN event_crypto.usage_pending() p
+           ON p.key_id OPERATOR(pg_catalog.=) k.key_id AND p.version OPERATOR(pg_catalog.=) k.version;
+
+CREATE FUNCTION event_crypto."cancel_retire"(
+	"key_id" TEXT,
+	"version" INT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_retire_wrapper';
+
+CREATE FUNCTION event_crypto."key_version_usage"(
+	"key_id" TEXT,
+	"version" INT
+) RETURNS TABLE (
+	"table_name" TEXT,
+	"column_name" TEXT,
+	"rows" bigint,
+	"unreadable" bigint,
+	"note" TEXT
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'key_version_usage_wrapper';
+
+-- The configuration follows DROP and RENAME; tables that inherit from protected ones are protected.
+CREATE FUNCTION event_crypto."ddl_table_changed"(
+	"table" regclass,
+	"created" bool DEFAULT false
+) RETURNS INT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ddl_table_changed_wrapper';
+
+CREATE FUNCTION event_crypto."follow_column_rename"(
+	"table" regclass,
+	"attnum" INT
+) RETURNS TEXT[]
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'follow_column_rename_wrapper';
+
+-- (sql/ddl.sql)
+CREATE FUNCTION event_crypto.ddl_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    o record;
+    t record;
+    col name;
+BEGIN
+    IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
+        RETURN;  -- the extension itself is being dropped
+    END IF;
+    FOR o IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        IF o.object_type OPERATOR(pg_catalog.=) 'table' THEN
+            DELETE FROM event_crypto.protected_columns WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;
+            DELETE FROM event_crypto.retention_policies WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;
+            DELETE FROM event_crypto.reencrypt_progress WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;
+        ELSIF o.object_type OPERATOR(pg_catalog.=) 'table column' THEN
+            col := o.address_names[3];
+            IF EXISTS (SELECT 1 FROM event_crypto.protected_columns p
+                        WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid
+                          AND col OPERATOR(pg_catalog.=) ANY (ARRAY[p.key_column, p.context_column, p.type_column])) THEN
+                RAISE WARNING 'event_crypto: column "%" of % was the key, context or type column of a protected column', col, o.objid::pg_catalog.regclass
+                    USING DETAIL = 'Inserts into the table are refused until its protection is configured again.',
+                          HINT = 'Run event_crypto.protect() for the table again, or event_crypto.unprotect().';
+            END IF;
+            DELETE FROM event_crypto.blind_indexes
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid AND target_column OPERATOR(pg_catalog.=) col;
+            DELETE FROM event_crypto.protected_columns
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid AND column_name OPERATOR(pg_catalog.=) col;
+            DELETE FROM event_crypto.reencrypt_progress
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid AND column_name OPERATOR(pg_catalog.=) col;
+            -- the protect trigger of the dropped column (found by what it runs) would refuse every insert
+            FOR t IN SELECT tg.tgname FROM pg_catalog.pg_trigger tg
+                      WHERE tg.tgrelid OPERATOR(pg_catalog.=) o.objid AND NOT tg.tgisinternal
+                        AND tg.tgparentid OPERATOR(pg_catalog.=) 0
+                        AND tg.tgfoid OPERATOR(pg_catalog.=) 'event_crypto.protect_trigger()'::pg_catalog.regprocedure
+                        AND tg.tgnargs OPERATOR(pg_catalog.=) 1
+                        AND tg.tgargs OPERATOR(pg_catalog.=) (pg_catalog.convert_to(col, pg_catalog.getdatabaseencoding())
+                                                              OPERATOR(pg_catalog.||) '\x00'::pg_catalog.bytea) LOOP
+                EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, o.objid::pg_catalog.regclass);
+            END LOOP;
+        ELSIF o.object_type OPERATOR(pg_catalog.=) 'view' THEN
+            UPDATE event_crypto.protected_columns SET decrypted_view = NULL
+             WHERE decrypted_view::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION event_crypto.ddl_command_end() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid FROM pg_catalog.pg_event_trigger_ddl_commands() d
+              WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND NOT d.in_extension LOOP
+        IF c.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE' AND c.object_type OPERATOR(pg_catalog.=) 'table column'
+           AND c.objsubid OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM event_crypto.follow_column_rename(c.objid::pg_catalog.regclass, c.objsubid);
+        ELSIF c.command_tag OPERATOR(pg_catalog.=) ANY ('{CREATE TABLE,ALTER TABLE}')
+              AND c.object_type OPERATOR(pg_catalog.=) 'table' THEN
+            PERFORM event_crypto.ddl_table_changed(c.objid::pg_catalog.regclass,
+                                                   c.command_tag OPERATOR(pg_catalog.=) 'CREATE TABLE');
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER event_crypto_sql_drop ON sql_drop EXECUTE FUNCTION event_crypto.ddl_sql_drop();
+CREATE EVENT TRIGGER event_crypto_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') EXECUTE FUNCTION event_crypto.ddl_command_end();
+
+-- Configuration rows of tables dropped before 0.2.0 pointed at dead OIDs: they go now.
+DELETE FROM event_crypto.protected_columns p
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) p.table_name::pg_catalog.oid);
+DELETE FROM event_crypto.retention_policies r
+ WHERE r.table_name IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r.table_name::pg_catalog.oid);
+DELETE FROM event_crypto.reencrypt_progress g
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) g.table_name::pg_catalog.oid);
+
 REVOKE INSERT, UPDATE, DELETE ON event_crypto.protected_columns, event_crypto.blind_indexes,
                                  event_crypto.rotation_policies, event_crypto.retention_policies,
                                  event_crypto.reencrypt_progress
@@ -446,7 +624,7 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA event_crypto FROM PUBLIC;
 GRANT SELECT ON event_crypto.legacy_subject_keys TO event_crypto_admin;
-GRANT EXECUTE ON FUNCTION event_crypto.refresh_decrypted_views(), event_crypto.protect_trigger(),
+GRANT EXECUTE ON FUNCTION event_crypto.refresh_decrypted_views(regclass), event_crypto.protect_trigger(),
                           event_crypto.reencrypt_batch(regclass, name, integer, name),
                           event_crypto.maintenance_action(text)
     TO event_crypto_admin;
@@ -455,8 +633,12 @@ GRANT EXECUTE ON PROCEDURE event_crypto.reencrypt_table(regclass, name, integer,
 GRANT EXECUTE ON FUNCTION event_crypto.subject_key_id(text, text, integer), event_crypto.subject_of_key_id(text, text)
     TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
 GRANT EXECUTE ON FUNCTION event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
-                          event_crypto.export_subject(text, regclass[])
+                          event_crypto.export_subject(text, regclass[], text)
     TO event_crypto_decryptor;
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean),
+                          event_crypto.forget_subject(text, text),
+                          event_crypto.cancel_retire(text, integer), event_crypto.key_version_usage(text, integer)
+    TO event_crypto_admin;
 
 -- The decrypted views protect() made are the users' objects, which an extension script cannot replace: they still
 -- call decrypt_fields(), which decrypts an envelope under whatever key it names. Say so.

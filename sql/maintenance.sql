@@ -15,7 +15,8 @@ SELECT pg_catalog.pg_extension_config_dump('event_crypto.key_usage', '');
 CREATE VIEW event_crypto.key_info AS
     SELECT k.key_id, k.version, k.algorithm, k.status, k.master_key_id, k.created_at, k.created_by, k.retired_at,
            k.shredded_at, k.shredded_by, k.wrapped_key IS NOT NULL AS has_key_material,
-           COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions
+           COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
+           k.destroy_after
     FROM event_crypto.keys k
     LEFT JOIN event_crypto.key_usage u
            ON u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version
@@ -61,7 +62,7 @@ SELECT pg_catalog.pg_extension_config_dump('event_crypto.retention_policies_id_s
 -- (src/policies.rs).
 
 -- One maintenance run: flush usage counters, rotate key versions past the usage limit, rotate on schedule,
--- enforce retention. Each action (event_crypto.maintenance_action, src/policies.rs) runs in its own
+-- enforce retention, destroy the key versions retire_key_version() disabled once event_crypto.retire_wait passed. Each action (event_crypto.maintenance_action, src/policies.rs) runs in its own
 -- subtransaction: a failure is reported in its row (and logged by the worker) and the other actions still run;
 -- an action that could not do everything (a key that did not rotate, a retention policy it could not apply) is
 -- reported with ok = false and says what it skipped. Rotations are capped at 1,000 key ids per action and run.
@@ -71,7 +72,7 @@ CREATE FUNCTION event_crypto.run_maintenance()
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention'] LOOP
+    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention', 'retire'] LOOP
         BEGIN
             detail := event_crypto.maintenance_action(action);
             ok := NOT (detail ? 'failed' OR detail ? 'skipped');
@@ -84,4 +85,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION event_crypto.run_maintenance() IS
-    'Flushes usage counters, rotates key versions past the usage limit or due by schedule, enforces retention.';
+    'Flushes usage counters, rotates key versions past the usage limit or due by schedule, enforces retention, destroys retired key versions whose wait is over.';

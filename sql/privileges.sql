@@ -62,15 +62,16 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.shred_key(text), event_crypto.master_key_id(),
                           event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
                           event_crypto.verify_audit_log(),
-                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name),
+                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean),
                           event_crypto.unprotect(regclass, name),
                           event_crypto.add_blind_index(regclass, name, text, name, text, text),
                           event_crypto.drop_blind_index(regclass, name),
-                          event_crypto.refresh_decrypted_views(),
+                          event_crypto.refresh_decrypted_views(regclass),
                           event_crypto.protect_trigger(),
                           event_crypto.validate_fields(text[], boolean), event_crypto.validate_normalize(text),
-                          event_crypto.forget_subject(text),
+                          event_crypto.forget_subject(text, text),
                           event_crypto.retire_key_version(text, integer, boolean),
+                          event_crypto.cancel_retire(text, integer), event_crypto.key_version_usage(text, integer),
                           event_crypto.reencrypt_batch(regclass, name, integer, name), event_crypto.reencrypt_end(regclass),
                           event_crypto.set_rotation(text, interval),
                           event_crypto.set_retention(text, regclass, interval, interval, name),
@@ -98,5 +99,5 @@ GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text)
 GRANT EXECUTE ON FUNCTION event_crypto.decrypt_fields(jsonb, text, text),
                           event_crypto.decrypt_value(text, text, text),
                           event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
-                          event_crypto.export_subject(text, regclass[])
+                          event_crypto.export_subject(text, regclass[], text)
     TO event_crypto_decryptor;

@@ -153,6 +153,15 @@ impl Table {
     /// Looks a table up by oid. `None` if it no longer exists; an error if it is not a table (a view, a foreign
     /// table, ...: event_crypto never works on those, whose definitions could run their owner's functions).
     pub fn lookup(oid: pg_sys::Oid) -> Result<Option<Table>> {
+        Table::lookup_kinds(oid, b"rp")
+    }
+
+    /// [`Table::lookup`] that also takes materialized views (whose rows can be read, not written).
+    pub fn lookup_any(oid: pg_sys::Oid) -> Result<Option<Table>> {
+        Table::lookup_kinds(oid, b"rpm")
+    }
+
+    fn lookup_kinds(oid: pg_sys::Oid, kinds: &[u8]) -> Result<Option<Table>> {
         let row = Spi::connect(|c| {
             c.select(
                 "SELECT c.relowner, c.relkind::pg_catalog.text, \
@@ -181,7 +190,7 @@ impl Table {
             return Ok(None);
         };
         let kind = kind.as_bytes().first().copied().unwrap_or(b'?');
-        if kind != b'r' && kind != b'p' {
+        if !kinds.contains(&kind) {
             return Err(Error::new(ErrorKind::WrongObjectType, format!("{name} is not a table"))
                 .with_detail("event_crypto works on tables and partitioned tables only."));
         }

@@ -243,12 +243,14 @@ fn uses_key_version(payload: Option<Jsonb>, key_id: Option<&str>, version: Optio
     Some(reencrypt::uses_key_version(&payload.document(), key_id, version as u32).or_raise())
 }
 
-/// Destroys one retired version of a key id once no protected table (and no table `reencrypt_table` has
-/// processed) still has rows encrypted under it; `force` skips that check. Returns a receipt.
+/// Retires one version of a key id: refused while stored values use it (`key_version_usage`, every column of the
+/// database that may hold envelopes) or while that cannot be shown; otherwise the version is disabled and the
+/// maintenance run destroys it after `event_crypto.retire_wait` (`cancel_retire` re-enables it until then).
+/// `force` skips the check and destroys it at once. Returns a receipt.
 #[pg_extern(volatile, parallel_unsafe)]
 fn retire_key_version(key_id: Option<&str>, version: Option<i32>, force: default!(Option<bool>, false)) -> pgrx::JsonB {
     let key_id = required(key_id, "key_id");
     let version = required(version, "version");
     let force = required(force, "force");
-    pgrx::JsonB(crate::reencrypt::retire_version(key_id, version, force).or_raise())
+    pgrx::JsonB(crate::retire::retire_version(key_id, version, force).or_raise())
 }

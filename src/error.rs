@@ -33,6 +33,9 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::WrongColumnType => ERRCODE_DATATYPE_MISMATCH,   // 42804
         ErrorKind::NotReady => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
         ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,   // 0A000
+        ErrorKind::UnlistedType => ERRCODE_CHECK_VIOLATION,        // 23514
+        // no standard code says "this key is disabled": reading data not permitted, raised by an external routine
+        ErrorKind::KeyDisabled => ERRCODE_E_R_E_READING_SQL_DATA_NOT_PERMITTED, // 38004
     }
 }
 

@@ -13,6 +13,10 @@ pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_KEY_CACHE_SIZE);
+pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_WAIT);
+
+/// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
+pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
 
 /// Key ids a backend keeps unwrapped by default (about 800 bytes each: some 8 MB at most).
 pub const DEFAULT_KEY_CACHE_SIZE: i32 = 10_000;
@@ -82,6 +86,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"event_crypto.retire_wait",
+        c"How long retire_key_version() keeps a key version disabled before the maintenance run destroys it.",
+        c"While disabled, decryption under the version fails (every attempt is counted and logged) and cancel_retire() re-enables it. retire_key_version(..., force => true) destroys at once. Only superusers can change it.",
+        &RETIRE_WAIT,
+        0,
+        366 * 86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
         c"event_crypto.worker_interval",
         c"Seconds between two maintenance runs of the background worker.",
         c"",
@@ -113,6 +127,10 @@ pub fn worker_role() -> Option<String> {
 
 pub fn key_cache_size() -> usize {
     KEY_CACHE_SIZE.get().max(1) as usize
+}
+
+pub fn retire_wait_secs() -> i32 {
+    RETIRE_WAIT.get()
 }
 
 pub fn worker_interval_secs() -> i32 {

@@ -32,6 +32,9 @@ enum VersionState {
     Broken(Error),
     /// This version alone was destroyed (`retire_key_version`); its envelopes read as shredded.
     Destroyed,
+    /// `retire_key_version` disabled this version and scheduled its destruction: decryption under it fails
+    /// closed (or follows `on_shredded`), and every attempt is counted and reported.
+    Disabled,
 }
 
 /// Everything about one key id, unwrapped.
@@ -73,6 +76,7 @@ impl KeyEntry {
             Some(VersionState::Ready(c)) => Ok((v, c.clone())),
             Some(VersionState::Broken(e)) => Err(e.clone()),
             Some(VersionState::Destroyed) => Err(Error::key_shredded(&self.key_id)),
+            Some(VersionState::Disabled) => Err(Error::key_disabled(&self.key_id, v)),
             None => Err(Error::unknown_key_version(&self.key_id, v)),
         }
     }
@@ -86,6 +90,34 @@ impl KeyEntry {
     fn note_decrypted(&self) {
         if crate::guc::audit_decrypt() {
             usage::note(&self.decryptions, usage::Kind::Decrypt, &self.key_id, 0, 1);
+        }
+    }
+
+    /// Reports an attempt to decrypt under a disabled version: a WARNING (which the server log keeps too) the
+    /// first time in a transaction for each key version, and a count per version in the usage counters (flushed
+    /// into `event_crypto.key_usage.disabled_decryptions`), so that an application still reading data under a
+    /// version scheduled for destruction shows up before the data is lost.
+    fn note_disabled(&self, version: u32) {
+        // SAFETY: MyProc is this backend's PGPROC, set for the life of a regular backend.
+        let lxid = unsafe { pg_sys::MyProc.as_ref().map(|p| p.lxid).unwrap_or(0) };
+        let first = DISABLED_SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            if seen.0 != lxid {
+                *seen = (lxid, Vec::new());
+            }
+            if seen.1.iter().any(|(k, v)| *k == self.key_id && *v == version) {
+                false
+            } else {
+                seen.1.push((self.key_id.clone(), version));
+                true
+            }
+        });
+        if first {
+            pgrx::warning!(
+                "event_crypto: decryption under disabled version {version} of encryption key \"{}\" refused (role {})",
+                self.key_id,
+                acting_role()
+            );
         }
     }
 
@@ -116,6 +148,11 @@ impl KeyEntry {
             None => Err(Error::unknown_key(&self.key_id)),
         }
     }
+}
+
+thread_local! {
+    /// The disabled key versions this transaction (by local transaction id) already warned about.
+    static DISABLED_SEEN: RefCell<(u32, Vec<(String, u32)>)> = const { RefCell::new((0, Vec::new())) };
 }
 
 /// The per-backend key cache, bounded by `event_crypto.key_cache_size` entries: when it is full, the entry cached
@@ -449,6 +486,10 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
             }
             continue;
         }
+        if row.status == "disabled" {
+            versions.push((row.version, VersionState::Disabled));
+            continue;
+        }
         let state = match unwrap_row(key_id, row, KeyPurpose::Data) {
             Ok(k) => match Algorithm::from_name(&row.algorithm) {
                 Ok(a) => VersionState::Ready(Rc::new(Cipher::new(a, &k))),
@@ -603,6 +644,10 @@ impl KeySource for CachedKeys {
             }
             Some(VersionState::Broken(e)) => Err(e.clone()),
             Some(VersionState::Destroyed) => Ok(KeyLookup::Shredded),
+            Some(VersionState::Disabled) => {
+                entry.note_disabled(version);
+                Ok(KeyLookup::Disabled)
+            }
             None => Err(Error::unknown_key_version(key_id, version)),
         }
     }
@@ -783,7 +828,7 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
         Spi::connect_mut(|client| {
             let t = client
                 .update(
-                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, \
+                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, destroy_after = NULL, \
                      shredded_at = pg_catalog.now(), shredded_by = $2 \
                      WHERE key_id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.<>) 'shredded' RETURNING version",
                     None,
@@ -956,7 +1001,7 @@ pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
     Ok(out)
 }
 
-/// The status of one version of a key id (`active`, `retired` or `shredded`).
+/// The status of one version of a key id (`active`, `retired`, `disabled` or `shredded`).
 pub fn version_status(key_id: &str, version: u32) -> Result<String> {
     let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
     if rows.is_empty() {
@@ -968,7 +1013,47 @@ pub fn version_status(key_id: &str, version: u32) -> Result<String> {
         .ok_or_else(|| Error::unknown_key_version(key_id, version))
 }
 
-/// Destroys one retired version of a key id: its wrapped bytes are overwritten with NULL. Returns whether it was
+/// Disables one retired version of a key id and schedules its destruction `wait_seconds` from now; returns when
+/// it will be destroyed, or `None` if the version was not retired (any more).
+pub fn disable_version(key_id: &str, version: i32, wait_seconds: i32) -> Result<Option<String>> {
+    as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "UPDATE event_crypto.keys SET status = 'disabled', \
+                            destroy_after = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3) \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2 \
+                       AND status OPERATOR(pg_catalog.=) 'retired' RETURNING destroy_after::pg_catalog.text",
+                    None,
+                    &[key_id.into(), version.into(), (wait_seconds as f64).into()],
+                )
+                .map_err(crate::error::spi_error)?
+                .next()
+                .map(|r| crate::catalog::get::<String>(&r, 1, "destroy_after"))
+                .transpose()
+        })
+    })
+}
+
+/// Re-enables a disabled version (back to retired: it decrypts again); returns whether it was disabled.
+pub fn enable_version(key_id: &str, version: i32) -> Result<bool> {
+    as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "UPDATE event_crypto.keys SET status = 'retired', destroy_after = NULL \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2 \
+                       AND status OPERATOR(pg_catalog.=) 'disabled' RETURNING version",
+                    None,
+                    &[key_id.into(), version.into()],
+                )
+                .map(|t| !t.is_empty())
+                .map_err(crate::error::spi_error)
+        })
+    })
+}
+
+/// Destroys one retired or disabled version of a key id: its wrapped bytes are overwritten with NULL. Returns whether it was
 /// destroyed by this call.
 pub fn destroy_version(key_id: &str, version: i32) -> Result<bool> {
     let role = acting_role();
@@ -976,10 +1061,10 @@ pub fn destroy_version(key_id: &str, version: i32) -> Result<bool> {
         Spi::connect_mut(|client| {
             client
                 .update(
-                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, \
+                    "UPDATE event_crypto.keys SET status = 'shredded', wrapped_key = NULL, wrapped_index_key = NULL, destroy_after = NULL, \
                      shredded_at = pg_catalog.now(), shredded_by = $3 \
                      WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2 \
-                       AND status OPERATOR(pg_catalog.=) 'retired' RETURNING version",
+                       AND status OPERATOR(pg_catalog.=) ANY ('{retired,disabled}') RETURNING version",
                     None,
                     &[key_id.into(), version.into(), role.as_str().into()],
                 )

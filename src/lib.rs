@@ -18,6 +18,7 @@ mod master;
 mod policies;
 mod protect;
 mod reencrypt;
+mod retire;
 mod sqltypes;
 mod triggers;
 mod usage;
@@ -56,6 +57,11 @@ extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
     requires = ["catalog", "lifecycle", maintenance::usage_pending]
+);
+extension_sql_file!(
+    "../sql/ddl.sql",
+    name = "ddl",
+    requires = ["catalog", "lifecycle", "maintenance"]
 );
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 

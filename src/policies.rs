@@ -452,7 +452,7 @@ type RetentionRow = (i64, Option<String>, Option<String>, String, bool);
 
 fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
     let mut out = Vec::new();
-    let mut done: Vec<String> = Vec::new();
+    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut acted: Vec<String> = Vec::new();
     let mut skipped = Vec::new();
     for p in policies()? {
@@ -464,10 +464,17 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
             },
             (None, Some(relid)) => match table_candidates(&p, relid) {
                 Ok(subjects) => {
-                    let prefix = subject_column(relid)?
+                    let prefix = subject_column(relid)
+                        .ok()
+                        .flatten()
                         .and_then(|c| config_of_table(relid, &c).ok().flatten())
                         .and_then(|cfg| cfg.key_prefix().map(String::from));
-                    let Some(prefix) = prefix else { continue };
+                    let Some(prefix) = prefix else {
+                        let reason = "the table is no longer protected with a key per subject";
+                        skipped.push(json!({"policy_id": p.id, "reason": reason}));
+                        out.push((p.id, None, None, format!("skipped: {reason}"), false));
+                        continue;
+                    };
                     subjects
                         .into_iter()
                         .filter_map(|(s, why)| {
@@ -488,29 +495,43 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
             (None, None) => Vec::new(),
         };
         for c in candidates {
-            if done.contains(&c.key_id) {
-                continue;
-            }
-            let live = match &c.subject {
-                None => is_live(&c.key_id),
-                Some((prefix, s)) => crate::protect::subjects::subject_keys_live(prefix, s),
-            };
-            if !live {
-                continue;
-            }
-            done.push(c.key_id.clone());
-            if !dry_run {
-                match &c.subject {
-                    None => {
-                        crate::keys::shred_key(&c.key_id)?;
+            match &c.subject {
+                None => {
+                    if done.contains(&c.key_id) || !is_live(&c.key_id) {
+                        continue;
                     }
-                    Some((_, s)) => {
-                        crate::protect::subjects::forget(s);
+                    done.insert(c.key_id.clone());
+                    if !dry_run {
+                        crate::keys::shred_key(&c.key_id)?;
+                        acted.push(c.key_id.clone());
+                    }
+                    out.push((p.id, Some(c.key_id), None, c.why, !dry_run));
+                }
+                Some((prefix, s)) => {
+                    // Forgetting the subject (of this table's kind only) shreds exactly its live key ids under
+                    // this prefix: the dry run lists those, and the real run shreds those.
+                    let live: Vec<String> = crate::protect::subjects::live_subject_key_ids(prefix, s)
+                        .into_iter()
+                        .filter(|k| !done.contains(k))
+                        .collect();
+                    if live.is_empty() {
+                        continue;
+                    }
+                    if !dry_run {
+                        if let Err(why) = in_subtransaction(|| crate::protect::subjects::forget(s, prefix)) {
+                            let reason = format!("forgetting subject failed ({}): {}", why.sqlstate, why.message);
+                            skipped.push(json!({"policy_id": p.id, "subject": s, "reason": reason}));
+                            out.push((p.id, None, Some(s.clone()), format!("skipped: {reason}"), false));
+                            continue;
+                        }
+                        acted.extend(live.iter().cloned());
+                    }
+                    for k in live {
+                        done.insert(k.clone());
+                        out.push((p.id, Some(k), Some(s.clone()), c.why.clone(), !dry_run));
                     }
                 }
-                acted.push(c.key_id.clone());
             }
-            out.push((p.id, Some(c.key_id), c.subject.map(|(_, s)| s), c.why, !dry_run));
         }
     }
     if !dry_run && (!acted.is_empty() || !skipped.is_empty()) {
@@ -531,6 +552,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
     let action = action.unwrap_or_else(|| raise(Error::null_argument("action")));
     JsonB(match action {
         "flush_usage" => crate::maintenance::flush(),
+        "retire" => crate::retire::destroy_due(),
         "usage_rotation" => {
             let limit = crate::guc::ROTATE_AFTER_ENCRYPTIONS.get();
             let due = due_keys(
@@ -580,7 +602,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
         }
         _ => raise(
             Error::invalid_argument("unknown maintenance action")
-                .with_hint("One of flush_usage, usage_rotation, scheduled_rotation, retention."),
+                .with_hint("One of flush_usage, usage_rotation, scheduled_rotation, retention, retire."),
         ),
     })
 }

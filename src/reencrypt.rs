@@ -1,13 +1,11 @@
-//! Work over the rows of a user table that re-encryption and retiring key versions need: one batch of
-//! `reencrypt_table` (`reencrypt_batch`), and the count of rows still under a key version before
-//! `retire_key_version` destroys it.
+//! One batch of `reencrypt_table` (`reencrypt_batch`): the work over the rows of a user table that re-encryption
+//! needs. (Counting the rows still under a key version before it is retired is `crate::retire`.)
 //!
-//! Both run on the table as its owner in a security-restricted operation, after checking the acting role's own
-//! privileges (`crate::access`), and see every row (`row_security = off`: a table whose row-level security
+//! It runs on the table as its owner in a security-restricted operation, after checking the acting role's own
+//! privileges (`crate::access`), and sees every row (`row_security = off`: a table whose row-level security
 //! applies to its owner too is refused rather than half seen). A row whose envelopes are not what they should be
 //! (malformed, not bound to the row, failing authentication) is skipped and counted (`rows_invalid`), never
-//! re-encrypted and never allowed to stop the pass; a count that cannot be made (no privilege, an unreadable
-//! row) is never taken as zero: `retire_key_version` refuses instead.
+//! re-encrypted and never allowed to stop the pass.
 
 use crate::access::{as_catalog_owner, Privilege, Table};
 use crate::catalog::get;
@@ -20,11 +18,10 @@ use crate::sqltypes::{Name, RegClass};
 use event_crypto_core::document::{check_context, check_envelopes, needs_encryption, OnInvalid};
 use event_crypto_core::jsonb::to_json_text;
 use event_crypto_core::path::{FieldPath, Selector};
-use event_crypto_core::reencrypt::{has_stale_envelopes, uses_key_version, Reencryptor};
+use event_crypto_core::reencrypt::{has_stale_envelopes, Reencryptor};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
-use serde_json::json;
 
 fn required<T>(v: Option<T>, name: &str) -> T {
     v.unwrap_or_else(|| raise(Error::null_argument(name)))
@@ -350,170 +347,4 @@ fn plan_row(
         Ok(text) => RowPlan::Rewrite(text),
         Err(_) => RowPlan::Invalid,
     }
-}
-
-/// How many rows of one column use a key version, and how many could not be read.
-struct Usage {
-    rows: i64,
-    unreadable: i64,
-}
-
-/// Counts the rows of `table`.`column` with an envelope under `key_id` version `version` (headers only), as the
-/// table's owner, in one snapshot.
-fn count_usage(t: &Table, column: &str, key_id: &str, version: u32) -> Result<Usage> {
-    let sql = format!(
-        "SELECT t.{} FROM {} t WHERE t.{} IS NOT NULL",
-        quote_identifier(column),
-        t.name,
-        quote_identifier(column)
-    );
-    t.as_owner(|| {
-        Spi::connect(|client| -> Result<Usage> {
-            let mut usage = Usage { rows: 0, unreadable: 0 };
-            let mut cursor = client.try_open_cursor(sql.as_str(), &[]).map_err(spi_error)?;
-            loop {
-                pgrx::check_for_interrupts!();
-                let batch = cursor.fetch(1000).map_err(spi_error)?;
-                // SAFETY: the table fetch() just set; freed once this batch is counted.
-                let raw = unsafe { pg_sys::SPI_tuptable };
-                if batch.is_empty() {
-                    break;
-                }
-                for r in batch {
-                    let Some(p) = r.get::<Jsonb>(1).map_err(spi_error)? else {
-                        continue;
-                    };
-                    match event_crypto_core::jsonb::Document::from_datum(p.bytes())
-                        .and_then(|d| uses_key_version(&d, key_id, version))
-                    {
-                        Ok(true) => usage.rows += 1,
-                        Ok(false) => {}
-                        Err(_) => usage.unreadable += 1,
-                    }
-                }
-                // SAFETY: nothing refers to the batch any more.
-                unsafe { pg_sys::SPI_freetuptable(raw) };
-            }
-            Ok(usage)
-        })
-    })
-}
-
-/// Destroys one retired version of a key id (its wrapped bytes overwritten with NULL; envelopes under it then
-/// read as shredded). Unless `force`, first checks every protected column, and every column `reencrypt_table`
-/// has processed, for rows still encrypted under it, as each table's owner; a column it cannot check (the caller
-/// lacks SELECT, the table cannot be read, rows too damaged to read) refuses the retirement like a column that
-/// uses the version.
-pub fn retire_version(key_id: &str, version: i32, force: bool) -> Result<serde_json::Value> {
-    event_crypto_core::envelope::check_key_id(key_id)?;
-    if version < 1 {
-        return Err(Error::invalid_argument(format!(
-            "key version {version} does not exist (versions start at 1)"
-        )));
-    }
-    let status = crate::keys::version_status(key_id, version as u32)?;
-    match status.as_str() {
-        "shredded" => {
-            return Ok(json!({"key_id": key_id, "version": version, "destroyed": false, "already_destroyed": true}))
-        }
-        "active" => {
-            return Err(Error::new(
-                ErrorKind::KeyInUse,
-                format!("version {version} of encryption key \"{key_id}\" is its active version"),
-            )
-            .with_hint("Rotate the key (event_crypto.rotate_key), re-encrypt (event_crypto.reencrypt_table), then retire the old version."))
-        }
-        _ => {}
-    }
-    let mut checked = serde_json::Map::new();
-    if !force {
-        let targets: Vec<(pg_sys::Oid, String)> = as_catalog_owner(|| {
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT DISTINCT t.table_name::pg_catalog.oid, t.column_name::pg_catalog.text \
-                         FROM (SELECT table_name, column_name FROM event_crypto.protected_columns \
-                               UNION SELECT table_name, column_name FROM event_crypto.reencrypt_progress) t \
-                         ORDER BY 1, 2",
-                        None,
-                        &[],
-                    )
-                    .map_err(spi_error)?
-                    .map(|r| {
-                        Ok((
-                            get::<pg_sys::Oid>(&r, 1, "table_name")?,
-                            get::<String>(&r, 2, "column_name")?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-        })?;
-        let mut in_use = Vec::new();
-        let mut unknown = Vec::new();
-        for (relid, column) in targets {
-            let t = match Table::lookup(relid) {
-                Ok(Some(t)) => t,
-                Ok(None) => continue,
-                Err(e) => {
-                    unknown.push(format!("OID {} ({})", relid.to_u32(), e.message()));
-                    continue;
-                }
-            };
-            let label = format!("{}.{}", t.name, quote_identifier(&column));
-            if let Err(e) = t.require(&[Privilege::Select], "event_crypto.retire_key_version()") {
-                unknown.push(format!("{label} ({})", e.message()));
-                checked.insert(label, json!(null));
-                continue;
-            }
-            match crate::access::in_subtransaction(|| count_usage(&t, &column, key_id, version as u32)) {
-                Ok(Ok(u)) => {
-                    if u.rows > 0 {
-                        in_use.push(format!("{} rows of {label}", u.rows));
-                    }
-                    if u.unreadable > 0 {
-                        unknown.push(format!("{label} ({} rows could not be read)", u.unreadable));
-                    }
-                    checked.insert(label, json!(u.rows));
-                }
-                Ok(Err(e)) => {
-                    unknown.push(format!("{label} ({})", e.message()));
-                    checked.insert(label, json!(null));
-                }
-                Err(c) => {
-                    unknown.push(format!("{label} ({})", c.message));
-                    checked.insert(label, json!(null));
-                }
-            }
-        }
-        if !in_use.is_empty() || !unknown.is_empty() {
-            let mut detail = Vec::new();
-            if !in_use.is_empty() {
-                detail.push(format!("Still encrypted under it: {}.", in_use.join(", ")));
-            }
-            if !unknown.is_empty() {
-                detail.push(format!("Could not be checked: {}.", unknown.join("; ")));
-            }
-            return Err(Error::new(
-                ErrorKind::KeyInUse,
-                if in_use.is_empty() {
-                    format!("version {version} of encryption key \"{key_id}\" cannot be shown to be unused")
-                } else {
-                    format!("version {version} of encryption key \"{key_id}\" still encrypts stored rows")
-                },
-            )
-            .with_detail(detail.join(" "))
-            .with_hint("CALL event_crypto.reencrypt_table() on those columns first (with the privileges to read them), or pass force => true to destroy it anyway (those fields then read as shredded)."));
-        }
-    }
-    let destroyed = crate::keys::destroy_version(key_id, version)?;
-    let checked = serde_json::Value::Object(checked);
-    if destroyed {
-        crate::audit::record(
-            "retire_key_version",
-            None,
-            &[key_id.to_string()],
-            json!({"version": version, "forced": force, "rows_checked": checked}),
-        );
-    }
-    Ok(json!({"key_id": key_id, "version": version, "destroyed": destroyed, "forced": force, "checked": checked}))
 }

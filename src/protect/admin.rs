@@ -92,6 +92,11 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
     if (input.cfg.type_column.is_none()) != (input.cfg.fields_by_type.is_none()) {
         return Err(Error::invalid_argument("type_column and fields_by_type go together"));
     }
+    if input.cfg.allow_unlisted_types && input.cfg.type_column.is_none() {
+        return Err(Error::invalid_argument(
+            "allow_unlisted_types needs type_column and fields_by_type",
+        ));
+    }
     for c in [&input.cfg.key_column, &input.cfg.context_column, &input.cfg.type_column]
         .into_iter()
         .flatten()
@@ -213,16 +218,23 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A view protect() made: its schema-qualified, quoted name and its owner; `None` if the oid is no longer a view.
-fn our_view(oid: pg_sys::Oid) -> Option<(String, pg_sys::Oid)> {
+/// A view protect() made for `table`: its schema-qualified, quoted name and its owner; `None` if the oid is no
+/// longer a view built on that table (it was dropped, and the oid may since name someone else's object).
+fn our_view(table: pg_sys::Oid, oid: pg_sys::Oid) -> Option<(String, pg_sys::Oid)> {
     Spi::connect(|c| {
         c.select(
             "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname), \
                     c.relowner \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-             WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) 'v'",
+             WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) 'v' \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
+                           JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                                                      AND d.objid OPERATOR(pg_catalog.=) w.oid \
+                           WHERE w.ev_class OPERATOR(pg_catalog.=) c.oid \
+                             AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                             AND d.refobjid OPERATOR(pg_catalog.=) $2)",
             Some(1),
-            &[oid.into()],
+            &[oid.into(), table.into()],
         )
         .map_err(spi_error)
         .and_then(|t| {
@@ -235,18 +247,26 @@ fn our_view(oid: pg_sys::Oid) -> Option<(String, pg_sys::Oid)> {
     })
 }
 
-/// The trigger protect() installs on a table for `column`.
-fn trigger_name(column: &str) -> String {
-    format!("event_crypto_protect_{column}")
+/// The name of the trigger protect() installs on a table for `column` (at most 63 bytes: a long column name is
+/// shortened and ends in a digest of the whole name, so the name is never truncated into another's).
+pub fn trigger_name(column: &str) -> String {
+    event_crypto_core::names::derived_name("event_crypto_protect_", column)
 }
 
-fn trigger_exists(relid: pg_sys::Oid, name: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
-        &[relid.into(), name.into()],
+/// The protect trigger of `column` on the table, found by what it runs (event_crypto.protect_trigger with the
+/// column as its argument), not by its name: names made by earlier releases (truncated) are found too.
+pub fn protect_trigger_of(relid: pg_sys::Oid, column: &str) -> Option<String> {
+    crate::catalog::one::<String>(
+        "SELECT t.tgname::pg_catalog.text FROM pg_catalog.pg_trigger t \
+         WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND NOT t.tgisinternal \
+           AND t.tgfoid OPERATOR(pg_catalog.=) 'event_crypto.protect_trigger()'::pg_catalog.regprocedure \
+           AND t.tgnargs OPERATOR(pg_catalog.=) 1 \
+           AND t.tgargs OPERATOR(pg_catalog.=) (pg_catalog.convert_to($2, pg_catalog.getdatabaseencoding()) \
+                                                OPERATOR(pg_catalog.||) '\\x00'::pg_catalog.bytea) \
+         ORDER BY 1 LIMIT 1",
+        &[relid.into(), column.into()],
     )
-    .unwrap_or_else(|e| crate::error::spi_failed(e))
-    .unwrap_or(false)
+    .or_raise()
 }
 
 fn ddl(sql: &str) {
@@ -294,11 +314,13 @@ fn protect(
     fields_by_type: default!(Option<JsonB>, "NULL"),
     on_forgotten: default!(Option<String>, "'error'"),
     view_name: default!(Option<Name>, "NULL"),
+    allow_unlisted_types: default!(Option<bool>, false),
 ) -> pgrx::composite_type!('static, "protected_columns") {
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let key_prefix = required(key_prefix, "key_prefix");
     let on_forgotten = required(on_forgotten, "on_forgotten");
+    let allow_unlisted_types = required(allow_unlisted_types, "allow_unlisted_types");
     let fields: Vec<String> = fields
         .unwrap_or_default()
         .into_iter()
@@ -321,14 +343,18 @@ fn protect(
             type_column: type_column.map(|n| n.0),
             fields_by_type: fields_by_type.map(|j| j.0),
             on_forgotten,
+            allow_unlisted_types,
         },
     };
     validate(&input).or_raise();
 
     // The trigger, as the caller (CREATE TRIGGER checks the TRIGGER privilege itself too).
     let trigger = quote_identifier(trigger_name(&column));
-    if trigger_exists(relid, &trigger_name(&column)) {
-        ddl_as(t.owner, &format!("DROP TRIGGER {trigger} ON {}", t.name));
+    if let Some(old) = protect_trigger_of(relid, &column) {
+        ddl_as(
+            t.owner,
+            &format!("DROP TRIGGER {} ON {}", quote_identifier(&old), t.name),
+        );
     }
     ddl(&format!(
         "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
@@ -355,14 +381,14 @@ fn protect(
             c.update(
                 "INSERT INTO event_crypto.protected_columns AS p \
                     (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
-                     fields_by_type, on_forgotten, decrypted_view, protected_by) \
-                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12) \
+                     fields_by_type, on_forgotten, decrypted_view, protected_by, allow_unlisted_types) \
+                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12, $13) \
                  ON CONFLICT ON CONSTRAINT protected_columns_pkey DO UPDATE SET \
                     fields = EXCLUDED.fields, key_id = EXCLUDED.key_id, key_column = EXCLUDED.key_column, \
                     key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
                     type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
                     on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
-                    protected_at = pg_catalog.now(), protected_by = EXCLUDED.protected_by",
+                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = pg_catalog.now(), protected_by = EXCLUDED.protected_by",
                 None,
                 &[
                     relid.into(),
@@ -377,6 +403,7 @@ fn protect(
                     input.cfg.on_forgotten.as_str().into(),
                     view_oid.into(),
                     role.as_str().into(),
+                    input.cfg.allow_unlisted_types.into(),
                 ],
             )
             .map(|_| ())
@@ -384,6 +411,7 @@ fn protect(
             .or_raise()
         })
     });
+    let inheritors = protect_inheritors(relid, &column);
     crate::audit::record(
         "protect",
         None,
@@ -392,11 +420,400 @@ fn protect(
             "table": t.name, "column": column, "fields": input.cfg.fields, "key_column": input.cfg.key_column,
             "key_prefix": input.cfg.key_column.as_ref().map(|_| &input.cfg.key_prefix), "context_column": input.cfg.context_column,
             "type_column": input.cfg.type_column, "fields_by_type": input.cfg.fields_by_type,
-            "on_forgotten": input.cfg.on_forgotten, "view": view,
+            "on_forgotten": input.cfg.on_forgotten, "allow_unlisted_types": input.cfg.allow_unlisted_types, "view": view,
+            "inheritors": inheritors,
         }),
     );
     config_row(relid, &column)
         .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "the configuration was not stored")))
+}
+
+/// Tables that inherit from `relid` (INHERITS, at any depth; not partitions, which PostgreSQL gives the trigger of
+/// their partitioned table itself).
+fn inheritors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    crate::catalog::all(
+        "WITH RECURSIVE down(oid, depth) AS ( \
+             SELECT $1::pg_catalog.oid, 0 \
+             UNION ALL \
+             SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1 FROM down d \
+             JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.oid \
+             WHERE d.depth OPERATOR(pg_catalog.<) 64) \
+         SELECT DISTINCT d.oid FROM down d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.oid \
+         WHERE d.depth OPERATOR(pg_catalog.>) 0 AND NOT c.relispartition ORDER BY 1",
+        &[relid.into()],
+        "oid",
+    )
+    .or_raise()
+}
+
+/// Gives every table that inherits from `relid` (INHERITS) the protect trigger of `column`, unless it has its
+/// own: rows inserted into a child show through the parent and its decrypted view, so they must be encrypted
+/// like the parent's (the trigger finds the parent's configuration). The trigger is made by the extension's
+/// owner (a child's owner need not be allowed to run the trigger function). Returns the tables it was added to.
+fn protect_inheritors(relid: pg_sys::Oid, column: &str) -> Vec<String> {
+    let mut done = Vec::new();
+    for child in inheritors(relid) {
+        if protect_trigger_of(child, column).is_some() {
+            continue;
+        }
+        let Ok(Some(t)) = Table::lookup(child) else { continue };
+        let has_column = with_desc(child, |desc| {
+            Ok(desc.iter().any(|a| !a.is_dropped() && a.name() == column))
+        })
+        .unwrap_or(false);
+        if !has_column {
+            continue;
+        }
+        as_catalog_owner(|| {
+            ddl(&format!(
+                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
+                quote_identifier(trigger_name(column)),
+                t.name,
+                literal(column)
+            ))
+        });
+        done.push(t.name);
+    }
+    done
+}
+
+/// Removes the protect trigger of `column` from the tables that inherit from `relid` and are no longer covered
+/// by any configuration (their own or an ancestor's).
+fn unprotect_inheritors(relid: pg_sys::Oid, column: &str) {
+    for child in inheritors(relid) {
+        let Some(name) = protect_trigger_of(child, column) else {
+            continue;
+        };
+        if crate::protect::config::config_of_table(child, column)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            continue;
+        }
+        let Ok(Some(t)) = Table::lookup(child) else { continue };
+        as_catalog_owner(|| ddl(&format!("DROP TRIGGER {} ON {}", quote_identifier(&name), t.name)));
+    }
+}
+
+/// Internal, called by the extension's event trigger when a table is created or altered (`created`: by CREATE
+/// TABLE): gives a table that inherits from a protected table (INHERITS, ALTER TABLE ... INHERIT) the protect
+/// triggers of its ancestors' protected columns, and warns when a new table has every column of a protected
+/// table without being protected (`CREATE TABLE ... (LIKE protected INCLUDING ALL)`: what is inserted there is
+/// stored in plaintext). Returns how many triggers it added. Not granted to anyone: only the event trigger runs
+/// it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ddl_table_changed(table: Option<RegClass>, created: default!(Option<bool>, false)) -> i32 {
+    let relid = required(table, "table").0;
+    let created = created.unwrap_or(false);
+    let parents: Vec<(pg_sys::Oid, String)> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "WITH RECURSIVE up(oid, depth) AS ( \
+                     SELECT $1::pg_catalog.oid, 0 \
+                     UNION ALL \
+                     SELECT i.inhparent, u.depth OPERATOR(pg_catalog.+) 1 FROM up u \
+                     JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) u.oid \
+                     WHERE u.depth OPERATOR(pg_catalog.<) 64) \
+                 SELECT DISTINCT p.table_name::pg_catalog.oid, p.column_name::pg_catalog.text \
+                 FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
+                 WHERE up.depth OPERATOR(pg_catalog.>) 0 ORDER BY 1, 2",
+                None,
+                &[relid.into()],
+            )
+            .map_err(spi_error)?
+            .map(|r| Ok((get::<pg_sys::Oid>(&r, 1, "table_name")?, get::<String>(&r, 2, "column_name")?)))
+            .collect::<Result<Vec<_>>>()
+        })
+    })
+    .or_raise();
+    let mut added = 0;
+    for (parent, column) in &parents {
+        let tables = protect_inheritors(*parent, column);
+        if tables.is_empty() {
+            continue;
+        }
+        added += tables.len() as i32;
+        let parent_name = Table::lookup(*parent).ok().flatten().map(|t| t.name);
+        crate::audit::record(
+            "protect",
+            None,
+            &[],
+            json!({"tables": tables, "column": column, "inherited_from": parent_name, "automatic": true}),
+        );
+    }
+    if created && parents.is_empty() {
+        warn_copies_of_protected(relid);
+    }
+    added
+}
+
+/// Warns when `relid` (a new table that inherits from nothing protected) has every column of a protected table,
+/// with the same types, and is not protected itself: a copy made with LIKE, whose inserts would be stored in
+/// plaintext.
+fn warn_copies_of_protected(relid: pg_sys::Oid) {
+    let copies: Vec<(String, String)> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT p.table_name::pg_catalog.text, p.column_name::pg_catalog.text \
+                 FROM event_crypto.protected_columns p \
+                 WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.<>) $1 \
+                   AND NOT EXISTS (SELECT 1 FROM event_crypto.protected_columns q \
+                                   WHERE q.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                                     AND q.column_name OPERATOR(pg_catalog.=) p.column_name) \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                                   WHERE a.attrelid OPERATOR(pg_catalog.=) p.table_name::pg_catalog.oid \
+                                     AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+                                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b \
+                                                     WHERE b.attrelid OPERATOR(pg_catalog.=) $1 \
+                                                       AND b.attname OPERATOR(pg_catalog.=) a.attname \
+                                                       AND b.atttypid OPERATOR(pg_catalog.=) a.atttypid \
+                                                       AND NOT b.attisdropped)) \
+                 ORDER BY 1, 2",
+                None,
+                &[relid.into()],
+            )
+            .map_err(spi_error)?
+            .map(|r| {
+                Ok((
+                    get::<String>(&r, 1, "table_name")?,
+                    get::<String>(&r, 2, "column_name")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+        })
+    })
+    .or_raise();
+    let Some(name) = Table::lookup(relid).ok().flatten().map(|t| t.name) else {
+        return;
+    };
+    for (source, column) in copies {
+        let report = pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+            format!("event_crypto: table {name} has the columns of protected table {source}, but its column \"{column}\" is not protected"),
+            "event_crypto",
+        )
+        .set_detail("Rows inserted into it are stored as they come, in plaintext (a copy made with CREATE TABLE ... LIKE takes no triggers).")
+        .set_hint(format!(
+            "Protect it as {source} is: SELECT event_crypto.protect('{}', '{}', ...);",
+            name.replace('\'', "''"),
+            column.replace('\'', "''")
+        ));
+        report.report(pgrx::PgLogLevel::WARNING);
+    }
+}
+
+/// Internal, called by the extension's event trigger after `ALTER TABLE ... RENAME COLUMN` (the column's new
+/// name is at `attnum` of `table`): the configuration names the column again, on the table and on every table
+/// that inherits from it (PostgreSQL renames theirs too). A stored name that no longer exists is the one the
+/// column had: the configuration rows, blind indexes, retention policy and re-encryption progress that used it
+/// take the new name, the protect trigger is re-made with it, and the decrypted view's column is renamed and the
+/// view refreshed. Returns the tables it changed. Not granted to anyone.
+#[pg_extern(volatile, parallel_unsafe)]
+fn follow_column_rename(table: Option<RegClass>, attnum: Option<i32>) -> Vec<String> {
+    let relid = required(table, "table").0;
+    let attnum = required(attnum, "attnum");
+    let Some(new) = crate::catalog::one::<String>(
+        "SELECT attname::pg_catalog.text FROM pg_catalog.pg_attribute \
+         WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.=) $2::pg_catalog.int2 AND NOT attisdropped",
+        &[relid.into(), attnum.into()],
+    )
+    .or_raise() else {
+        return Vec::new();
+    };
+    let mut tables = vec![relid];
+    tables.extend(
+        crate::catalog::all::<pg_sys::Oid>(
+            "WITH RECURSIVE down(oid, depth) AS ( \
+             SELECT $1::pg_catalog.oid, 0 \
+             UNION ALL \
+             SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1 FROM down d \
+             JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.oid \
+             WHERE d.depth OPERATOR(pg_catalog.<) 64) \
+         SELECT DISTINCT oid FROM down WHERE depth OPERATOR(pg_catalog.>) 0 ORDER BY 1",
+            &[relid.into()],
+            "oid",
+        )
+        .or_raise(),
+    );
+    let mut changed = Vec::new();
+    for x in tables {
+        let Ok(Some(t)) = Table::lookup(x) else { continue };
+        // every name stored for x, and the columns its own protect triggers name
+        let stored: Vec<String> = as_catalog_owner(|| {
+            crate::catalog::all(
+                "SELECT DISTINCT n::pg_catalog.text FROM ( \
+                     SELECT pg_catalog.unnest(ARRAY[p.column_name, p.key_column, p.context_column, p.type_column]) \
+                       FROM event_crypto.protected_columns p WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                     UNION ALL SELECT pg_catalog.unnest(ARRAY[b.column_name, b.target_column]) \
+                       FROM event_crypto.blind_indexes b WHERE b.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                     UNION ALL SELECT r.time_column FROM event_crypto.retention_policies r \
+                       WHERE r.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                     UNION ALL SELECT g.column_name FROM event_crypto.reencrypt_progress g \
+                       WHERE g.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                     UNION ALL SELECT pg_catalog.convert_from(pg_catalog.substr(tg.tgargs, 1, \
+                                          pg_catalog.length(tg.tgargs) OPERATOR(pg_catalog.-) 1), pg_catalog.getdatabaseencoding())::pg_catalog.name \
+                       FROM pg_catalog.pg_trigger tg \
+                       WHERE tg.tgrelid OPERATOR(pg_catalog.=) $1 AND NOT tg.tgisinternal AND tg.tgparentid OPERATOR(pg_catalog.=) 0 \
+                         AND tg.tgfoid OPERATOR(pg_catalog.=) 'event_crypto.protect_trigger()'::pg_catalog.regprocedure \
+                         AND tg.tgnargs OPERATOR(pg_catalog.=) 1) s(n) \
+                 WHERE n IS NOT NULL AND NOT EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) $1 \
+                        AND a.attname OPERATOR(pg_catalog.=) n AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) \
+                 ORDER BY 1",
+                &[x.into()],
+                "name",
+            )
+        })
+        .or_raise();
+        let has_new = with_desc(x, |d| Ok(d.iter().any(|a| !a.is_dropped() && a.name() == new))).unwrap_or(false);
+        let old = match stored.as_slice() {
+            [] => continue,
+            [one] if has_new => one.clone(),
+            _ => {
+                pgrx::warning!(
+                    "event_crypto: the protection configuration of {} names columns that no longer exist ({}); run event_crypto.protect() for it again",
+                    t.name,
+                    stored.join(", ")
+                );
+                continue;
+            }
+        };
+        rename_in_config(&t, &old, &new);
+        changed.push(t.name.clone());
+    }
+    if !changed.is_empty() {
+        crate::audit::record("follow_rename", None, &[], json!({"tables": changed, "new_name": new}));
+    }
+    changed
+}
+
+/// Renames `old` to `new` wherever the configuration of `t` stores it (see [`follow_column_rename`]).
+fn rename_in_config(t: &Table, old: &str, new: &str) {
+    let x = t.oid;
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| -> Result<()> {
+            let args = [x.into(), old.into(), new.into()];
+            // blind_indexes references (table, column) of protected_columns: take its rows out while the key changes
+            let rename = |n: String| if n == old { new.to_string() } else { n };
+            let mut blind: Vec<(String, String, String, String, Option<String>)> = Vec::new();
+            for r in c
+                .update(
+                    "DELETE FROM event_crypto.blind_indexes WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                     RETURNING column_name::pg_catalog.text, field, target_column::pg_catalog.text, key_id, normalize",
+                    None,
+                    &[x.into()],
+                )
+                .map_err(spi_error)?
+            {
+                blind.push((
+                    rename(get(&r, 1, "column_name")?),
+                    get(&r, 2, "field")?,
+                    rename(get(&r, 3, "target_column")?),
+                    get(&r, 4, "key_id")?,
+                    get_opt(&r, 5, "normalize")?,
+                ));
+            }
+            let swap = |col: &str| format!("{col} = CASE WHEN {col} OPERATOR(pg_catalog.=) $2::pg_catalog.name THEN $3::pg_catalog.name ELSE {col} END");
+            c.update(
+                &format!(
+                    "UPDATE event_crypto.protected_columns SET {}, {}, {}, {} WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+                    swap("column_name"),
+                    swap("key_column"),
+                    swap("context_column"),
+                    swap("type_column")
+                ),
+                None,
+                &args,
+            )
+            .map_err(spi_error)?;
+            for (column, field, target, key_id, normalize) in blind {
+                c.update(
+                    "INSERT INTO event_crypto.blind_indexes (table_name, column_name, field, target_column, key_id, normalize) \
+                     VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6)",
+                    None,
+                    &[
+                        x.into(),
+                        column.as_str().into(),
+                        field.as_str().into(),
+                        target.as_str().into(),
+                        key_id.as_str().into(),
+                        normalize.as_deref().into(),
+                    ],
+                )
+                .map_err(spi_error)?;
+            }
+            c.update(
+                "UPDATE event_crypto.retention_policies SET time_column = $3 \
+                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND time_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                None,
+                &args,
+            )
+            .map_err(spi_error)?;
+            c.update(
+                "UPDATE event_crypto.reencrypt_progress SET column_name = $3 \
+                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                None,
+                &args,
+            )
+            .map_err(spi_error)?;
+            Ok(())
+        })
+    })
+    .or_raise();
+    // The protect trigger names the column it encrypts: make it again with the new name.
+    if let Some(trigger) = protect_trigger_of(x, old) {
+        as_catalog_owner(|| {
+            ddl(&format!("DROP TRIGGER {} ON {}", quote_identifier(&trigger), t.name));
+            ddl(&format!(
+                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
+                quote_identifier(trigger_name(new)),
+                t.name,
+                literal(new)
+            ));
+        });
+    }
+    // The decrypted views: their column follows the table's, and they are made again (decrypt_row names the
+    // protected column).
+    let views: Vec<pg_sys::Oid> = as_catalog_owner(|| {
+        crate::catalog::all(
+            "SELECT decrypted_view::pg_catalog.oid FROM event_crypto.protected_columns \
+             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND decrypted_view IS NOT NULL",
+            &[x.into()],
+            "decrypted_view",
+        )
+    })
+    .or_raise();
+    for v in views {
+        let Some((name, owner)) = our_view(x, v) else { continue };
+        let has_old = crate::catalog::one::<bool>(
+            "SELECT true FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
+             AND attname OPERATOR(pg_catalog.=) $2::pg_catalog.name AND NOT attisdropped",
+            &[v.into(), old.into()],
+        )
+        .or_raise()
+        .unwrap_or(false);
+        if has_old {
+            ddl_as(
+                owner,
+                &format!(
+                    "ALTER VIEW {name} RENAME COLUMN {} TO {}",
+                    quote_identifier(old),
+                    quote_identifier(new)
+                ),
+            );
+        }
+    }
+    for (_, column, _, ok, reason) in refresh_decrypted_views(Some(RegClass(x))) {
+        if !ok {
+            pgrx::warning!(
+                "event_crypto: the decrypted view of {}.{} could not be refreshed: {}",
+                t.name,
+                quote_identifier(&column),
+                reason.unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// Creates (or replaces) the decrypted view of a protected column, named `view_rel` in the table's schema; the
@@ -424,7 +841,7 @@ fn make_view(
         ))
     });
     let view = format!("{schema}.{}", quote_identifier(&view_rel));
-    let previous = old_view.and_then(our_view);
+    let previous = old_view.and_then(|o| our_view(t.oid, o));
     if let Some((old, owner)) = &previous {
         if *old != view {
             ddl_as(*owner, &format!("DROP VIEW {old}"));
@@ -529,14 +946,15 @@ fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
     let Some(view) = view else {
         return false;
     };
-    if trigger_exists(relid, &trigger_name(&column)) {
+    if let Some(old) = protect_trigger_of(relid, &column) {
         ddl_as(
             t.owner,
-            &format!("DROP TRIGGER {} ON {}", quote_identifier(trigger_name(&column)), t.name),
+            &format!("DROP TRIGGER {} ON {}", quote_identifier(&old), t.name),
         );
     }
+    unprotect_inheritors(relid, &column);
     let mut dropped_view = None;
-    if let Some((name, owner)) = view.and_then(our_view) {
+    if let Some((name, owner)) = view.and_then(|o| our_view(relid, o)) {
         ddl_as(owner, &format!("DROP VIEW {name}"));
         dropped_view = Some(name);
     }
@@ -740,6 +1158,8 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
                 type_column: name("type_column"),
                 fields_by_type: attr::<JsonB>(tuple, &desc, "fields_by_type").map(|j| j.0),
                 on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
+                allow_unlisted_types: attr::<bool>(tuple, &desc, "allow_unlisted_types")
+                    .ok_or_else(|| Error::null_argument("allow_unlisted_types"))?,
             },
         })
     })();
@@ -757,10 +1177,13 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
 /// Re-creates the decrypted view of every protected column the caller may change (the TRIGGER privilege) from
 /// the stored configuration, keeping each view's name: after an upgrade that changed what the views call (from
 /// 0.1.0, so that they decrypt each row under its own key only), or after columns were added to a table. Views
-/// it could not re-create are listed with the reason.
+/// it could not re-create are listed with the reason. `table`: only that table's (the extension's event trigger
+/// refreshes a table's views after one of its protected columns was renamed).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
-fn refresh_decrypted_views() -> TableIterator<
+fn refresh_decrypted_views(
+    table: default!(Option<RegClass>, "NULL"),
+) -> TableIterator<
     'static,
     (
         name!(table_name, String),
@@ -776,10 +1199,11 @@ fn refresh_decrypted_views() -> TableIterator<
             c.select(
                 &format!(
                     "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, decrypted_view::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
-                     FROM event_crypto.protected_columns ORDER BY 1, 2"
+                     FROM event_crypto.protected_columns \
+                     WHERE $1::pg_catalog.oid IS NULL OR table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1, 2"
                 ),
                 None,
-                &[],
+                &[table.map(|t| t.0).into()],
             )
             .map_err(spi_error)?
             .map(|r| {
@@ -796,6 +1220,9 @@ fn refresh_decrypted_views() -> TableIterator<
     .or_raise();
     let mut out = Vec::new();
     for (relid, column, row, old_view) in rows {
+        if table.is_some() && old_view.is_none() {
+            continue; // one table's views (after a rename): only those it has
+        }
         let label = row.table.clone();
         let t = match Table::lookup(relid) {
             Ok(Some(t)) => t,

@@ -74,6 +74,9 @@ pub struct Config {
     pub fields: Selector,
     /// Fields for rows of a type: the common fields and the type's own.
     pub by_type: HashMap<String, Selector>,
+    /// Fields for rows of a type `fields_by_type` does not name (or a NULL type): the common fields and the
+    /// list under `"*"`, or (`allow_unlisted_types`) the common fields alone; `None`: such rows are refused.
+    pub unlisted: Option<Selector>,
     pub type_col: Option<Col>,
     pub key: KeySpec,
     pub context: Option<Col>,
@@ -179,6 +182,7 @@ pub struct ConfigRow {
     pub type_column: Option<String>,
     pub fields_by_type: Option<Value>,
     pub on_forgotten: String,
+    pub allow_unlisted_types: bool,
 }
 
 /// A row of `event_crypto.blind_indexes`.
@@ -192,7 +196,8 @@ pub struct BlindRow {
 /// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order.
 pub const CONFIG_ROW_COLUMNS: &str =
     "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
-     context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten";
+     context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
+     allow_unlisted_types";
 
 impl ConfigRow {
     /// Reads [`CONFIG_ROW_COLUMNS`] from a result row, starting at column `first` (1-based).
@@ -207,10 +212,14 @@ impl ConfigRow {
             type_column: get_opt(r, first + 6, "type_column")?,
             fields_by_type: get_opt::<JsonB>(r, first + 7, "fields_by_type")?.map(|j| j.0),
             on_forgotten: get(r, first + 8, "on_forgotten")?,
+            allow_unlisted_types: get(r, first + 9, "allow_unlisted_types")?,
         })
     }
 }
 
+/// The configuration rows of `relid`.`column`: its own, or, for a table that inherits from a protected table
+/// (INHERITS, or a partition), those of its nearest protected ancestor (resolved against the inheritor's own
+/// columns by name).
 fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec<BlindRow>)> {
     as_catalog_owner(|| {
         Spi::connect(|client| {
@@ -218,22 +227,36 @@ fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec
             let t = client
                 .select(
                     &format!(
-                        "SELECT {CONFIG_ROW_COLUMNS} FROM event_crypto.protected_columns \
-                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                           AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+                        "WITH RECURSIVE up(oid, depth) AS ( \
+                             SELECT $1::pg_catalog.oid, 0 \
+                             UNION ALL \
+                             SELECT i.inhparent, u.depth OPERATOR(pg_catalog.+) 1 FROM up u \
+                             JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) u.oid \
+                             WHERE u.depth OPERATOR(pg_catalog.<) 64) \
+                         SELECT p.table_name::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
+                         FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
+                         WHERE p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                         ORDER BY up.depth LIMIT 1"
                     ),
                     Some(1),
                     &args,
                 )
                 .map_err(spi_error)?;
-            let row = t.into_iter().next().map(|r| ConfigRow::from_spi(&r, 1)).transpose()?;
+            let Some((owner_table, row)) = t
+                .into_iter()
+                .next()
+                .map(|r| Ok::<_, Error>((get::<pg_sys::Oid>(&r, 1, "table_name")?, ConfigRow::from_spi(&r, 2)?)))
+                .transpose()?
+            else {
+                return Ok((None, Vec::new()));
+            };
             let t = client
                 .select(
                     "SELECT field, target_column::pg_catalog.text, key_id, normalize FROM event_crypto.blind_indexes \
                      WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
                        AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name ORDER BY target_column",
                     None,
-                    &args,
+                    &[owner_table.into(), column.into()],
                 )
                 .map_err(spi_error)?;
             let blind = t
@@ -247,7 +270,7 @@ fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((row, blind))
+            Ok((Some(row), blind))
         })
     })
 }
@@ -264,6 +287,10 @@ pub fn parse_paths(texts: &[String]) -> Result<Vec<FieldPath>> {
         })
         .collect()
 }
+
+/// The entry of `fields_by_type` that lists the fields of every type it does not name (and of rows whose type is
+/// NULL), besides the common fields.
+pub const UNLISTED_TYPES: &str = "*";
 
 /// The field lists of `fields_by_type`: type name → paths. Refuses anything but an object of arrays of strings.
 pub fn by_type_lists(by_type: &Value) -> Result<Vec<(String, Vec<String>)>> {
@@ -304,6 +331,11 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
             by_type.insert(ty, Selector::new(&all)?);
         }
     }
+    let unlisted = match by_type.remove(UNLISTED_TYPES) {
+        Some(s) => Some(s),
+        None if row.allow_unlisted_types => Some(Selector::new(&fields)?),
+        None => None,
+    };
     let key = match (row.key_id, row.key_column) {
         (Some(k), None) => KeySpec::Fixed(k),
         (None, Some(c)) => KeySpec::Column {
@@ -349,6 +381,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         payload,
         fields: Selector::new(&fields)?,
         by_type,
+        unlisted,
         type_col,
         key,
         context,

@@ -181,61 +181,98 @@ fn legacy_key_ids(prefix: &str, subject: &str) -> Vec<String> {
     .or_raise()
 }
 
-/// Forgets a subject: shreds every key generation of the subject under every configured key prefix (and
-/// `subject:`), clears the subject's blind index values in protected tables, records an audit row and returns a
-/// receipt. Harmless to repeat. Tables it could not clear are listed under `skipped` (`complete` is then false);
-/// the keys are shredded in any case.
-#[pg_extern(volatile, parallel_unsafe)]
-fn forget_subject(subject: Option<&str>) -> JsonB {
-    JsonB(forget(check_subject_arg(subject)))
-}
-
-/// Whether any key of `subject` under `prefix` is live.
-pub fn subject_keys_live(prefix: &str, subject: &str) -> bool {
-    subject_key_ids(prefix, subject)
-        .iter()
-        .any(|k| keys::lookup(k).is_ok_and(|e| !e.shredded))
-}
-
-/// forget_subject() for a checked subject id; returns the receipt.
-pub fn forget(subject: &str) -> Value {
-    let columns = subject_columns();
-    let mut prefixes: Vec<String> = columns.iter().map(|t| t.key_prefix.clone()).collect();
-    prefixes.push("subject:".to_string());
+/// The key prefix (kind of subject) `forget_subject` and `export_subject` act on: the one named, or else the one
+/// prefix the protected tables keyed per subject use (`subject:` when none is). Several configured prefixes and
+/// none named is refused: a user id and a tenant id can be the same text, and forgetting one must never destroy
+/// the other's data.
+pub fn subject_kind(key_prefix: Option<&str>, function: &str) -> Result<String> {
+    if let Some(p) = key_prefix {
+        event_crypto_core::subject::check_key_prefix(p)?;
+        return Ok(p.to_string());
+    }
+    let mut prefixes: Vec<String> = subject_columns().into_iter().map(|c| c.key_prefix).collect();
     prefixes.sort();
     prefixes.dedup();
-    // A subject with no key yet under a prefix gets a shredded tombstone (its first key id, version 1), so that
-    // an event arriving later is refused (on_forgotten = 'error') or gets a new generation ('new_key') instead of
+    match prefixes.len() {
+        0 => Ok("subject:".to_string()),
+        1 => Ok(prefixes.remove(0)),
+        _ => Err(Error::invalid_argument(format!(
+            "{function} needs key_prefix: the protected tables key their rows by {} kinds of subject",
+            prefixes.len()
+        ))
+        .with_detail(format!(
+            "Key prefixes in use: {}. The same subject id under two prefixes names two different subjects.",
+            prefixes
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .with_hint(format!(
+            "Name the kind of subject, e.g. {function}('42', key_prefix => '{}').",
+            prefixes[0]
+        ))),
+    }
+}
+
+/// Forgets a subject of one kind (`key_prefix`; see [`subject_kind`]): shreds every key generation of the
+/// subject under that prefix, clears the subject's blind index values in the protected tables keyed by that
+/// prefix, records an audit row and returns a receipt. Harmless to repeat. Tables it could not clear are listed
+/// under `skipped` (`complete` is then false); the keys are shredded in any case.
+#[pg_extern(volatile, parallel_unsafe)]
+fn forget_subject(subject: Option<&str>, key_prefix: default!(Option<&str>, "NULL")) -> JsonB {
+    let subject = check_subject_arg(subject);
+    let prefix = subject_kind(key_prefix, "forget_subject").or_raise();
+    JsonB(forget(subject, &prefix))
+}
+
+/// The key ids of `subject` under `prefix` that have a live version: what forgetting the subject shreds.
+pub fn live_subject_key_ids(prefix: &str, subject: &str) -> Vec<String> {
+    let ids = subject_key_ids(prefix, subject);
+    as_catalog_owner(|| {
+        crate::catalog::all(
+            "SELECT DISTINCT key_id FROM event_crypto.keys \
+             WHERE key_id OPERATOR(pg_catalog.=) ANY ($1) AND status OPERATOR(pg_catalog.<>) 'shredded' ORDER BY key_id",
+            &[ids.into()],
+            "key_id",
+        )
+    })
+    .or_raise()
+}
+
+/// forget_subject() for a checked subject id of the kind `prefix`; returns the receipt.
+pub fn forget(subject: &str, prefix: &str) -> Value {
+    let columns: Vec<SubjectColumn> = subject_columns()
+        .into_iter()
+        .filter(|c| c.key_prefix == prefix)
+        .collect();
+    // A subject with no key yet gets a shredded tombstone (its first key id, version 1), so that an event
+    // arriving later is refused (on_forgotten = 'error') or gets a new generation ('new_key') instead of
     // silently creating a live key. The insert waits for a transaction that is creating that key right now (the
     // primary key's uniqueness check) and then yields to it: the key it made is found and shredded below.
     let role = crate::access::acting_role();
     let master_id = crate::master::get()
         .map(|ring| ring.active().id().to_string())
         .unwrap_or_else(|_| "none".to_string());
-    let tombstones: i64 = as_catalog_owner(|| {
-        Spi::connect_mut(|client| {
-            prefixes
-                .iter()
-                .filter_map(|p| subject_key_id(p, subject, 1).ok())
-                .map(|base| {
-                    client
-                        .update(
-                            "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
-                                                            master_key_id, created_by, shredded_at, shredded_by) \
-                             VALUES ($1, 1, 'aes-256-gcm', 'shredded', NULL, NULL, $2, $3, pg_catalog.now(), $3) \
-                             ON CONFLICT DO NOTHING RETURNING 1",
-                            None,
-                            &[base.as_str().into(), master_id.as_str().into(), role.as_str().into()],
-                        )
-                        .unwrap_or_else(|e| spi_failed(e))
-                        .len() as i64
-                })
-                .sum()
-        })
-    });
-    let mut key_ids: Vec<String> = prefixes.iter().flat_map(|p| subject_key_ids(p, subject)).collect();
-    key_ids.sort();
-    key_ids.dedup();
+    let tombstones: i64 = match subject_key_id(prefix, subject, 1) {
+        Err(_) => 0,
+        Ok(base) => as_catalog_owner(|| {
+            Spi::connect_mut(|client| {
+                client
+                    .update(
+                        "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
+                                                        master_key_id, created_by, shredded_at, shredded_by) \
+                         VALUES ($1, 1, 'aes-256-gcm', 'shredded', NULL, NULL, $2, $3, pg_catalog.now(), $3) \
+                         ON CONFLICT DO NOTHING RETURNING 1",
+                        None,
+                        &[base.as_str().into(), master_id.as_str().into(), role.as_str().into()],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e))
+                    .len() as i64
+            })
+        }),
+    };
+    let key_ids = subject_key_ids(prefix, subject);
     let mut destroyed = 0;
     for k in &key_ids {
         destroyed += keys::shred_key(k).or_raise();
@@ -257,6 +294,7 @@ pub fn forget(subject: &str) -> Value {
     }
     let already = destroyed == 0 && tombstones == 0;
     let details = json!({
+        "key_prefix": prefix,
         "versions_destroyed": destroyed,
         "tombstones": tombstones,
         "blind_index_rows_cleared": cleared,
@@ -268,6 +306,7 @@ pub fn forget(subject: &str) -> Value {
     let audit_id = crate::audit::record("forget_subject", Some(subject), &key_ids, details.clone());
     let mut receipt = json!({
         "subject": subject,
+        "key_prefix": prefix,
         "key_ids": key_ids,
         "audit_id": audit_id,
     });
@@ -345,10 +384,18 @@ fn clear_blind_indexes(sc: &SubjectColumn, subject: &str) -> std::result::Result
 /// caller's rights) unless it is named in `trust_policies`; skipped tables are listed under `skipped`. Envelopes
 /// that are not bound to their row read as null and are counted per table (`invalid_fields`). Audited.
 #[pg_extern(volatile, parallel_unsafe)]
-fn export_subject(subject: Option<&str>, trust_policies: default!(Option<Vec<RegClass>>, "'{}'")) -> JsonB {
+fn export_subject(
+    subject: Option<&str>,
+    trust_policies: default!(Option<Vec<RegClass>>, "'{}'"),
+    key_prefix: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let subject = check_subject_arg(subject);
+    let prefix = subject_kind(key_prefix, "export_subject").or_raise();
     let trusted: Vec<pg_sys::Oid> = trust_policies.unwrap_or_default().into_iter().map(|r| r.0).collect();
-    let columns = subject_columns();
+    let columns: Vec<SubjectColumn> = subject_columns()
+        .into_iter()
+        .filter(|c| c.key_prefix == prefix)
+        .collect();
     let mut out = Vec::new();
     let mut skips = Vec::new();
     let mut rows_total: i64 = 0;
@@ -366,9 +413,11 @@ fn export_subject(subject: Option<&str>, trust_policies: default!(Option<Vec<Reg
         "export_subject",
         Some(subject),
         &[],
-        json!({"rows": rows_total, "tables": out.len(), "skipped": skips}),
+        json!({"key_prefix": prefix, "rows": rows_total, "tables": out.len(), "skipped": skips}),
     );
-    JsonB(json!({"subject": subject, "tables": out, "skipped": skips, "complete": skips.is_empty()}))
+    JsonB(
+        json!({"subject": subject, "key_prefix": prefix, "tables": out, "skipped": skips, "complete": skips.is_empty()}),
+    )
 }
 
 type Skip = (Option<String>, Caught);

@@ -103,6 +103,25 @@ fn null_key_column(cfg: &Config, col: &Col) -> Error {
     .with_detail("The row's fields cannot be encrypted or checked without a subject; it is refused rather than stored in plaintext.")
 }
 
+/// A row whose type the configuration has no field list for: refused, never stored as it came (fail closed).
+fn unlisted_type(cfg: &Config, col: &Col, ty: Option<&str>) -> Error {
+    let what = match ty {
+        None => format!("type column \"{}\" of protected table {} is NULL", col.name, cfg.table),
+        Some(t) => {
+            // the type is the row's own (unencrypted) column, but bound its length in the message
+            let shown: String = t.chars().take(64).collect();
+            let more = if shown.len() < t.len() { "…" } else { "" };
+            format!(
+                "protected table {} has no field list for type \"{shown}{more}\" (column \"{}\")",
+                cfg.table, col.name
+            )
+        }
+    };
+    Error::new(ErrorKind::UnlistedType, what)
+        .with_detail("fields_by_type names the types whose fields are encrypted; a row of any other type is refused rather than stored in plaintext (types are compared exactly, case included).")
+        .with_hint("Add the type to fields_by_type, add a \"*\" entry (the fields of every other type), or protect() the column again with allow_unlisted_types => true (other types get the common fields only).")
+}
+
 fn null_context_column(cfg: &Config, col: &Col) -> Error {
     Error::new(
         ErrorKind::NullArgument,
@@ -253,12 +272,16 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     // SAFETY: a non-null datum of the jsonb column (type checked), detoasted for the duration of this call.
     let payload = unsafe { Jsonb::from_datum_packed(datum) };
     let doc = payload.document();
-    let selector = cfg
-        .type_col
-        .as_ref()
-        .and_then(|c| new.text(c))
-        .and_then(|t| cfg.by_type.get(&t))
-        .unwrap_or(&cfg.fields);
+    let selector = match &cfg.type_col {
+        None => &cfg.fields,
+        Some(c) => {
+            let ty = new.text(c);
+            match ty.as_deref().and_then(|t| cfg.by_type.get(t)).or(cfg.unlisted.as_ref()) {
+                Some(s) => s,
+                None => return Err(unlisted_type(&cfg, c, ty.as_deref())),
+            }
+        }
+    };
     let needs = needs_encryption(&doc, selector)?;
     // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
     if !needs && cfg.blind.is_empty() && !may_contain_envelope(&doc) {

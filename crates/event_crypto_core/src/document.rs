@@ -343,6 +343,10 @@ impl OnShredded {
 pub enum KeyLookup {
     Found(Rc<Cipher>),
     Shredded,
+    /// The version is disabled (its destruction is scheduled): decryption fails closed with
+    /// [`ErrorKind::KeyDisabled`], or, where the caller asked shredded values to read as null or be kept
+    /// (`on_shredded`), reads as shredded.
+    Disabled,
 }
 
 /// Looks up keys by (key id, version); errors for unknown keys, master key problems and so on.
@@ -416,6 +420,7 @@ fn open_envelope<K: KeySource>(
         match keys.decryption_key(&env.key_id, env.key_version)? {
             KeyLookup::Found(cipher) => env.open_range(&cipher, loc, context, aad).map(Some),
             KeyLookup::Shredded => Ok(None),
+            KeyLookup::Disabled => Err(Error::key_disabled(&env.key_id, env.key_version)),
         }
     })();
     *blob = env.into_blob();
@@ -507,6 +512,10 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
                         .unwrap_or_default();
                     return Err(Error::key_shredded(&key_id));
                 }
+                Ok(Opened::Shredded)
+            }
+            Err(e) if e.kind() == ErrorKind::KeyDisabled && self.on_shredded != OnShredded::Error => {
+                self.shredded += 1;
                 Ok(Opened::Shredded)
             }
             Err(e) if self.on_invalid != OnInvalid::Error && OnInvalid::applies_to(e.kind()) => {

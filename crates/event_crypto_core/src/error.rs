@@ -60,11 +60,17 @@ pub enum ErrorKind {
     NotReady,
     /// A feature or a combination that is not supported, e.g. PREPARE TRANSACTION after writing audit rows (0A000).
     Unsupported,
+    /// A row of a type the configuration has no field list for (fields_by_type without "*" or
+    /// allow_unlisted_types), refused rather than stored in plaintext (23514).
+    UnlistedType,
+    /// The key version is disabled: retire_key_version() scheduled its destruction; decryption under it fails
+    /// closed until cancel_retire() re-enables it or the maintenance run destroys it (38004).
+    KeyDisabled,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
-    pub const ALL: [ErrorKind; 26] = [
+    pub const ALL: [ErrorKind; 28] = [
         ErrorKind::NullArgument,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPath,
@@ -91,6 +97,8 @@ impl ErrorKind {
         ErrorKind::WrongColumnType,
         ErrorKind::NotReady,
         ErrorKind::Unsupported,
+        ErrorKind::UnlistedType,
+        ErrorKind::KeyDisabled,
     ];
 
     /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
@@ -122,6 +130,8 @@ impl ErrorKind {
             ErrorKind::WrongColumnType => 23,
             ErrorKind::NotReady => 24,
             ErrorKind::Unsupported => 25,
+            ErrorKind::UnlistedType => 26,
+            ErrorKind::KeyDisabled => 27,
         }
     }
 }
@@ -194,6 +204,14 @@ impl Error {
             format!("encryption key \"{key_id}\" does not exist or has been shredded"),
         )
         .with_hint("An administrator can see which key ids exist in event_crypto.key_info.")
+    }
+    pub fn key_disabled(key_id: &str, version: u32) -> Self {
+        Error::new(
+            ErrorKind::KeyDisabled,
+            format!("version {version} of encryption key \"{key_id}\" is disabled"),
+        )
+        .with_detail("retire_key_version() disabled it and scheduled its destruction: data encrypted under it cannot be read until the version is re-enabled, and after the destruction never.")
+        .with_hint("If this data is still needed, re-enable the version with event_crypto.cancel_retire() and re-encrypt it (event_crypto.reencrypt_table) before retiring the version again.")
     }
     pub fn key_shredded(key_id: &str) -> Self {
         Error::new(ErrorKind::KeyShredded, format!("encryption key \"{key_id}\" has been shredded"))

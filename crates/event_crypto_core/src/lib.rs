@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod error;
 pub mod jsonb;
 pub mod master;
+pub mod names;
 pub mod path;
 pub mod random;
 pub mod reencrypt;

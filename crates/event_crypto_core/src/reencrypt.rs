@@ -111,7 +111,8 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         };
         let old = match self.keys.decryption_key(&env.key_id, env.key_version)? {
             KeyLookup::Found(c) => c,
-            KeyLookup::Shredded => {
+            // a disabled version stays as it is too: moving it would need its key
+            KeyLookup::Shredded | KeyLookup::Disabled => {
                 self.shredded += 1;
                 keep(self, env, out);
                 return Ok(());
@@ -224,4 +225,33 @@ pub fn has_stale_envelopes<K: KeySource + NewestKey>(doc: &Document<'_>, keys: &
 /// Whether some envelope of the document is under `key_id` version `version`.
 pub fn uses_key_version(doc: &Document<'_>, key_id: &str, version: u32) -> Result<bool> {
     any_envelope(doc, |env| Ok(env.key_id == key_id && env.key_version == version))
+}
+
+/// Whether some envelope written into free text (a `text` or `json` column, a document stored as text) is under
+/// `key_id` version `version`. Every `$ec1$` in the text starts a candidate: the base64url characters after it
+/// must parse as an envelope (headers only; nothing is decrypted). Text that merely looks like an envelope and
+/// does not parse is not one here (free text may hold anything); the count is of values that do hold one.
+pub fn text_uses_key_version(text: &[u8], key_id: &str, version: u32) -> bool {
+    let prefix = crate::envelope::PREFIX.as_bytes();
+    let finder = memchr::memmem::Finder::new(prefix);
+    let mut from = 0;
+    let loc = Location::root();
+    while let Some(at) = finder.find(&text[from..]) {
+        let start = from + at;
+        let body = &text[start + prefix.len()..];
+        let len = body
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-' || **b == b'_')
+            .count();
+        let token = &text[start..start + prefix.len() + len];
+        if let Ok(t) = std::str::from_utf8(token) {
+            if let Ok(env) = Envelope::parse(t, &loc) {
+                if env.key_id == key_id && env.key_version == version {
+                    return true;
+                }
+            }
+        }
+        from = start + prefix.len() + len;
+    }
+    false
 }
