@@ -1103,6 +1103,61 @@ fn attr<T: FromDatum>(tuple: *mut pg_sys::HeapTupleData, desc: &PgTupleDesc<'_>,
     }
 }
 
+/// Whether two datums of one attribute have the same bytes (an UPDATE copies the values it does not change).
+///
+/// # Safety
+/// Both are valid datums of an attribute with `byval` and `len`.
+unsafe fn datum_bytes_equal(x: pg_sys::Datum, y: pg_sys::Datum, byval: bool, len: i16) -> bool {
+    if byval {
+        return x == y;
+    }
+    let (px, py) = (x.cast_mut_ptr::<u8>(), y.cast_mut_ptr::<u8>());
+    let (lx, ly) = match len {
+        n if n > 0 => (n as usize, n as usize),
+        -1 => (
+            pgrx::varlena::varsize_any(px.cast()),
+            pgrx::varlena::varsize_any(py.cast()),
+        ),
+        _ => return false,
+    };
+    lx == ly && std::slice::from_raw_parts(px, lx) == std::slice::from_raw_parts(py, ly)
+}
+
+/// Whether an UPDATE of `protected_columns` only sets `decrypted_view` to NULL, every other column unchanged.
+///
+/// # Safety
+/// `td` and `desc` are the firing row trigger's.
+unsafe fn only_view_forgotten(td: &pg_sys::TriggerData, desc: &PgTupleDesc<'_>) -> bool {
+    if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_UPDATE {
+        return false;
+    }
+    let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+    let mut view_nulled = false;
+    for (i, att) in desc.iter().enumerate() {
+        if att.is_dropped() {
+            continue;
+        }
+        let Some(n) = std::num::NonZeroUsize::new(i + 1) else {
+            return false;
+        };
+        let a = pgrx::heap_getattr_raw(old, n, desc.as_ptr());
+        let b = pgrx::heap_getattr_raw(new, n, desc.as_ptr());
+        if att.name() == "decrypted_view" {
+            view_nulled = b.is_none();
+            continue;
+        }
+        let same = match (a, b) {
+            (None, None) => true,
+            (Some(x), Some(y)) => datum_bytes_equal(x, y, att.attbyval, att.attlen),
+            _ => false,
+        };
+        if !same {
+            return false;
+        }
+    }
+    view_nulled
+}
+
 /// Validates the row a BEFORE INSERT OR UPDATE trigger on `event_crypto.protected_columns` or
 /// `event_crypto.blind_indexes` is about to write (the `config_check` trigger, see `crate::triggers`).
 pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
@@ -1128,6 +1183,12 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
     let relid = attr::<RegClass>(tuple, &desc, "table_name")
         .ok_or_else(|| Error::null_argument("table_name"))?
         .0;
+    // SAFETY: the trigger's own tuples and descriptor.
+    if table == "protected_columns" && unsafe { only_view_forgotten(td, &desc) } {
+        // the extension's event trigger forgets a dropped decrypted view: nothing the row configures changed
+        // (and a configuration that a dropped column broke must not stop the DROP)
+        return Ok(());
+    }
     let checked = (|| -> Result<()> {
         let column = required_text(name("column_name"), "column_name")?;
         if table == "blind_indexes" {

@@ -112,8 +112,13 @@ SELECT fields, type_column, fields_by_type FROM event_crypto.protect('typed', 'p
   fields_by_type => '{"CustomerCreated":["email","phone"],"PaymentProcessed":["card.token"]}');
 INSERT INTO typed (subject, kind, payload) VALUES
   ('t1', 'CustomerCreated', '{"name":"N","email":"x@x.io","phone":"1","card":{"token":"tok"}}'),
-  ('t1', 'PaymentProcessed', '{"name":"N","email":"x@x.io","card":{"token":"tok","last4":"4242"}}'),
-  ('t1', 'Other', '{"name":"N","email":"x@x.io"}');
+  ('t1', 'PaymentProcessed', '{"name":"N","email":"x@x.io","card":{"token":"tok","last4":"4242"}}');
+-- a type the configuration does not name is refused (issue 12: it was stored in plaintext) ...
+INSERT INTO typed (subject, kind, payload) VALUES ('t1', 'Other', '{"name":"N","email":"x@x.io"}');   -- 23514
+-- ... unless the configuration says what such rows get: here the common fields only
+SELECT allow_unlisted_types FROM event_crypto.protect('typed', 'payload', fields => ARRAY['name'], key_column => 'subject', type_column => 'kind',
+  fields_by_type => '{"CustomerCreated":["email","phone"],"PaymentProcessed":["card.token"]}', allow_unlisted_types => true);
+INSERT INTO typed (subject, kind, payload) VALUES ('t1', 'Other', '{"name":"N","email":"x@x.io"}');
 SELECT kind, payload->>'name' LIKE '$ec1$%' AS name_enc, payload->>'email' LIKE '$ec1$%' AS email_enc, payload->>'phone' LIKE '$ec1$%' AS phone_enc,
        payload->'card'->>'token' LIKE '$ec1$%' AS token_enc, payload->'card'->>'last4' AS last4 FROM typed ORDER BY id;
 SELECT payload FROM typed_decrypted ORDER BY id;

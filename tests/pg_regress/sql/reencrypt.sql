@@ -92,13 +92,19 @@ SELECT count(*) FROM re_events WHERE email_idx = event_crypto.blind_index('early
 -- the next call starts a new pass, which finds nothing to do
 SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
 SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 100);
--- now version 1 can go; envelopes still under it elsewhere read as shredded
+-- now version 1 can go: it is disabled first (issue 12), and destroyed by the maintenance run once
+-- event_crypto.retire_wait has passed; envelopes still under it elsewhere read as shredded
 CREATE TEMP TABLE untracked AS SELECT event_crypto.encrypt_value('"kept"', 'subject:u0') AS e;
 SELECT event_crypto.rotate_key('subject:u0');
-SELECT event_crypto.retire_key_version('subject:u1', 1) - 'checked' AS receipt;
-SELECT event_crypto.retire_key_version('subject:u1', 1) AS again;
+SELECT event_crypto.retire_key_version('subject:u1', 1) - 'destroy_after' - 'columns_checked' AS receipt;
+SELECT event_crypto.retire_key_version('subject:u1', 1) - 'destroy_after' AS again;
+SELECT destroy_after BETWEEN now() + interval '7 days' - interval '1 minute' AND now() + interval '7 days' AS in_a_week
+FROM event_crypto.key_info WHERE key_id = 'subject:u1' AND version = 1;
+SELECT event_crypto.maintenance_action('retire') AS not_yet;
+UPDATE event_crypto.keys SET destroy_after = now() - interval '1 second' WHERE key_id = 'subject:u1' AND version = 1;
+SELECT event_crypto.maintenance_action('retire') AS destroyed;
 SELECT event_crypto.retire_key_version('subject:u0', 1);                  -- 55006 re_events rows of u0 use it
-SELECT event_crypto.retire_key_version('subject:u0', 1, force => true) - 'checked' AS receipt;
+SELECT event_crypto.retire_key_version('subject:u0', 1, force => true) AS receipt;
 SELECT event_crypto.decrypt_value(e) AS shredded_reads_null, event_crypto.decrypt_value(e, on_shredded => 'keep') = to_jsonb(e) AS kept
 FROM untracked;
 SELECT event_crypto.decrypt_value(e, on_shredded => 'error') FROM untracked;          -- 55000
@@ -108,8 +114,8 @@ ORDER BY 1, 2;
 -- the key id itself is live: new events and lookups work
 INSERT INTO re_events (subject, stream, payload) VALUES ('u0', 'stream-x', '{"email": "new@x.io"}');
 SELECT event_crypto.decrypt_fields(payload, stream)->>'email' FROM re_events WHERE stream = 'stream-x';
-SELECT action, key_ids, details - 'rows_checked' AS details FROM event_crypto.audit_log
-WHERE action = 'retire_key_version' ORDER BY id;
+SELECT action, key_ids, details - 'destroy_after' - 'columns_checked' AS details FROM event_crypto.audit_log
+WHERE action IN ('retire_key_version', 'disable_key_version') ORDER BY id;
 -- a non-superuser with the admin and encryptor roles and UPDATE on the table can run a pass; without UPDATE not
 SELECT event_crypto.rotate_key('subject:u2');
 CREATE ROLE re_operator;
@@ -157,7 +163,7 @@ CALL event_crypto.reencrypt_table('re_proc', 'payload', 10);
 SELECT batches, rows_scanned, rows_rewritten, finished_at IS NOT NULL AS finished FROM event_crypto.reencrypt_progress
 WHERE table_name = 're_proc'::regclass;
 SELECT count(*) FILTER (WHERE event_crypto.uses_key_version(payload, 're:proc', 2)) AS newest, count(*) FROM re_proc;
-SELECT (event_crypto.retire_key_version('re:proc', 1))->'checked' AS checked;
+SELECT event_crypto.retire_key_version('re:proc', 1) - 'destroy_after' - 'columns_checked' AS receipt;
 SELECT count(*) FROM re_proc WHERE (event_crypto.decrypt_fields(payload)->>'email') LIKE 'p%@x.io';
 DROP TABLE re_proc;
 SELECT event_crypto.shred_key('re:proc');
