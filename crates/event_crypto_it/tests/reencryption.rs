@@ -122,13 +122,23 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     );
     assert_eq!(texts(&mut c, DECRYPTED), before);
 
-    // Every version 1 can now be retired; the data still reads the same.
+    // Every version 1 can now be retired: disabled first, destroyed by the maintenance run once
+    // event_crypto.retire_wait has passed (made due here); the data still reads the same.
     assert_eq!(
         one(
             &mut c,
             "SELECT count(*) FROM generate_series(0, 49) s \
-             WHERE (event_crypto.retire_key_version('subject:s' || s, 1))->>'destroyed' = 'true'"
+             WHERE (event_crypto.retire_key_version('subject:s' || s, 1))->>'disabled' = 'true'"
         ),
+        50
+    );
+    assert_eq!(texts(&mut c, DECRYPTED), before);
+    c.batch_execute(
+        "UPDATE event_crypto.keys SET destroy_after = now() WHERE key_id LIKE 'subject:s%' AND status = 'disabled'",
+    )
+    .unwrap();
+    assert_eq!(
+        one(&mut c, "SELECT (event_crypto.maintenance_action('retire')->>'destroyed')::bigint"),
         50
     );
     assert_eq!(texts(&mut c, DECRYPTED), before);
