@@ -6,7 +6,7 @@ use event_crypto_core::document::{Decryptor, Encryptor, KeyLookup, KeySource, On
 use event_crypto_core::envelope::Envelope;
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Location, Selector};
-use event_crypto_core::reencrypt::{has_stale_envelopes, uses_key_version, NewestKey, Reencryptor};
+use event_crypto_core::reencrypt::{has_stale_envelopes, text_uses_key_version, uses_key_version, NewestKey, Reencryptor};
 use event_crypto_core::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -20,6 +20,7 @@ struct Ring {
     newest: HashMap<String, u32>,
     shredded: Vec<String>,
     destroyed: Vec<(String, u32)>,
+    disabled: Vec<(String, u32)>,
 }
 
 impl Ring {
@@ -35,6 +36,9 @@ impl KeySource for Ring {
     fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
         if self.shredded.iter().any(|k| k == key_id) || self.destroyed.contains(&(key_id.to_string(), version)) {
             return Ok(KeyLookup::Shredded);
+        }
+        if self.disabled.contains(&(key_id.to_string(), version)) {
+            return Ok(KeyLookup::Disabled);
         }
         self.versions
             .get(&(key_id.to_string(), version))
@@ -287,4 +291,49 @@ fn a_scalar_root_envelope_is_reencrypted_too() {
         .unwrap()
         .0
         .is_none());
+}
+
+/// A disabled version (retire_key_version's waiting period): its envelopes are neither decrypted nor moved; they
+/// read as shredded unless the caller asks for errors, which then have their own kind.
+#[test]
+fn disabled_versions_fail_closed_and_stay_where_they_are() {
+    let mut ring = Ring::default();
+    ring.add("k", 1, Algorithm::Aes256Gcm);
+    let doc = encrypt(&ring, "k", 1, &sample(), &["email"], None);
+    ring.add("k", 2, Algorithm::Aes256Gcm);
+    ring.disabled.push(("k".into(), 1));
+    assert_eq!(decrypt(&mut ring, &doc, None)["email"], Value::Null);
+    let b = bin(&doc);
+    let mut out = Vec::new();
+    let err = Decryptor::new(&mut ring, None, OnShredded::Error)
+        .decrypt_document(&Document::from_datum(&b).unwrap(), &mut out)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyDisabled);
+    assert!(!err.message().contains("a@x.io"));
+    let (changed, moved, _, left) = reencrypt(&mut ring, &doc, None).unwrap();
+    assert_eq!((changed, moved, left), (None, 0, 1));
+    assert!(!has_stale_envelopes(&Document::from_datum(&b).unwrap(), &mut ring).unwrap());
+    // re-enabled, it decrypts again
+    ring.disabled.clear();
+    assert_eq!(decrypt(&mut ring, &doc, None)["email"], json!("a@x.io"));
+}
+
+/// Envelopes in free text (a text or json column): found wherever they are, by their headers only.
+#[test]
+fn envelopes_in_free_text_are_found_by_key_version() {
+    let mut ring = Ring::default();
+    ring.add("tenant:7", 3, Algorithm::Aes256Gcm);
+    let doc = encrypt(&ring, "tenant:7", 3, &json!({"a": "secret"}), &["a"], None);
+    let env = doc["a"].as_str().unwrap().to_string();
+    let note = format!("pasted {env}, and $ec1$ not-an-envelope $ec1$@@ and the end");
+    assert!(text_uses_key_version(note.as_bytes(), "tenant:7", 3));
+    assert!(!text_uses_key_version(note.as_bytes(), "tenant:7", 2));
+    assert!(!text_uses_key_version(note.as_bytes(), "tenant:8", 3));
+    let json_text = doc.to_string();
+    assert!(text_uses_key_version(json_text.as_bytes(), "tenant:7", 3));
+    assert!(!text_uses_key_version(b"$ec1$", "tenant:7", 3));
+    assert!(!text_uses_key_version(b"", "tenant:7", 3));
+    // a damaged one still names its version (counting it as use is the safe side); one cut inside its header does not
+    assert!(text_uses_key_version(&env.as_bytes()[..env.len() - 4], "tenant:7", 3));
+    assert!(!text_uses_key_version(&env.as_bytes()[..12], "tenant:7", 3));
 }
