@@ -589,14 +589,22 @@ BEGIN
     END IF;
     FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid FROM pg_catalog.pg_event_trigger_ddl_commands() d
               WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND NOT d.in_extension LOOP
-        IF c.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE' AND c.object_type OPERATOR(pg_catalog.=) 'table column'
-           AND c.objsubid OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM event_crypto.follow_column_rename(c.objid::pg_catalog.regclass, c.objsubid);
-        ELSIF c.command_tag OPERATOR(pg_catalog.=) ANY ('{CREATE TABLE,ALTER TABLE}')
-              AND c.object_type OPERATOR(pg_catalog.=) 'table' THEN
-            PERFORM event_crypto.ddl_table_changed(c.objid::pg_catalog.regclass,
-                                                   c.command_tag OPERATOR(pg_catalog.=) 'CREATE TABLE');
-        END IF;
+        -- The user's DDL is never refused for event_crypto's bookkeeping: what cannot be followed is a WARNING
+        -- (and the configuration then fails closed: inserts are refused until protect() is run again).
+        BEGIN
+            IF c.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE' AND c.object_type OPERATOR(pg_catalog.=) 'table column'
+               AND c.objsubid OPERATOR(pg_catalog.>) 0 THEN
+                PERFORM event_crypto.follow_column_rename(c.objid::pg_catalog.regclass, c.objsubid);
+            ELSIF c.command_tag OPERATOR(pg_catalog.=) ANY ('{CREATE TABLE,ALTER TABLE}')
+                  AND c.object_type OPERATOR(pg_catalog.=) 'table' THEN
+                PERFORM event_crypto.ddl_table_changed(c.objid::pg_catalog.regclass,
+                                                       c.command_tag OPERATOR(pg_catalog.=) 'CREATE TABLE');
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'event_crypto: the protection configuration of % could not follow this command: %',
+                c.objid::pg_catalog.regclass, SQLERRM
+                USING HINT = 'Run event_crypto.protect() for the table again.';
+        END;
     END LOOP;
 END
 $$;
