@@ -39,9 +39,11 @@ BEGIN
 END
 $view$;
 ALTER TABLE event_crypto.protected_columns DROP COLUMN view_name;
--- Rows of a type fields_by_type does not name were stored in plaintext (issue 12): they are refused now, unless
--- fields_by_type has a "*" entry or the configuration says allow_unlisted_types. Existing configurations are not
--- silently kept open: they fail closed too (the upgrade warns about each one).
+-- Rows of a type fields_by_type does not name (or NULL) were stored with the common fields encrypted only, and with
+-- no common fields in plaintext (issue 12). From 0.2.0 they are refused unless fields_by_type has a "*" entry or the
+-- configuration says allow_unlisted_types. An existing configuration with common fields keeps what it did (such
+-- rows get the common fields: refusing them now would stop the application's inserts at the upgrade); one without
+-- common fields, which stored such rows in plaintext, fails closed. The upgrade warns about each.
 ALTER TABLE event_crypto.protected_columns ADD COLUMN allow_unlisted_types boolean NOT NULL DEFAULT false;
 ALTER TABLE event_crypto.protected_columns ADD CONSTRAINT protected_unlisted_needs_types
     CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL);
@@ -49,10 +51,18 @@ DO $unlisted$
 DECLARE
     r record;
 BEGIN
-    FOR r IN SELECT table_name, column_name FROM event_crypto.protected_columns
-              WHERE fields_by_type IS NOT NULL AND NOT fields_by_type ? '*' LOOP
-        RAISE WARNING 'event_crypto: rows of %.% whose type fields_by_type does not name are now refused', r.table_name, r.column_name
-            USING HINT = 'To encrypt only the common fields of such rows as before, run event_crypto.protect() for it again with allow_unlisted_types => true.';
+    FOR r IN SELECT table_name, column_name, pg_catalog.cardinality(fields) OPERATOR(pg_catalog.>) 0 AS has_common
+               FROM event_crypto.protected_columns
+              WHERE fields_by_type IS NOT NULL AND NOT fields_by_type OPERATOR(pg_catalog.?) '*' LOOP
+        IF r.has_common THEN
+            UPDATE event_crypto.protected_columns p SET allow_unlisted_types = true
+             WHERE p.table_name OPERATOR(pg_catalog.=) r.table_name AND p.column_name OPERATOR(pg_catalog.=) r.column_name;
+            RAISE WARNING 'event_crypto: rows of %.% whose type fields_by_type does not name keep getting the common fields only (allow_unlisted_types)', r.table_name, r.column_name
+                USING HINT = 'To refuse them instead, run event_crypto.protect() for it again without allow_unlisted_types (or list their fields under "*").';
+        ELSE
+            RAISE WARNING 'event_crypto: rows of %.% whose type fields_by_type does not name are now refused (they were stored in plaintext)', r.table_name, r.column_name
+                USING HINT = 'List their fields under a "*" entry of fields_by_type, or the types themselves.';
+        END IF;
     END LOOP;
 END
 $unlisted$;
@@ -224,7 +234,7 @@ CREATE FUNCTION event_crypto."refresh_decrypted_views"(
 	"refreshed" bool,
 	"reason" TEXT
 )
-STRICT VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'refresh_decrypted_views_wrapper';
 
@@ -525,6 +535,9 @@ CREATE FUNCTION event_crypto."follow_column_rename"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'follow_column_rename_wrapper';
+
+COMMENT ON FUNCTION event_crypto.run_maintenance() IS
+    'Flushes usage counters, rotates key versions past the usage limit or due by schedule, enforces retention, destroys retired key versions whose wait is over.';
 
 -- (sql/ddl.sql)
 CREATE FUNCTION event_crypto.ddl_sql_drop() RETURNS event_trigger

@@ -26,7 +26,9 @@ SELECT id, subject, payload->>'email' AS email FROM up_events_decrypted ORDER BY
 -- old envelopes re-encrypt under the new version, then the old version retires
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('up_manual', 'p', 100, 'ctx');
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('up_manual', 'p', 100, 'ctx');
-SELECT (event_crypto.retire_key_version('up:aes', 1))->'destroyed' AS v1_destroyed;
+SELECT (event_crypto.retire_key_version('up:aes', 1))->'disabled' AS v1_disabled;
+UPDATE event_crypto.keys SET destroy_after = now() WHERE key_id = 'up:aes' AND status = 'disabled';
+SELECT event_crypto.maintenance_action('retire') AS retired;
 -- the chain goes on from the 0.1.0 rows, sealed by the new code
 SELECT ok, problem FROM event_crypto.verify_audit_log();
 SELECT count(*) > 0 AS old_rows_kept FROM event_crypto.audit_log WHERE action = 'create_key' AND key_ids = '{up:aes}';

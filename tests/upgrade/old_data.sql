@@ -45,3 +45,9 @@ SELECT event_crypto.set_retention('up:gone%', older_than => '10 years');
 CALL event_crypto.reencrypt_table('up_manual', 'p', 10, 'ctx');
 -- a version newer than the rows: the new release re-encrypts them
 SELECT event_crypto.rotate_key('up:aes');
+-- 0.1.0 kept the configuration of a dropped table (pointing at a dead oid): the upgrade removes it
+CREATE TABLE up_gone (subject text, payload jsonb);
+SELECT count(*) FROM event_crypto.protect('up_gone', 'payload', fields => ARRAY['x'], key_column => 'subject');
+SET client_min_messages = warning;
+DROP TABLE up_gone CASCADE;
+RESET client_min_messages;

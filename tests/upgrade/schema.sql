@@ -24,6 +24,10 @@ SELECT 'function ' || p.oid::regprocedure::text
 FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
 JOIN pg_language l ON l.oid = p.prolang
 UNION ALL
+SELECT 'event trigger ' || e.evtname || ' on ' || e.evtevent || ' runs ' || e.evtfoid::regprocedure::text
+       || ' enabled ' || e.evtenabled::text || ' tags ' || coalesce(e.evttags::text, '')
+FROM pg_event_trigger e JOIN members m ON m.classid = 'pg_event_trigger'::regclass AND m.objid = e.oid
+UNION ALL
 SELECT 'relation ' || c.oid::regclass::text || ' kind ' || c.relkind::text
        || ' acl ' || coalesce(c.relacl::text, '') || ' options ' || coalesce(c.reloptions::text, '')
        || ' comment ' || coalesce(obj_description(c.oid, 'pg_class'), '')

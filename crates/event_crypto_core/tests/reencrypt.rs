@@ -6,7 +6,9 @@ use event_crypto_core::document::{Decryptor, Encryptor, KeyLookup, KeySource, On
 use event_crypto_core::envelope::Envelope;
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Location, Selector};
-use event_crypto_core::reencrypt::{has_stale_envelopes, text_uses_key_version, uses_key_version, NewestKey, Reencryptor};
+use event_crypto_core::reencrypt::{
+    has_stale_envelopes, text_uses_key_version, uses_key_version, NewestKey, Reencryptor,
+};
 use event_crypto_core::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;

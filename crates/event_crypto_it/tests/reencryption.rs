@@ -138,7 +138,10 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
     )
     .unwrap();
     assert_eq!(
-        one(&mut c, "SELECT (event_crypto.maintenance_action('retire')->>'destroyed')::bigint"),
+        one(
+            &mut c,
+            "SELECT (event_crypto.maintenance_action('retire')->>'destroyed')::bigint"
+        ),
         50
     );
     assert_eq!(texts(&mut c, DECRYPTED), before);
