@@ -230,7 +230,14 @@ pub fn relation_changed(relid: pg_sys::Oid) {
     match cat {
         Some(c) if relid == c.keys || relid == c.legacy_subject_keys => invalidate_keys(),
         Some(c) if relid == c.protected_columns || relid == c.blind_indexes => crate::protect::invalidate_config(None),
-        _ => crate::protect::invalidate_config(Some(relid)),
+        Some(_) => crate::protect::invalidate_config(Some(relid)),
+        // The catalog's oids are not known (not looked up yet, or forgotten after a change to one of its tables, and
+        // no SPI is possible here): any relation may be the key catalog, so drop everything. (Keeping the keys
+        // here let a session encrypt under a key whose row a later statement had deleted.)
+        None => {
+            invalidate_keys();
+            crate::protect::invalidate_config(None);
+        }
     }
     // The catalog's own oids are looked up again after any change to one of its tables: a long-lived session (the
     // maintenance worker, a pooled connection) must not keep the oids of tables a DROP EXTENSION removed, or the

@@ -172,6 +172,15 @@ SELECT count(*) AS dead_config FROM event_crypto.protected_columns WHERE table_n
 SELECT count(*) AS dead_policies FROM event_crypto.retention_policies WHERE table_name::oid NOT IN (SELECT oid FROM pg_class);
 SELECT count(*) >= 0 AS retention_runs FROM event_crypto.enforce_retention();
 SELECT action, ok FROM event_crypto.run_maintenance() WHERE action = 'retention';
+-- a change to the configuration tables (here by a DROP) must not leave the session's key cache blind to later
+-- changes of the key catalog (found by the isolation test forget-during-insert)
+SELECT event_crypto.create_key('dl:inv');
+SELECT event_crypto.encrypt_fields('{"a":"x"}', '{a}', 'dl:inv') IS NOT NULL AS encrypts;
+CREATE TABLE dl_gone (s text, payload jsonb);
+SELECT count(*) FROM event_crypto.protect('dl_gone', 'payload', fields => '{x}', key_id => 'dl:inv');
+DROP TABLE dl_gone CASCADE;
+DELETE FROM event_crypto.keys WHERE key_id = 'dl:inv';
+SELECT event_crypto.encrypt_fields('{"a":"x"}', '{a}', 'dl:inv');                    -- 42704
 -- renamed key column and protected column: inserts, forgetting, exporting and the view keep working
 ALTER TABLE dl_events RENAME COLUMN user_id TO uid;
 ALTER TABLE dl_events RENAME COLUMN payload TO body;
