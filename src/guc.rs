@@ -7,6 +7,7 @@ use std::ffi::CString;
 
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MASTER_KEY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MASTER_KEY_TIMEOUT_MS);
 pub static AUDIT_DECRYPT: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<f64> = GucSetting::<f64>::new(DEFAULT_ROTATE_AFTER);
 pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -17,6 +18,9 @@ pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_
 
 /// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
 pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
+
+/// How long the master key command may take by default (milliseconds).
+pub const DEFAULT_MASTER_KEY_TIMEOUT_MS: i32 = 5000;
 
 /// Key ids a backend keeps unwrapped by default (about 800 bytes each: some 8 MB at most).
 pub const DEFAULT_KEY_CACHE_SIZE: i32 = 10_000;
@@ -40,6 +44,16 @@ pub fn init() {
         &MASTER_KEY_COMMAND,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"event_crypto.master_key_timeout",
+        c"How long event_crypto.master_key_command may take to print the master key and exit.",
+        c"When the time is up, the command's whole process group is killed, the server starts without the master key and every call that needs it fails, saying why.",
+        &MASTER_KEY_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY | GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"event_crypto.audit_decrypt",
@@ -142,6 +156,10 @@ pub fn master_key_file() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+pub fn master_key_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(MASTER_KEY_TIMEOUT.get().max(1) as u64)
 }
 
 pub fn master_key_command() -> Option<String> {
