@@ -620,11 +620,10 @@ struct DueKey {
 /// The next page of due key ids after `after` (the order key of the last one read), in the action's order: by key
 /// id for usage, oldest first for schedules.
 fn due_page(due: Due, after: Option<&DueKey>) -> Result<Vec<DueKey>> {
-    const COLUMNS: &str =
-        "SELECT k.key_id, k.version, k.algorithm, k.master_key_id, k.wrapped_index_key, k.created_at \
-                           FROM event_crypto.keys k WHERE k.status OPERATOR(pg_catalog.=) 'active' ";
-    let (sql, args): (String, Vec<pgrx::datum::DatumWithOid<'_>>) = match (due, after) {
-        (Due::Usage(limit), after) => (
+    const COLUMNS: &str = "SELECT k.key_id, k.version, k.algorithm, k.master_key_id, k.wrapped_index_key, \
+                                  k.created_at FROM event_crypto.keys k WHERE k.status OPERATOR(pg_catalog.=) 'active' ";
+    let (sql, args): (String, Vec<pgrx::datum::DatumWithOid<'_>>) = match due {
+        Due::Usage(limit) => (
             format!(
                 "{COLUMNS} AND EXISTS (SELECT 1 FROM event_crypto.key_usage u \
                     WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version \
@@ -634,7 +633,7 @@ fn due_page(due: Due, after: Option<&DueKey>) -> Result<Vec<DueKey>> {
             ),
             vec![limit.into(), after.map(|d| d.key_id.clone()).into(), ROTATION_PAGE.into()],
         ),
-        (Due::Scheduled, after) => (
+        Due::Scheduled => (
             format!(
                 "{COLUMNS} AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p \
                     WHERE k.key_id OPERATOR(pg_catalog.~~) p.key_pattern \
@@ -731,9 +730,9 @@ fn rotate_due(due: Due, reason: &str) -> Value {
             if let Some(why) = cannot_rotate(ring, &k) {
                 skip(&k.key_id, why);
             } else {
-                match in_subtransaction(|| crate::keys::rotate_key(&k.key_id, None)) {
-                    Ok(Ok(_)) => done.push(k.key_id.clone()),
-                    Ok(Err(e)) => skip(&k.key_id, e.message().to_string()),
+                // an error rolls back this key's subtransaction only (its lock and anything it wrote)
+                match in_subtransaction(|| crate::keys::rotate_key(&k.key_id, None).or_raise()) {
+                    Ok(_) => done.push(k.key_id.clone()),
                     Err(c) => skip(&k.key_id, c.message),
                 }
             }

@@ -46,3 +46,18 @@ SELECT event_crypto.maintenance_action('scheduled_rotation');
 SELECT event_crypto.maintenance_action('scheduled_rotation');
 SELECT count(*) FROM event_crypto.key_info WHERE key_id LIKE 'rs:many:%' AND version = 2 AND status = 'active';
 ROLLBACK;
+
+-- A rotation that fails past that first look (here the newest version, whose blind-index root a rotation carries
+-- over, is damaged, while the active one is not) fails in its own subtransaction: skipped, reported, the others go on.
+BEGIN;
+SELECT event_crypto.create_key('rs:odd');
+SELECT event_crypto.rotate_key('rs:odd');
+SELECT event_crypto.create_key('rs:plain');
+UPDATE event_crypto.keys SET status = 'retired' WHERE key_id = 'rs:odd' AND version = 2;
+UPDATE event_crypto.keys SET status = 'active' WHERE key_id = 'rs:odd' AND version = 1;
+UPDATE event_crypto.keys SET wrapped_index_key = wrapped_key WHERE key_id = 'rs:odd' AND version = 2;
+SELECT key_pattern FROM event_crypto.set_rotation('rs:%', '1 hour');
+UPDATE event_crypto.keys SET created_at = now() - interval '2 hours' WHERE key_id IN ('rs:odd', 'rs:plain');
+SELECT event_crypto.maintenance_action('scheduled_rotation');
+SELECT key_id, version, status FROM event_crypto.key_info WHERE key_id IN ('rs:odd', 'rs:plain') ORDER BY 1, 2;
+ROLLBACK;
