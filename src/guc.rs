@@ -1,6 +1,7 @@
-//! Every GUC of event_crypto, under the `event_crypto.` prefix. The master key settings are postmaster-level
-//! (postgresql.conf or the server command line only) and hidden from non-superusers; decryption auditing can only
-//! be changed by superusers; the rotation threshold and worker interval are server-wide (postgresql.conf, reload).
+//! Every GUC of event_crypto, under the `event_crypto.` prefix. The master key settings (file, command, timeout)
+//! are postmaster-level (postgresql.conf or the server command line only) and hidden from non-superusers;
+//! decryption auditing can only be changed by superusers; the rotation threshold and worker interval are
+//! server-wide (postgresql.conf, reload).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
@@ -32,7 +33,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"event_crypto.master_key_file",
         c"Path of the file that holds the event_crypto master key (64 hex digits or base64 of 32 bytes).",
-        c"The file must be a regular file outside the data directory, owned by the server's OS user and not readable by group or others. Read once at server start.",
+        c"The file must be a regular file with a single hard link, outside the data directory, owned by the server's OS user and not readable by group or others. Read once at server start.",
         &MASTER_KEY_FILE,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
@@ -40,7 +41,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"event_crypto.master_key_command",
         c"Shell command whose standard output is the event_crypto master key (for a KMS or secret manager CLI).",
-        c"Run once at server start with /bin/sh -c; must exit 0 and print 64 hex digits or base64 of 32 bytes. Used only when master_key_file is not set.",
+        c"Run once at server start with /bin/sh -c; must print 64 hex digits or base64 of 32 bytes and exit 0 within event_crypto.master_key_timeout. Used only when master_key_file is not set.",
         &MASTER_KEY_COMMAND,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
