@@ -674,3 +674,49 @@ BEGIN
     END IF;
 END
 $views$;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- issue 12 (keys): a rewrap passes over damaged wrapped keys and reports them (the damaged column), and ends
+-- ---------------------------------------------------------------------------------------------------------------
+DROP PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint);
+DROP FUNCTION event_crypto.rewrap_keys_batch(integer);
+CREATE FUNCTION event_crypto."rewrap_keys_batch"(
+	"batch_size" INT DEFAULT 1000
+) RETURNS TABLE (
+	"rewrapped" bigint,
+	"remaining" bigint,
+	"unknown_master" bigint,
+	"damaged" bigint
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rewrap_keys_batch_wrapper';
+
+CREATE PROCEDURE event_crypto.rewrap_keys(batch_size integer DEFAULT 1000, INOUT rewrapped bigint DEFAULT NULL,
+                                          INOUT remaining bigint DEFAULT NULL, INOUT unknown_master bigint DEFAULT NULL,
+                                          INOUT damaged bigint DEFAULT NULL)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    b record;
+BEGIN
+    rewrapped := 0;
+    LOOP
+        SELECT * INTO b FROM event_crypto.rewrap_keys_batch(batch_size);
+        rewrapped := rewrapped OPERATOR(pg_catalog.+) b.rewrapped;
+        remaining := b.remaining;
+        unknown_master := b.unknown_master;
+        damaged := b.damaged;
+        EXIT WHEN b.rewrapped OPERATOR(pg_catalog.=) 0;
+        COMMIT;
+        -- a batch passes over damaged keys, so one that rewrapped fewer than batch_size has seen every candidate
+        EXIT WHEN b.rewrapped OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) IS
+    'Re-wraps every live data key under the active master key in committed batches; resumable. CALL outside a transaction block.';
+REVOKE ALL ON FUNCTION event_crypto.rewrap_keys_batch(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_crypto.rewrap_keys_batch(integer) TO event_crypto_admin;
+GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) TO event_crypto_admin;

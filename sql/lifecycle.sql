@@ -2,10 +2,12 @@
 
 -- Re-wraps every live data key under the active master key, one committed batch at a time: a crash or a
 -- cancel loses at most the batch in flight, and CALLing it again resumes where it stopped. Returns the total
--- rewrapped and what is left (remaining > 0 only if rows were locked by other transactions; unknown_master > 0
--- if some keys were wrapped by a master key missing from the ring).
+-- rewrapped and what is left: remaining > 0 if rows were locked by other transactions or are damaged;
+-- unknown_master > 0 if some keys were wrapped by a master key missing from the ring; damaged > 0 if some wrapped
+-- keys do not unwrap (they are passed over, named in a WARNING, and stay under their old master key).
 CREATE PROCEDURE event_crypto.rewrap_keys(batch_size integer DEFAULT 1000, INOUT rewrapped bigint DEFAULT NULL,
-                                          INOUT remaining bigint DEFAULT NULL, INOUT unknown_master bigint DEFAULT NULL)
+                                          INOUT remaining bigint DEFAULT NULL, INOUT unknown_master bigint DEFAULT NULL,
+                                          INOUT damaged bigint DEFAULT NULL)
     LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -17,12 +19,15 @@ BEGIN
         rewrapped := rewrapped OPERATOR(pg_catalog.+) b.rewrapped;
         remaining := b.remaining;
         unknown_master := b.unknown_master;
+        damaged := b.damaged;
         EXIT WHEN b.rewrapped OPERATOR(pg_catalog.=) 0;
         COMMIT;
+        -- a batch passes over damaged keys, so one that rewrapped fewer than batch_size has seen every candidate
+        EXIT WHEN b.rewrapped OPERATOR(pg_catalog.<) batch_size;
     END LOOP;
 END
 $$;
-COMMENT ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint) IS
+COMMENT ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) IS
     'Re-wraps every live data key under the active master key in committed batches; resumable. CALL outside a transaction block.';
 
 -- Re-encryption of a table, one committed batch at a time, resumable. Progress per (table, column): the last

@@ -172,17 +172,26 @@ fn master_key_id() -> String {
 }
 
 /// Re-wraps up to `batch_size` key versions under the active master key, in the calling transaction; returns
-/// what it did and what is left. `CALL event_crypto.rewrap_keys()` runs it batch after batch, committing each.
+/// what it did and what is left (`damaged`: key versions whose wrapped keys do not unwrap, passed over).
+/// `CALL event_crypto.rewrap_keys()` runs it batch after batch, committing each.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rewrap_keys_batch(
     batch_size: default!(Option<i32>, 1000),
-) -> TableIterator<'static, (name!(rewrapped, i64), name!(remaining, i64), name!(unknown_master, i64))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(rewrapped, i64),
+        name!(remaining, i64),
+        name!(unknown_master, i64),
+        name!(damaged, i64),
+    ),
+> {
     let batch_size = required(batch_size, "batch_size");
     if !(1..=100_000).contains(&batch_size) {
         raise(Error::invalid_argument("batch_size must be between 1 and 100000"));
     }
     let o = keys::rewrap_batch(batch_size as i64).or_raise();
-    TableIterator::once((o.rewrapped, o.remaining, o.unknown_master))
+    TableIterator::once((o.rewrapped, o.remaining, o.unknown_master, o.damaged))
 }
 
 /// The master keys of the ring and those the key catalog names, with the live key versions each wraps.

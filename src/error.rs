@@ -52,6 +52,18 @@ pub fn raise(e: Error) -> ! {
     unreachable!("ereport(ERROR) does not return")
 }
 
+/// Reports `e` as a WARNING with its SQLSTATE, message, detail and hint, and goes on.
+pub fn warn(e: &Error) {
+    let mut report = ErrorReport::new(sqlstate(e.kind()), e.message().to_string(), "event_crypto");
+    if let Some(d) = e.detail() {
+        report = report.set_detail(d.to_string());
+    }
+    if let Some(h) = e.hint() {
+        report = report.set_hint(h.to_string());
+    }
+    report.report(PgLogLevel::WARNING);
+}
+
 /// Unwraps a core result or raises its error.
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

@@ -1,12 +1,14 @@
-//! Every GUC of event_crypto, under the `event_crypto.` prefix. The master key settings are postmaster-level
-//! (postgresql.conf or the server command line only) and hidden from non-superusers; decryption auditing can only
-//! be changed by superusers; the rotation threshold and worker interval are server-wide (postgresql.conf, reload).
+//! Every GUC of event_crypto, under the `event_crypto.` prefix. The master key settings (file, command, timeout)
+//! are postmaster-level (postgresql.conf or the server command line only) and hidden from non-superusers;
+//! decryption auditing can only be changed by superusers; the rotation threshold and worker interval are
+//! server-wide (postgresql.conf, reload).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MASTER_KEY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MASTER_KEY_TIMEOUT_MS);
 pub static AUDIT_DECRYPT: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<f64> = GucSetting::<f64>::new(DEFAULT_ROTATE_AFTER);
 pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -18,6 +20,9 @@ pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_
 /// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
 pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
 
+/// How long the master key command may take by default (milliseconds).
+pub const DEFAULT_MASTER_KEY_TIMEOUT_MS: i32 = 5000;
+
 /// Key ids a backend keeps unwrapped by default (about 800 bytes each: some 8 MB at most).
 pub const DEFAULT_KEY_CACHE_SIZE: i32 = 10_000;
 
@@ -28,7 +33,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"event_crypto.master_key_file",
         c"Path of the file that holds the event_crypto master key (64 hex digits or base64 of 32 bytes).",
-        c"The file must be a regular file outside the data directory, owned by the server's OS user and not readable by group or others. Read once at server start.",
+        c"The file must be a regular file with a single hard link, outside the data directory, owned by the server's OS user and not readable by group or others. Read once at server start.",
         &MASTER_KEY_FILE,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
@@ -36,10 +41,20 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"event_crypto.master_key_command",
         c"Shell command whose standard output is the event_crypto master key (for a KMS or secret manager CLI).",
-        c"Run once at server start with /bin/sh -c; must exit 0 and print 64 hex digits or base64 of 32 bytes. Used only when master_key_file is not set.",
+        c"Run once at server start with /bin/sh -c; must print 64 hex digits or base64 of 32 bytes and exit 0 within event_crypto.master_key_timeout. Used only when master_key_file is not set.",
         &MASTER_KEY_COMMAND,
         GucContext::Postmaster,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"event_crypto.master_key_timeout",
+        c"How long event_crypto.master_key_command may take to print the master key and exit.",
+        c"When the time is up, the command's whole process group is killed, the server starts without the master key and every call that needs it fails, saying why.",
+        &MASTER_KEY_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY | GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"event_crypto.audit_decrypt",
@@ -142,6 +157,10 @@ pub fn master_key_file() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+pub fn master_key_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(MASTER_KEY_TIMEOUT.get().max(1) as u64)
 }
 
 pub fn master_key_command() -> Option<String> {

@@ -860,55 +860,111 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
 pub struct RewrapOutcome {
     /// Key versions moved to the active master key by this batch.
     pub rewrapped: i64,
-    /// Live key versions still wrapped by another master key of the ring (locked ones included).
+    /// Live key versions still wrapped by another master key of the ring (locked and damaged ones included).
     pub remaining: i64,
     /// Live key versions wrapped by a master key that is not in the ring at all (they cannot be rewrapped here).
     pub unknown_master: i64,
+    /// Key versions this batch found damaged (their wrapped keys do not unwrap) and left as they are. When the
+    /// batch looked at every candidate (it rewrapped fewer than it was allowed to), these are all of them.
+    pub damaged: i64,
 }
+
+/// Key versions with damaged wrapped keys named in a rewrap's warning and audit row; the rest are only counted.
+const DAMAGED_LISTED: usize = 20;
 
 /// Re-wraps up to `limit` live key versions wrapped by an older master key of the ring under the active one:
 /// both wrapped keys of a row move together in one UPDATE, so a crash leaves each row wholly old or wholly new,
 /// and either way unwrappable by a key of the ring. Rows another transaction has locked are skipped and left
 /// for a later batch. Event rows are never touched: the data keys themselves do not change.
+///
+/// A key version whose wrapped keys do not unwrap (damaged) is left as it is, counted and named (a bounded list,
+/// in a WARNING once the batch has looked at every candidate, and in the audit row), and the batch carries on
+/// past it: damaged versions never use up a batch, so a batch that rewraps fewer than `limit` has looked at every
+/// candidate, and `CALL rewrap_keys()` ends. They stay counted in `remaining`.
 pub fn rewrap_batch(limit: i64) -> Result<RewrapOutcome> {
     let ring = master::get()?;
     let active = ring.active().id().to_string();
     let older: Vec<String> = ring.ids().skip(1).map(String::from).collect();
     let all: Vec<String> = ring.ids().map(String::from).collect();
+    let mut damaged: Vec<String> = Vec::new();
+    let mut damaged_count = 0i64;
     let outcome = as_catalog_owner(|| {
         Spi::connect_mut(|client| -> Result<RewrapOutcome> {
-            let rows = client
-                .update(
-                    "SELECT key_id, version, algorithm, wrapped_key, wrapped_index_key, master_key_id \
-                     FROM event_crypto.keys \
-                     WHERE wrapped_key IS NOT NULL AND master_key_id OPERATOR(pg_catalog.=) ANY ($1) \
-                     ORDER BY key_id, version LIMIT $2 FOR UPDATE SKIP LOCKED",
-                    None,
-                    &[older.clone().into(), limit.into()],
-                )
-                .unwrap_or_else(|e| spi_failed(e));
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut versions = Vec::with_capacity(rows.len());
-            let mut wrapped = Vec::with_capacity(rows.len());
-            let mut wrapped_index = Vec::with_capacity(rows.len());
-            for r in rows {
-                let key_id = r.get::<String>(1).ok().flatten().unwrap_or_default();
-                let version = r.get::<i32>(2).ok().flatten().unwrap_or(0);
-                let algorithm = Algorithm::from_name(&r.get::<String>(3).ok().flatten().unwrap_or_default())?;
-                let from = r.get::<String>(6).ok().flatten().unwrap_or_default();
-                let ctx = |purpose| WrapContext {
-                    key_id: &key_id,
-                    version: version as u32,
-                    algorithm,
-                    purpose,
-                };
-                let corrupt = || Error::key_shredded(&key_id);
-                let w = r.get::<Vec<u8>>(4).ok().flatten().ok_or_else(corrupt)?;
-                let wi = r.get::<Vec<u8>>(5).ok().flatten().ok_or_else(corrupt)?;
-                wrapped.push(ring.rewrap(&from, &w, &ctx(KeyPurpose::Data))?);
-                wrapped_index.push(ring.rewrap(&from, &wi, &ctx(KeyPurpose::BlindIndex))?);
-                versions.push(version);
-                ids.push(key_id);
+            let mut ids = Vec::new();
+            let mut versions = Vec::new();
+            let mut wrapped = Vec::new();
+            let mut wrapped_index = Vec::new();
+            // Candidates in (key_id, version) order, a page at a time, until `limit` are rewrapped or none is left.
+            let mut after: Option<(String, i32)> = None;
+            loop {
+                let want = limit - ids.len() as i64;
+                let rows = client
+                    .update(
+                        "SELECT key_id, version, algorithm, wrapped_key, wrapped_index_key, master_key_id \
+                         FROM event_crypto.keys \
+                         WHERE wrapped_key IS NOT NULL AND master_key_id OPERATOR(pg_catalog.=) ANY ($1) \
+                           AND ($3::pg_catalog.text IS NULL OR key_id OPERATOR(pg_catalog.>) $3 \
+                                OR (key_id OPERATOR(pg_catalog.=) $3 AND version OPERATOR(pg_catalog.>) $4)) \
+                         ORDER BY key_id, version LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        None,
+                        &[
+                            older.clone().into(),
+                            want.into(),
+                            after.as_ref().map(|a| a.0.clone()).into(),
+                            after.as_ref().map(|a| a.1).into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+                let exhausted = (rows.len() as i64) < want;
+                for r in rows {
+                    use crate::catalog::{get, get_opt};
+                    let key_id: String = get(&r, 1, "key_id")?;
+                    let version: i32 = get(&r, 2, "version")?;
+                    after = Some((key_id.clone(), version));
+                    let moved = (|| -> Result<(Vec<u8>, Vec<u8>)> {
+                        let algorithm = Algorithm::from_name(&get::<String>(&r, 3, "algorithm")?)?;
+                        let from: String = get(&r, 6, "master_key_id")?;
+                        let v = version_of(version)?;
+                        let ctx = |purpose| WrapContext {
+                            key_id: &key_id,
+                            version: v,
+                            algorithm,
+                            purpose,
+                        };
+                        let missing = || {
+                            Error::new(
+                                ErrorKind::WrappedKeyCorrupt,
+                                format!(
+                                    "encryption key \"{key_id}\" version {version} has no blind-index key material"
+                                ),
+                            )
+                        };
+                        let w: Vec<u8> = get(&r, 4, "wrapped_key")?;
+                        let wi: Vec<u8> = get_opt(&r, 5, "wrapped_index_key")?.ok_or_else(missing)?;
+                        Ok((
+                            ring.rewrap(&from, &w, &ctx(KeyPurpose::Data))?,
+                            ring.rewrap(&from, &wi, &ctx(KeyPurpose::BlindIndex))?,
+                        ))
+                    })();
+                    match moved {
+                        Ok((w, wi)) => {
+                            wrapped.push(w);
+                            wrapped_index.push(wi);
+                            versions.push(version);
+                            ids.push(key_id);
+                        }
+                        Err(_) => {
+                            // never the error's detail: only which key version, never anything of its bytes
+                            damaged_count += 1;
+                            if damaged.len() < DAMAGED_LISTED {
+                                damaged.push(format!("\"{key_id}\" version {version}"));
+                            }
+                        }
+                    }
+                }
+                if exhausted || ids.len() as i64 >= limit {
+                    break;
+                }
             }
             let rewrapped = ids.len() as i64;
             if rewrapped > 0 {
@@ -938,17 +994,39 @@ pub fn rewrap_batch(limit: i64) -> Result<RewrapOutcome> {
                 rewrapped,
                 remaining: row.get::<i64>(1).ok().flatten().unwrap_or(0),
                 unknown_master: row.get::<i64>(2).ok().flatten().unwrap_or(0),
+                damaged: damaged_count,
             })
         })
     })?;
-    if outcome.rewrapped > 0 {
-        crate::audit::record(
-            "rewrap_keys",
-            None,
-            &[],
-            json!({"rewrapped": outcome.rewrapped, "remaining": outcome.remaining, "to_master_key_id": active,
-                   "from_master_key_ids": older}),
+    let listed = || {
+        let mut s = damaged.join(", ");
+        if damaged_count > damaged.len() as i64 {
+            s.push_str(&format!(" and {} more", damaged_count - damaged.len() as i64));
+        }
+        s
+    };
+    if outcome.damaged > 0 && outcome.rewrapped < limit {
+        // This batch looked at every candidate: say once which ones are damaged.
+        crate::error::warn(
+            &Error::new(
+                ErrorKind::WrappedKeyCorrupt,
+                format!(
+                    "{} key versions could not be rewrapped: their wrapped keys do not unwrap",
+                    outcome.damaged
+                ),
+            )
+            .with_detail(format!("Left as they are: {}.", listed()))
+            .with_hint("The key catalog rows were altered or damaged: restore them from a backup, or shred the key ids. Until then they stay under their old master key and count in remaining."),
         );
+    }
+    if outcome.rewrapped > 0 {
+        let mut details = json!({"rewrapped": outcome.rewrapped, "remaining": outcome.remaining, "to_master_key_id": active,
+                                 "from_master_key_ids": older});
+        if outcome.damaged > 0 {
+            details["damaged"] = json!(outcome.damaged);
+            details["damaged_keys"] = json!(damaged);
+        }
+        crate::audit::record("rewrap_keys", None, &[], details);
     }
     Ok(outcome)
 }

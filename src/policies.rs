@@ -12,9 +12,11 @@ use crate::catalog::{get, get_opt};
 use crate::error::{raise, spi_error, OrRaise};
 use crate::protect::config::{config_of_table, KeySpec};
 use crate::sqltypes::{Name, RegClass};
+use event_crypto_core::aead::Algorithm;
+use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
 use event_crypto_core::subject::subject_key_id;
 use event_crypto_core::{Error, ErrorKind, Result};
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -555,14 +557,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
         "retire" => crate::retire::destroy_due(),
         "usage_rotation" => {
             let limit = crate::guc::ROTATE_AFTER_ENCRYPTIONS.get();
-            let due = due_keys(
-                "SELECT DISTINCT k.key_id FROM event_crypto.key_usage u \
-                 JOIN event_crypto.keys k ON k.key_id OPERATOR(pg_catalog.=) u.key_id AND k.version OPERATOR(pg_catalog.=) u.version \
-                 WHERE k.status OPERATOR(pg_catalog.=) 'active' AND u.encryptions::pg_catalog.float8 OPERATOR(pg_catalog.>=) $1 \
-                 ORDER BY 1 LIMIT 1000",
-                &[limit.into()],
-            );
-            let mut r = rotate(&due, "usage_rotation");
+            let mut r = rotate_due(Due::Usage(limit), "usage_rotation");
             if let Value::Object(m) = &mut r {
                 // the limit is an integer setting in all but its type (a float GUC, for values past 2^31)
                 let shown = if limit.fract() == 0.0 && limit < 9e15 {
@@ -574,18 +569,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
             }
             r
         }
-        "scheduled_rotation" => {
-            let due = due_keys(
-                "SELECT k.key_id FROM event_crypto.keys k \
-                 WHERE k.status OPERATOR(pg_catalog.=) 'active' \
-                   AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p \
-                               WHERE k.key_id OPERATOR(pg_catalog.~~) p.key_pattern \
-                                 AND k.created_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) p.rotate_every)) \
-                 ORDER BY k.created_at LIMIT 1000",
-                &[],
-            );
-            rotate(&due, "scheduled_rotation")
-        }
+        "scheduled_rotation" => rotate_due(Due::Scheduled, "scheduled_rotation"),
         "retention" => {
             let rows = retention(false).or_raise();
             let shredded = rows.iter().filter(|r| r.4).count();
@@ -607,31 +591,167 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
     })
 }
 
-fn due_keys(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Vec<String> {
-    as_catalog_owner(|| crate::catalog::all(sql, args, "key_id")).or_raise()
+/// Key ids rotated per action and run; a larger backlog is worked off over several runs.
+const ROTATION_CAP: usize = 1000;
+/// Due key ids read at a time.
+const ROTATION_PAGE: i64 = 1000;
+/// Key ids that could not be rotated named (with the reason) in an action's result and audit row; the rest are
+/// only counted.
+const SKIPPED_LISTED: usize = 20;
+
+/// Which key ids an action rotates: active versions past the usage limit, or due by a rotation policy.
+#[derive(Clone, Copy)]
+enum Due {
+    Usage(f64),
+    Scheduled,
 }
 
-/// Rotates each key id (a failure is recorded and the others still rotate) and audits the batch as `reason`.
-fn rotate(key_ids: &[String], reason: &str) -> Value {
+/// A due key id: the active version (the one a rotation unwraps the blind-index root of), and where the scan
+/// stands after it.
+struct DueKey {
+    key_id: String,
+    version: i32,
+    algorithm: String,
+    master_key_id: String,
+    wrapped_index_key: Option<Vec<u8>>,
+    created_at: TimestampWithTimeZone,
+}
+
+/// The next page of due key ids after `after` (the order key of the last one read), in the action's order: by key
+/// id for usage, oldest first for schedules.
+fn due_page(due: Due, after: Option<&DueKey>) -> Result<Vec<DueKey>> {
+    const COLUMNS: &str = "SELECT k.key_id, k.version, k.algorithm, k.master_key_id, k.wrapped_index_key, \
+                                  k.created_at FROM event_crypto.keys k WHERE k.status OPERATOR(pg_catalog.=) 'active' ";
+    let (sql, args): (String, Vec<pgrx::datum::DatumWithOid<'_>>) = match due {
+        Due::Usage(limit) => (
+            format!(
+                "{COLUMNS} AND EXISTS (SELECT 1 FROM event_crypto.key_usage u \
+                    WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version \
+                      AND u.encryptions::pg_catalog.float8 OPERATOR(pg_catalog.>=) $1) \
+                 AND ($2::pg_catalog.text IS NULL OR k.key_id OPERATOR(pg_catalog.>) $2) \
+                 ORDER BY k.key_id LIMIT $3"
+            ),
+            vec![limit.into(), after.map(|d| d.key_id.clone()).into(), ROTATION_PAGE.into()],
+        ),
+        Due::Scheduled => (
+            format!(
+                "{COLUMNS} AND EXISTS (SELECT 1 FROM event_crypto.rotation_policies p \
+                    WHERE k.key_id OPERATOR(pg_catalog.~~) p.key_pattern \
+                      AND k.created_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) p.rotate_every)) \
+                 AND ($1::pg_catalog.timestamptz IS NULL OR k.created_at OPERATOR(pg_catalog.>) $1 \
+                      OR (k.created_at OPERATOR(pg_catalog.=) $1 AND k.key_id OPERATOR(pg_catalog.>) $2)) \
+                 ORDER BY k.created_at, k.key_id LIMIT $3"
+            ),
+            vec![
+                after.map(|d| d.created_at).into(),
+                after.map(|d| d.key_id.clone()).into(),
+                ROTATION_PAGE.into(),
+            ],
+        ),
+    };
+    as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(&sql, None, &args)
+                .map_err(spi_error)?
+                .map(|r| {
+                    Ok(DueKey {
+                        key_id: get(&r, 1, "key_id")?,
+                        version: get(&r, 2, "version")?,
+                        algorithm: get(&r, 3, "algorithm")?,
+                        master_key_id: get(&r, 4, "master_key_id")?,
+                        wrapped_index_key: get_opt(&r, 5, "wrapped_index_key")?,
+                        created_at: get(&r, 6, "created_at")?,
+                    })
+                })
+                .collect()
+        })
+    })
+}
+
+/// Why a due key id cannot be rotated, found without touching the catalog: the master key that wrapped its
+/// active version is not in the ring, or its blind-index root (which a rotation carries over) does not unwrap.
+/// A rotation would fail the same way; checking first keeps such keys from using up a run.
+fn cannot_rotate(ring: &MasterKeyRing, k: &DueKey) -> Option<String> {
+    let Some(m) = ring.get(&k.master_key_id) else {
+        return Some(format!(
+            "master key {} that wrapped it is not in this server's master key ring",
+            k.master_key_id
+        ));
+    };
+    let check = || -> Result<()> {
+        let version = u32::try_from(k.version)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| Error::new(ErrorKind::CatalogAccess, "its active version is below 1"))?;
+        let wrapped = k
+            .wrapped_index_key
+            .as_deref()
+            .ok_or_else(|| Error::new(ErrorKind::WrappedKeyCorrupt, "its active version has no key material"))?;
+        let ctx = WrapContext {
+            key_id: &k.key_id,
+            version,
+            algorithm: Algorithm::from_name(&k.algorithm)?,
+            purpose: KeyPurpose::BlindIndex,
+        };
+        m.unwrap(wrapped, &ctx).map(drop)
+    };
+    check().err().map(|e| e.message().to_string())
+}
+
+/// Rotates the due key ids, up to [`ROTATION_CAP`] of them, each in its own subtransaction, and audits the batch
+/// as `reason`. A key id that cannot be rotated (its master key left the ring, its wrapped key is damaged, its
+/// rotation fails) is skipped and reported (`skipped`: how many, `skipped_keys`: the first of them with the
+/// reason) and does not count against the cap, so it never keeps the due key ids after it from rotating.
+/// `more_due` says the cap was reached with key ids left to look at (the next run goes on).
+fn rotate_due(due: Due, reason: &str) -> Value {
+    let mut ring: Option<&MasterKeyRing> = None;
     let mut done = Vec::new();
-    let mut failed = serde_json::Map::new();
-    for k in key_ids {
-        match in_subtransaction(|| crate::keys::rotate_key(k, None)) {
-            Ok(Ok(_)) => done.push(k.clone()),
-            Ok(Err(e)) => {
-                failed.insert(k.clone(), json!(e.message()));
+    let mut skipped = 0usize;
+    let mut listed = serde_json::Map::new();
+    let mut skip = |key_id: &str, why: String| {
+        skipped += 1;
+        if listed.len() < SKIPPED_LISTED {
+            listed.insert(key_id.to_string(), json!(why));
+        }
+    };
+    let mut more_due = false;
+    let mut last: Option<DueKey> = None;
+    'scan: loop {
+        let page = due_page(due, last.as_ref()).or_raise();
+        let full = page.len() as i64 == ROTATION_PAGE;
+        for k in page {
+            pgrx::check_for_interrupts!();
+            if done.len() == ROTATION_CAP {
+                more_due = true;
+                break 'scan;
             }
-            Err(c) => {
-                failed.insert(k.clone(), json!(c.message));
+            // (the master key ring is needed only when some key id is due; without it nothing can rotate)
+            let ring = *ring.get_or_insert_with(|| crate::master::get().or_raise());
+            if let Some(why) = cannot_rotate(ring, &k) {
+                skip(&k.key_id, why);
+            } else {
+                // an error rolls back this key's subtransaction only (its lock and anything it wrote)
+                match in_subtransaction(|| crate::keys::rotate_key(&k.key_id, None).or_raise()) {
+                    Ok(_) => done.push(k.key_id.clone()),
+                    Err(c) => skip(&k.key_id, c.message),
+                }
             }
+            last = Some(k);
+        }
+        if !full {
+            break;
         }
     }
-    if !done.is_empty() || !failed.is_empty() {
-        crate::audit::record(reason, None, &done, json!({"rotated": done.len(), "failed": failed}));
-    }
     let mut v = json!({"rotated": done.len()});
-    if !failed.is_empty() {
-        v["failed"] = Value::Object(failed);
+    if skipped > 0 {
+        v["skipped"] = json!(skipped);
+        v["skipped_keys"] = Value::Object(listed);
+    }
+    if more_due {
+        v["more_due"] = json!(true);
+    }
+    if !done.is_empty() || skipped > 0 {
+        crate::audit::record(reason, None, &done, v.clone());
     }
     v
 }

@@ -3,6 +3,7 @@
 //! - [`aead`]: the two AEAD algorithms behind one cipher type;
 //! - [`envelope`]: the versioned, authenticated envelope that replaces an encrypted JSON field;
 //! - [`master`]: the master key, its fingerprint and the wrapping of data keys;
+//! - [`keysource`]: reading the master key file and running the master key command, never waiting for good;
 //! - [`path`]: field path patterns and concrete locations;
 //! - [`document`]: encrypting and decrypting the fields of a JSON document;
 //! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
@@ -19,6 +20,7 @@ pub mod document;
 pub mod envelope;
 pub mod error;
 pub mod jsonb;
+pub mod keysource;
 pub mod master;
 pub mod names;
 pub mod path;

@@ -4,7 +4,7 @@
 //! committed transactions.
 
 use event_crypto_it::{
-    connect, connect_when_up, f_dir, fresh_db, kill9, pg_bin, pg_dump, pg_restore, sql_error, texts,
+    connect, connect_when_up, f_dir, fresh_db, kill9, one, pg_bin, pg_dump, pg_restore, sql_error, texts,
 };
 use postgres::Client;
 use std::time::{Duration, Instant};
@@ -250,6 +250,102 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
         (0, 0, live)
     );
     set_ring_and_restart(&[&old]);
+}
+
+/// Issue 12: a damaged wrapped key (it no longer unwraps) must not make every `CALL rewrap_keys` fail, nor be
+/// tried forever: the rewrap passes over it, moves every other key, reports it (the `damaged` column, a WARNING
+/// naming it), keeps counting it in `remaining`, and ends.
+#[test]
+fn a_damaged_wrapped_key_is_passed_over_and_reported_by_rewrap() {
+    let old = read_key("first.key");
+    let new = read_key("new.key");
+    set_ring_and_restart(&[&old]);
+    let db = fresh_db("F", "ec_damaged");
+    let mut c = connect("F", &db);
+    c.batch_execute(
+        "SELECT count(event_crypto.create_key('rw:' || lpad(i::text, 3, '0'))) FROM generate_series(1, 30) i;
+         CREATE TABLE probe AS SELECT i, event_crypto.encrypt_value(to_jsonb(i), 'rw:' || lpad(i::text, 3, '0')) AS e
+         FROM generate_series(1, 30) i;
+         -- the first key's data key and the 15th key's blind-index key damaged (one bit), the 30th's cut short
+         UPDATE event_crypto.keys SET wrapped_key = set_byte(wrapped_key, 20, get_byte(wrapped_key, 20) # 1) WHERE key_id = 'rw:001';
+         UPDATE event_crypto.keys SET wrapped_index_key = set_byte(wrapped_index_key, 40, get_byte(wrapped_index_key, 40) # 1) WHERE key_id = 'rw:015';
+         UPDATE event_crypto.keys SET wrapped_key = substr(wrapped_key, 1, 30) WHERE key_id = 'rw:030';",
+    )
+    .unwrap();
+    drop(c);
+    set_ring_and_restart(&[&new, &old]);
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = warnings.clone();
+    let mut c = format!("{} dbname={db}", event_crypto_it::dsn("F"))
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| {
+            seen.lock().unwrap().push(format!(
+                "{}: {} {}",
+                n.code().code(),
+                n.message(),
+                n.detail().unwrap_or("")
+            ))
+        })
+        .connect(postgres::NoTls)
+        .unwrap();
+    let new_id: String = c.query_one("SELECT event_crypto.master_key_id()", &[]).unwrap().get(0);
+    // batches of 1: the damaged first key would be the whole of every batch if it were not passed over
+    let started = Instant::now();
+    assert_eq!(
+        call_rewrap4(&mut c, 1),
+        (27, 3, 0, 3),
+        "27 rewrapped; the 3 damaged ones remain, reported"
+    );
+    let took = started.elapsed();
+    let said = warnings.lock().unwrap().clone();
+    assert_eq!(said.len(), 1, "one warning for the whole CALL: {said:?}");
+    assert!(
+        said[0].starts_with("XX001: 3 key versions could not be rewrapped")
+            && ["\"rw:001\" version 1", "\"rw:015\" version 1", "\"rw:030\" version 1"]
+                .iter()
+                .all(|k| said[0].contains(k)),
+        "{said:?}"
+    );
+    assert_eq!(live_under(&mut c, &new_id), 27);
+    // Every other key moved and works; the damaged ones are where they were.
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT count(*) FROM probe WHERE i NOT IN (1, 15, 30) AND event_crypto.decrypt_value(e) = to_jsonb(i)"
+        ),
+        27
+    );
+    // Called again: nothing to move, the damaged ones are not retried forever, and `remaining` is not 0.
+    assert_eq!(call_rewrap4(&mut c, 1000), (0, 3, 0, 3));
+    let b = c
+        .query_one("SELECT * FROM event_crypto.rewrap_keys_batch(2)", &[])
+        .unwrap();
+    assert_eq!((b.get::<_, i64>(0), b.get::<_, i64>(1), b.get::<_, i64>(3)), (0, 3, 3));
+    // The old master key still holds the damaged rows: it is not reported removable.
+    assert!(status(&mut c).iter().all(|s| !s.4));
+    let audited: i64 = one(
+        &mut c,
+        "SELECT coalesce(sum((details->>'rewrapped')::bigint), 0)::bigint FROM event_crypto.audit_log WHERE action = 'rewrap_keys'",
+    );
+    assert_eq!(audited, 27);
+    eprintln!("rewrap of 30 keys, 3 damaged, in batches of 1: {took:?}");
+    drop(c);
+    set_ring_and_restart(&[&old]);
+}
+
+/// CALLs the rewrap procedure; returns its four counts (rewrapped, remaining, unknown_master, damaged).
+fn call_rewrap4(c: &mut Client, batch: i32) -> (i64, i64, i64, i64) {
+    for m in c
+        .simple_query(&format!("CALL event_crypto.rewrap_keys({batch})"))
+        .unwrap()
+    {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            let n = |i: usize| r.get(i).unwrap().parse::<i64>().unwrap();
+            return (n(0), n(1), n(2), n(3));
+        }
+    }
+    panic!("CALL returned no row");
 }
 
 #[test]

@@ -116,6 +116,6 @@ SELECT event_crypto.create_key('mt:broken');
 UPDATE event_crypto.keys SET wrapped_index_key = wrapped_key WHERE key_id = 'mt:broken';   -- damaged catalog row
 SELECT key_pattern FROM event_crypto.set_rotation('mt:broken', '1 second');
 UPDATE event_crypto.keys SET created_at = now() - interval '1 hour' WHERE key_id = 'mt:broken';
-SELECT action, ok, CASE WHEN action = 'flush_usage' THEN NULL WHEN ok THEN detail - 'limit' ELSE detail->'failed' END AS detail
+SELECT action, ok, CASE WHEN action = 'flush_usage' THEN NULL WHEN ok THEN detail - 'limit' ELSE detail->'skipped_keys' END AS detail
 FROM event_crypto.run_maintenance();
 ROLLBACK;
