@@ -376,11 +376,12 @@ fn add_shared(items: Vec<(CounterKey, u64)>, exiting: bool) -> Vec<(CounterKey, 
     if items.is_empty() {
         return items;
     }
-    let missing: Vec<(CounterKey, u64)> = {
+    let limit = if exiting { EXIT_LIMIT } else { LIMIT };
+    let (missing, room): (Vec<(CounterKey, u64)>, bool) = {
         let Some((_g, t)) = Guard::new(pg_sys::LWLockMode::LW_SHARED) else {
             return items;
         };
-        items
+        let missing: Vec<(CounterKey, u64)> = items
             .into_iter()
             .filter(|(k, n)| match find(t, k) {
                 Ok(at) => {
@@ -389,15 +390,22 @@ fn add_shared(items: Vec<(CounterKey, u64)>, exiting: bool) -> Vec<(CounterKey, 
                 }
                 Err(_) => true,
             })
-            .collect()
+            .collect();
+        // No new counter can be had: do not take the exclusive lock (what is missing is tried again later).
+        let room = (t.used.load(Ordering::Relaxed) as usize) < limit
+            && (exiting
+                || missing.iter().any(|(k, _)| {
+                    t.database(k.database)
+                        .is_none_or(|d| (d.used.load(Ordering::Relaxed) as usize) < DB_LIMIT)
+                }));
+        (missing, room)
     };
-    if missing.is_empty() {
+    if missing.is_empty() || !room {
         return missing;
     }
     let Some((_g, t)) = Guard::new(pg_sys::LWLockMode::LW_EXCLUSIVE) else {
         return missing;
     };
-    let limit = if exiting { EXIT_LIMIT } else { LIMIT };
     missing
         .into_iter()
         .filter(|(k, n)| {
@@ -457,6 +465,8 @@ pub fn take(database: u32) -> Vec<(CounterKey, u64)> {
             })
             .collect()
     };
+    // in key order, like every writer of key_usage (crate::maintenance::write_counts)
+    let taken = merge(taken);
     if !taken.is_empty() {
         moved(Moved::Counts(taken.clone()));
     }
