@@ -3,12 +3,19 @@
 //! its caller describes), and sealed into a hash chain when the writing transaction commits.
 //!
 //! Sealing happens in the transaction's pre-commit callback, after every deferred trigger has run: the
-//! transaction takes the chain's lock (a self-conflicting lock on `event_crypto.audit_head`), reads the newest
-//! head with the newest snapshot (so REPEATABLE READ and SERIALIZABLE writers seal as well as READ COMMITTED
-//! ones), numbers and hashes all its new rows at once and appends the new head. The lock is therefore held only
-//! while the transaction commits: nothing a session does before (`SET CONSTRAINTS ALL IMMEDIATE`, a long
-//! transaction, `pg_sleep`) holds it, and a prepared transaction that wrote audit rows is refused. Each commit
-//! seals its rows in one pass, however many it wrote.
+//! transaction reads its new rows' content (before any lock), then takes the chain's lock (a self-conflicting lock
+//! on `event_crypto.audit_head`), reads the newest head with the newest snapshot (so REPEATABLE READ and
+//! SERIALIZABLE writers seal as well as READ COMMITTED ones), numbers and hashes all its new rows in one pass, writes
+//! them with one set-based UPDATE and appends the new head. The lock is therefore held only while the transaction
+//! commits, for work linear in the rows it seals: nothing a session does before (`SET CONSTRAINTS ALL IMMEDIATE`,
+//! a long transaction, `pg_sleep`) holds it, and a prepared transaction that wrote audit rows is refused.
+//!
+//! Keys a protect trigger creates for new subjects are not written one row each: they are collected while the
+//! transaction runs and written as `create_key` rows listing up to [`KEYS_PER_ROW`] key ids each (consecutive
+//! creations by the same roles with the same details), when the transaction records its next audit row of any
+//! other kind or commits, whichever comes first, so the log keeps the order in which things happened. A bulk
+//! insert of 40,000 new subjects writes and seals 4 rows, not 40,000 (issue 12, item 6). A key created in a
+//! subtransaction that rolls back is not recorded (its key row is gone too).
 
 use crate::access::{acting_role, as_catalog_owner, session_role};
 use crate::catalog::get;
@@ -20,15 +27,38 @@ use pgrx::JsonB;
 use serde_json::Value;
 use std::cell::RefCell;
 
+/// At most this many key ids in one `create_key` row written for automatically created keys.
+pub const KEYS_PER_ROW: usize = 10_000;
+
 thread_local! {
     /// Ids of the audit rows this transaction inserted (also by hand), to seal at commit.
     static PENDING: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Keys created automatically in this transaction whose `create_key` row is not written yet.
+    static CREATED: RefCell<Vec<Created>> = const { RefCell::new(Vec::new()) };
+    /// Those whose row is written, with the subtransaction that wrote it: if that one rolls back, the key (created
+    /// before it) still exists and its row is written again.
+    static WRITTEN: RefCell<Vec<(Created, pg_sys::SubTransactionId)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Appends an audit row for the acting role (and the session's role); returns its id.
-pub fn record(action: &str, subject: Option<&str>, key_ids: &[String], details: Value) -> i64 {
-    let actor = acting_role();
-    let session = session_role();
+/// One automatically created key, waiting for its `create_key` row.
+struct Created {
+    key_id: String,
+    /// The subtransaction it was created in (the parent's once that subtransaction commits).
+    subxact: pg_sys::SubTransactionId,
+    actor: String,
+    session: String,
+    details: Value,
+}
+
+/// Inserts one audit row as the catalog owner; returns its id.
+fn insert_row(
+    actor: &str,
+    session: &str,
+    action: &str,
+    subject: Option<&str>,
+    key_ids: Vec<String>,
+    details: Value,
+) -> i64 {
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             client
@@ -37,11 +67,11 @@ pub fn record(action: &str, subject: Option<&str>, key_ids: &[String], details: 
                      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                     Some(1),
                     &[
-                        actor.as_str().into(),
-                        session.as_str().into(),
+                        actor.into(),
+                        session.into(),
                         action.into(),
                         subject.into(),
-                        key_ids.to_vec().into(),
+                        key_ids.into(),
                         JsonB(details).into(),
                     ],
                 )
@@ -50,6 +80,66 @@ pub fn record(action: &str, subject: Option<&str>, key_ids: &[String], details: 
                 .unwrap_or_else(|| raise(Error::new(ErrorKind::CatalogAccess, "no audit row was written")))
         })
     })
+}
+
+/// Appends an audit row for the acting role (and the session's role); returns its id. The automatic key
+/// creations collected before it are written first, so the log keeps the order of events.
+pub fn record(action: &str, subject: Option<&str>, key_ids: &[String], details: Value) -> i64 {
+    write_created();
+    insert_row(
+        &acting_role(),
+        &session_role(),
+        action,
+        subject,
+        key_ids.to_vec(),
+        details,
+    )
+}
+
+/// Records a key a protect trigger created for a new subject: collected, and written together with the others of
+/// this transaction (see the module comment).
+pub fn record_created(key_id: &str, details: Value) {
+    // SAFETY: reads the current subtransaction's id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let created = Created {
+        key_id: key_id.to_string(),
+        subxact,
+        actor: acting_role(),
+        session: session_role(),
+        details,
+    };
+    CREATED.with(|c| c.borrow_mut().push(created));
+}
+
+/// Writes the collected automatic key creations: one `create_key` row per run of consecutive creations with the
+/// same roles and details, at most [`KEYS_PER_ROW`] key ids a row, in creation order. Called before any other audit
+/// row is written, and at commit.
+pub fn write_created() {
+    let created = CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if created.is_empty() {
+        return;
+    }
+    let mut rest = created.as_slice();
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take(KEYS_PER_ROW)
+            .take_while(|c| c.actor == first.actor && c.session == first.session && c.details == first.details)
+            .count();
+        let key_ids: Vec<String> = rest[..run].iter().map(|c| c.key_id.clone()).collect();
+        insert_row(
+            &first.actor,
+            &first.session,
+            "create_key",
+            None,
+            key_ids,
+            first.details.clone(),
+        );
+        rest = &rest[run..];
+    }
+    // SAFETY: reads the current subtransaction's id.
+    let by = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    WRITTEN.with(|w| w.borrow_mut().extend(created.into_iter().map(|c| (c, by))));
 }
 
 /// The chain hash of an audit row: SHA-256 over a domain label, the previous row's hash and the row's canonical
@@ -114,6 +204,21 @@ fn latest_head() -> Result<(i64, Vec<u8>)> {
     }
 }
 
+/// The canonical content of a row at position `seq`, from its content read with the position NULL: the content is
+/// a jsonb array whose first element is the position, so only that element differs.
+fn positioned(unpositioned: &str, seq: i64) -> Result<String> {
+    match unpositioned.strip_prefix("[null") {
+        Some(rest) if rest.starts_with(", ") => Ok(format!("[{seq}{rest}")),
+        _ => Err(Error::new(
+            ErrorKind::CatalogAccess,
+            "an audit row's content does not have the expected form",
+        )
+        .with_detail(
+            "event_crypto.audit_content() must return a jsonb array whose first element is the row's position.",
+        )),
+    }
+}
+
 /// Seals this transaction's unsealed audit rows (see the module comment).
 fn seal(ids: &[i64]) {
     if !audit_log_exists() {
@@ -125,14 +230,17 @@ fn seal(ids: &[i64]) {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     let r = as_catalog_owner(|| {
         Spi::connect_mut(|client| -> Result<()> {
-            let rows: Vec<i64> = client
+            // What does not depend on the chain is read before its lock: the rows and their content with the
+            // position still NULL (they are this transaction's own rows; nobody else writes them).
+            let rows: Vec<(i64, String)> = client
                 .select(
-                    "SELECT id FROM event_crypto.audit_log WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND seq IS NULL ORDER BY id",
+                    "SELECT l.id, event_crypto.audit_content(l) FROM event_crypto.audit_log l \
+                     WHERE l.id OPERATOR(pg_catalog.=) ANY ($1) AND l.seq IS NULL ORDER BY l.id",
                     None,
                     &[ids.to_vec().into()],
                 )
                 .map_err(spi_error)?
-                .map(|r| get::<i64>(&r, 1, "id"))
+                .map(|r| Ok((get::<i64>(&r, 1, "id")?, get::<String>(&r, 2, "content")?)))
                 .collect::<Result<_>>()?;
             if rows.is_empty() {
                 return Ok(());
@@ -144,28 +252,21 @@ fn seal(ids: &[i64]) {
                     &[],
                 )
                 .map_err(spi_error)?;
+            // Under the lock: the head, one pass of hashing, one UPDATE and one INSERT.
             let (head_seq, head_hash) = latest_head()?;
-            let seqs: Vec<i64> = (1..=rows.len() as i64).map(|i| head_seq + i).collect();
-            let contents: Vec<String> = client
-                .select(
-                    "SELECT event_crypto.audit_content(pg_catalog.jsonb_populate_record(l, pg_catalog.jsonb_build_object('seq', u.seq))) \
-                     FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS u(id, seq) \
-                     JOIN event_crypto.audit_log l ON l.id OPERATOR(pg_catalog.=) u.id ORDER BY u.seq",
-                    None,
-                    &[rows.clone().into(), seqs.clone().into()],
-                )
-                .map_err(spi_error)?
-                .map(|r| get::<String>(&r, 1, "content"))
-                .collect::<Result<_>>()?;
+            let n = rows.len();
+            let (mut row_ids, mut seqs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut prevs, mut hashes) = (Vec::with_capacity(n), Vec::with_capacity(n));
             let mut prev = head_hash;
-            let mut prevs = Vec::with_capacity(rows.len());
-            let mut hashes = Vec::with_capacity(rows.len());
-            for c in &contents {
-                let h = chain_hash(&prev, c.as_bytes())?.to_vec();
-                prevs.push(prev);
-                hashes.push(h.clone());
-                prev = h;
+            for (i, (id, content)) in rows.into_iter().enumerate() {
+                let seq = head_seq + 1 + i as i64;
+                let h = chain_hash(&prev, positioned(&content, seq)?.as_bytes())?.to_vec();
+                row_ids.push(id);
+                seqs.push(seq);
+                prevs.push(std::mem::replace(&mut prev, h.clone()));
+                hashes.push(h);
             }
+            let last = seqs.last().copied();
             client
                 .update(
                     "UPDATE event_crypto.audit_log l SET seq = u.seq, prev_hash = u.prev, row_hash = u.hash \
@@ -174,14 +275,14 @@ fn seal(ids: &[i64]) {
                           AS u(id, seq, prev, hash) \
                      WHERE l.id OPERATOR(pg_catalog.=) u.id",
                     None,
-                    &[rows.into(), seqs.clone().into(), prevs.into(), hashes.into()],
+                    &[row_ids.into(), seqs.into(), prevs.into(), hashes.into()],
                 )
                 .map_err(spi_error)?;
             client
                 .update(
                     "INSERT INTO event_crypto.audit_head (seq, row_hash) VALUES ($1, $2)",
                     None,
-                    &[seqs.last().copied().into(), prev.into()],
+                    &[last.into(), prev.into()],
                 )
                 .map_err(spi_error)?;
             Ok(())
@@ -197,12 +298,22 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => {
+            if CREATED.with(|c| !c.borrow().is_empty()) && audit_log_exists() {
+                // At pre-commit no statement snapshot is active any more; SPI needs one.
+                // SAFETY: pushed here and popped below; an error aborts the transaction, which pops it.
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+                write_created();
+                // SAFETY: pops the snapshot pushed above.
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
             let ids = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             if !ids.is_empty() {
                 seal(&ids);
             }
         }
-        XACT_EVENT_PRE_PREPARE if PENDING.with(|p| !p.borrow().is_empty()) => {
+        XACT_EVENT_PRE_PREPARE
+            if PENDING.with(|p| !p.borrow().is_empty()) || CREATED.with(|c| !c.borrow().is_empty()) =>
+        {
             raise(
                 Error::new(
                     ErrorKind::Unsupported,
@@ -212,13 +323,72 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 .with_hint("Commit the key, configuration or subject changes in an ordinary transaction."),
             );
         }
-        XACT_EVENT_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => PENDING.with(|p| p.borrow_mut().clear()),
+        XACT_EVENT_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
+            PENDING.with(|p| p.borrow_mut().clear());
+            CREATED.with(|c| c.borrow_mut().clear());
+            WRITTEN.with(|w| w.borrow_mut().clear());
+        }
         _ => {}
     }
 }
 
-/// Registers the transaction callback that seals audit rows; called from `_PG_init`.
+/// Keeps the collected key creations in step with subtransactions. When one rolls back, the creations made in it
+/// are dropped (their key rows are gone too), and rows it wrote for creations made before it are written again
+/// later (those keys still exist); when one commits, what it made and wrote belongs to its parent. Both lists only
+/// ever change at their end: a subtransaction's creations and writes are always the newest.
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    if event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB {
+        return;
+    }
+    let _ = CREATED.try_with(|created| {
+        WRITTEN.with(|written| {
+            let (Ok(mut created), Ok(mut written)) = (created.try_borrow_mut(), written.try_borrow_mut()) else {
+                return;
+            };
+            if event == SUBXACT_EVENT_ABORT_SUB {
+                while created.last().is_some_and(|c| c.subxact >= sub) {
+                    created.pop();
+                }
+                let mut again = Vec::new();
+                while written.last().is_some_and(|(_, by)| *by >= sub) {
+                    let (c, _) = written.pop().expect("not empty");
+                    if c.subxact < sub {
+                        again.push(c);
+                    }
+                }
+                if !again.is_empty() {
+                    again.reverse();
+                    again.append(&mut created);
+                    *created = again;
+                }
+            } else {
+                for c in created.iter_mut().rev().take_while(|c| c.subxact >= sub) {
+                    c.subxact = parent;
+                }
+                for (c, by) in written.iter_mut().rev().take_while(|(_, by)| *by >= sub) {
+                    *by = parent;
+                    if c.subxact >= sub {
+                        c.subxact = parent;
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// Registers the transaction callbacks that write collected key creations and seal audit rows; called from
+/// `_PG_init`.
 pub fn register_callback() {
-    // SAFETY: registers a static callback once per process.
-    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    // SAFETY: registers static callbacks once per process.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
 }

@@ -709,12 +709,14 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> 
         })
     });
     if outcome.is_none() {
-        crate::audit::record(
-            "create_key",
-            None,
-            &[key_id.to_string()],
-            json!({"version": 1, "algorithm": algorithm.name(), "master_key_id": m.id(), "automatic": automatic}),
-        );
+        let details =
+            json!({"version": 1, "algorithm": algorithm.name(), "master_key_id": m.id(), "automatic": automatic});
+        if automatic {
+            // Collected and written with the transaction's other automatic creations (crate::audit).
+            crate::audit::record_created(key_id, details);
+        } else {
+            crate::audit::record("create_key", None, &[key_id.to_string()], details);
+        }
     }
     Ok(outcome)
 }

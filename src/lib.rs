@@ -35,8 +35,10 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     event_crypto_core::set_interrupt_check(check_interrupts);
     keys::register_invalidation();
-    usage::register_callback();
+    // The audit log's callbacks first: PostgreSQL calls the ones registered last first, and the usage counters'
+    // pre-commit step may write audit rows that the audit log's seals.
     audit::register_callback();
+    usage::register_callback();
     // SAFETY: reading a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         master::preload();

@@ -12,30 +12,63 @@ use serde_json::json;
 use std::time::Duration;
 
 /// Moves the shared counters of this database into `event_crypto.key_usage` (encryptions per key version) and
-/// `event_crypto.audit_log` (one `decrypt` row per session, role and key id). Returns what it wrote.
+/// `event_crypto.audit_log` (one `decrypt` row per session, role and key id), and records the counts that were lost
+/// (a `usage_lost` audit row). Returns what it wrote.
 #[pg_extern(volatile, parallel_unsafe)]
 fn flush_usage() -> pgrx::JsonB {
     pgrx::JsonB(flush())
 }
 
-/// [`flush_usage`]: what it wrote.
+/// [`flush_usage`]: what it wrote. The counts are taken out of shared memory before they are written; if this
+/// transaction (or the subtransaction running the flush) rolls back, they are given back (`crate::usage`).
 pub fn flush() -> serde_json::Value {
     usage::publish();
     // SAFETY: reading a backend-global.
     let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
-    let snap = usage::snapshot(database);
-    if snap.is_empty() {
-        return json!({"tracking": usage::available(), "key_versions": 0, "encryptions": 0, "decrypt_rows": 0});
+    let taken = usage::take(database);
+    let lost = usage::take_lost(database);
+    write_counts(&taken);
+    let lost_json: serde_json::Map<String, serde_json::Value> = Kind::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), json!(lost[k.index()])))
+        .collect();
+    let encryptions: u64 = taken
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Encrypt)
+        .map(|(_, n)| n)
+        .sum();
+    let key_versions = taken.iter().filter(|(k, _)| k.kind == Kind::Encrypt).count();
+    let decrypt_rows = taken.iter().filter(|(k, _)| k.kind == Kind::Decrypt).count();
+    let mut out = json!({"tracking": usage::available(), "key_versions": key_versions, "encryptions": encryptions,
+                         "decrypt_rows": decrypt_rows, "lost": lost_json});
+    if lost.iter().any(|n| *n > 0) {
+        crate::audit::record("usage_lost", None, &[], json!(lost_json));
+        out["skipped"] = json!(
+            "usage counts were lost before they could be counted per key (the shared usage table was full when sessions ended); see the usage_lost audit row"
+        );
     }
-    let (mut ids, mut versions, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    if usage::available() {
+        let live: Vec<pg_sys::Oid> = crate::catalog::all("SELECT oid FROM pg_catalog.pg_database", &[], "oid")
+            .unwrap_or_else(|e| crate::error::raise(e));
+        usage::tidy(&live.iter().map(|o| o.to_u32()).collect::<Vec<_>>());
+    }
+    out
+}
+
+/// Writes counts into the catalog, as the catalog owner: encryptions into `event_crypto.key_usage` (added to what
+/// is there), decryptions as `decrypt` audit rows. Used by the flush and by a transaction that writes its own
+/// counts at commit (`crate::usage`). `counts` holds each counter once, sorted (so concurrent writers lock
+/// `key_usage` rows in the same order).
+pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
+    let (mut ids, mut versions, mut encryptions) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (k, n) in &snap {
+    for (k, n) in counts {
         match k.kind {
             Kind::Encrypt => {
                 ids.push(k.key_id.clone());
                 versions.push(k.version as i32);
-                counts.push(*n as i64);
+                encryptions.push(*n as i64);
             }
             Kind::Decrypt => {
                 d_ids.push(k.key_id.clone());
@@ -46,9 +79,13 @@ pub fn flush() -> serde_json::Value {
             }
         }
     }
-    let total: i64 = counts.iter().sum();
-    let key_versions = ids.len();
-    let decrypt_rows = d_ids.len();
+    if ids.is_empty() && d_ids.is_empty() {
+        return;
+    }
+    if !d_ids.is_empty() {
+        // keys created automatically before are recorded before these rows (crate::audit)
+        crate::audit::write_created();
+    }
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             if !ids.is_empty() {
@@ -60,7 +97,7 @@ pub fn flush() -> serde_json::Value {
                          ON CONFLICT (key_id, version) DO UPDATE \
                          SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, updated_at = pg_catalog.now()",
                         None,
-                        &[ids.into(), versions.into(), counts.into()],
+                        &[ids.into(), versions.into(), encryptions.into()],
                     )
                     .unwrap_or_else(|e| spi_failed(e));
             }
@@ -83,8 +120,6 @@ pub fn flush() -> serde_json::Value {
             }
         })
     });
-    usage::subtract(&snap);
-    json!({"tracking": true, "key_versions": key_versions, "encryptions": total, "decrypt_rows": decrypt_rows})
 }
 
 /// Encryptions counted in shared memory and not yet flushed, per key version of this database.

@@ -49,15 +49,51 @@ SELECT event_crypto.create_key('audit:e');
 PREPARE TRANSACTION 'audit_e';                               -- 0A000
 SELECT count(*) AS audit_e_rows FROM event_crypto.audit_log WHERE key_ids = '{audit:e}';
 
+-- Keys a protect trigger creates for new subjects are recorded in create_key rows of up to 10,000 key ids each,
+-- written when the transaction records its next audit row or commits (issue 12, item 6: one row per key made an
+-- insert of 40,000 new subjects seal 40,000 rows under the chain's lock, and other sessions' commits waited).
+CREATE TABLE audit_bulk (id serial PRIMARY KEY, subject text, payload jsonb);
+SELECT count(*) FROM event_crypto.protect('audit_bulk', 'payload', fields => ARRAY['email'], key_column => 'subject', key_prefix => 'bulk:');
+SELECT max(seq) AS head_before FROM event_crypto.audit_head \gset
+INSERT INTO audit_bulk (subject, payload) SELECT 's' || g, '{"email": "x@y.io"}' FROM generate_series(1, 12000) g;
+SELECT max(seq) - :head_before AS rows_sealed_by_the_insert FROM event_crypto.audit_head;
+SELECT seq - :head_before AS seq, action, cardinality(key_ids) AS keys, key_ids[1] AS first_key,
+       key_ids[cardinality(key_ids)] AS last_key, details - 'master_key_id' AS details, actor = current_user AS actor_ok
+FROM event_crypto.audit_log WHERE seq > :head_before ORDER BY seq;
+SELECT count(DISTINCT k) AS keys_recorded, (SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE 'bulk:%') AS keys_made
+FROM event_crypto.audit_log, unnest(key_ids) AS k WHERE seq > :head_before;
+-- a key made in a subtransaction that rolls back is not recorded; one made before a subtransaction that wrote its
+-- row and then rolled back still is; the creations are recorded before the audit rows written after them
+BEGIN;
+INSERT INTO audit_bulk (subject, payload) VALUES ('t1', '{"email": "x@y.io"}');
+SAVEPOINT a;
+INSERT INTO audit_bulk (subject, payload) VALUES ('t2', '{"email": "x@y.io"}');
+ROLLBACK TO a;
+SAVEPOINT b;
+SELECT event_crypto.create_key('audit:in-savepoint');
+ROLLBACK TO b;
+INSERT INTO audit_bulk (subject, payload) VALUES ('t3', '{"email": "x@y.io"}');
+SELECT count(*) AS not_written_yet FROM event_crypto.audit_log WHERE 'bulk:t3' = ANY (key_ids);
+SELECT event_crypto.shred_key('bulk:t3');
+COMMIT;
+SELECT seq - :head_before AS seq, action, key_ids FROM event_crypto.audit_log WHERE seq > :head_before + 2 ORDER BY seq;
+SELECT key_id FROM event_crypto.keys WHERE key_id IN ('bulk:t1', 'bulk:t2', 'bulk:t3', 'audit:in-savepoint') ORDER BY 1;
+-- a transaction that created keys automatically cannot be prepared either
+BEGIN;
+INSERT INTO audit_bulk (subject, payload) VALUES ('t4', '{"email": "x@y.io"}');
+PREPARE TRANSACTION 'audit_bulk';                            -- 0A000
+SELECT ok, rows_checked - :head_before AS rows_checked_since FROM event_crypto.verify_audit_log();
+SELECT event_crypto.unprotect('audit_bulk', 'payload');
+DROP TABLE audit_bulk;
+
 BEGIN;
 -- a key created by a protect trigger for a new subject is recorded as automatic
 CREATE TABLE audit_events (id serial PRIMARY KEY, subject text, payload jsonb);
 SELECT count(*) FROM event_crypto.protect('audit_events', 'payload', fields => ARRAY['email'], key_column => 'subject');
 INSERT INTO audit_events (subject, payload) VALUES ('zed', '{"email": "z@x.io"}');
-SELECT action, key_ids, details->'automatic' AS automatic FROM event_crypto.audit_log ORDER BY seq DESC LIMIT 1;
--- forget_subject records its own row besides the shred of each key
+-- forget_subject records its own row besides the shred of each key (the automatic creation is written before them)
 SELECT (event_crypto.forget_subject('zed'))->>'subject' AS forgotten;
-SELECT action, key_ids, subject FROM event_crypto.audit_log ORDER BY seq DESC LIMIT 2;
+SELECT action, key_ids, subject, details->'automatic' AS automatic FROM event_crypto.audit_log ORDER BY id DESC LIMIT 3;
 SELECT ok, rows_checked FROM event_crypto.verify_audit_log();
 -- the acting role and the session role are recorded, also under SET ROLE (issue 11, item 10)
 CREATE ROLE audit_actor IN ROLE event_crypto_admin;
@@ -131,4 +167,4 @@ WHERE e.extname = 'event_crypto' AND c.relname LIKE 'audit%' ORDER BY 1;
 
 -- (the keys this file committed go again, so that later files start from the keys they make; their audit rows
 -- stay, as audit rows do)
-DELETE FROM event_crypto.keys WHERE key_id LIKE 'audit:%';
+DELETE FROM event_crypto.keys WHERE key_id LIKE 'audit:%' OR key_id LIKE 'bulk:%';

@@ -17,6 +17,27 @@ BEGIN;
 SELECT count(event_crypto.encrypt_value('1', 'mt:usage')) FROM generate_series(1, 4);
 ROLLBACK;
 SELECT encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage';
+-- a flush that rolls back (with its transaction or its subtransaction) gives the counts it took back
+-- (issue 12, item 7: they were taken out of shared memory and lost)
+SELECT count(event_crypto.encrypt_value('1', 'mt:usage')) FROM generate_series(1, 3);
+BEGIN;
+SELECT (event_crypto.flush_usage())->'encryptions' AS flushed;
+ROLLBACK;
+SELECT encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage';
+BEGIN;
+SAVEPOINT s;
+SELECT (event_crypto.flush_usage())->'encryptions' AS flushed;
+ROLLBACK TO s;
+COMMIT;
+SELECT encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage';
+SELECT (event_crypto.flush_usage()) - 'tracking' AS flushed;   -- what it wrote, and what was lost (nothing)
+SELECT key_id, version, encryptions FROM event_crypto.key_usage WHERE key_id = 'mt:usage';
+-- a transaction that moved counts into the catalog cannot be prepared (rolled back, they would be lost)
+SELECT count(event_crypto.encrypt_value('1', 'mt:usage')) FROM generate_series(1, 2);
+BEGIN;
+SELECT (event_crypto.flush_usage())->'encryptions' AS flushed;
+PREPARE TRANSACTION 'mt_flush';                               -- 0A000
+SELECT encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage';
 SELECT event_crypto.rotate_key('mt:usage');
 SELECT event_crypto.encrypt_value('1', 'mt:usage') IS NOT NULL;
 SELECT version, encryptions FROM event_crypto.key_info WHERE key_id = 'mt:usage' ORDER BY version;
