@@ -485,12 +485,13 @@ ALTER TABLE event_crypto.keys DROP CONSTRAINT keys_status_check;
 ALTER TABLE event_crypto.keys ADD CONSTRAINT keys_status_check CHECK (status IN ('active', 'retired', 'disabled', 'shredded'));
 ALTER TABLE event_crypto.keys ADD COLUMN destroy_after timestamptz;
 ALTER TABLE event_crypto.keys ADD CONSTRAINT keys_disabled_until CHECK ((status = 'disabled') = (destroy_after IS NOT NULL));
+ALTER TABLE event_crypto.key_usage ADD COLUMN disabled_decryptions bigint NOT NULL DEFAULT 0 CHECK (disabled_decryptions >= 0);
 
 CREATE OR REPLACE VIEW event_crypto.key_info AS
     SELECT k.key_id, k.version, k.algorithm, k.status, k.master_key_id, k.created_at, k.created_by, k.retired_at,
            k.shredded_at, k.shredded_by, k.wrapped_key IS NOT NULL AS has_key_material,
            COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
-           k.destroy_after
+           k.destroy_after, COALESCE(u.disabled_decryptions, 0) AS disabled_decryptions
     FROM event_crypto.keys k
     LEFT JOIN event_crypto.key_usage u
            ON u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version

@@ -7,6 +7,8 @@ CREATE TABLE event_crypto.key_usage (
     version     integer     NOT NULL,
     encryptions bigint      NOT NULL DEFAULT 0 CHECK (encryptions >= 0),
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- attempts to decrypt under the version while retire_key_version had it disabled
+    disabled_decryptions bigint NOT NULL DEFAULT 0 CHECK (disabled_decryptions >= 0),
     PRIMARY KEY (key_id, version)
 );
 COMMENT ON TABLE event_crypto.key_usage IS 'Encryptions per key version (flushed by the maintenance run).';
@@ -16,7 +18,7 @@ CREATE VIEW event_crypto.key_info AS
     SELECT k.key_id, k.version, k.algorithm, k.status, k.master_key_id, k.created_at, k.created_by, k.retired_at,
            k.shredded_at, k.shredded_by, k.wrapped_key IS NOT NULL AS has_key_material,
            COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
-           k.destroy_after
+           k.destroy_after, COALESCE(u.disabled_decryptions, 0) AS disabled_decryptions
     FROM event_crypto.keys k
     LEFT JOIN event_crypto.key_usage u
            ON u.key_id OPERATOR(pg_catalog.=) k.key_id AND u.version OPERATOR(pg_catalog.=) k.version

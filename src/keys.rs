@@ -49,6 +49,7 @@ pub struct KeyEntry {
     /// Encryptions under the active version, and fields decrypted, counted by this backend (see `usage`).
     encryptions: Rc<Counter>,
     decryptions: Rc<Counter>,
+    disabled: Rc<Counter>,
     /// Whose key this is, where the key id was made before subject ids were escaped and its name says otherwise
     /// (`event_crypto.legacy_subject_keys`, written by the upgrade from 0.1.0): (key prefix, subject, generation).
     pub legacy_owners: Vec<(String, String, u32)>,
@@ -98,6 +99,7 @@ impl KeyEntry {
     /// into `event_crypto.key_usage.disabled_decryptions`), so that an application still reading data under a
     /// version scheduled for destruction shows up before the data is lost.
     fn note_disabled(&self, version: u32) {
+        usage::note(&self.disabled, usage::Kind::Disabled, &self.key_id, version, 1);
         // SAFETY: MyProc is this backend's PGPROC, set for the life of a regular backend.
         let lxid = unsafe { pg_sys::MyProc.as_ref().map(|p| p.lxid).unwrap_or(0) };
         let first = DISABLED_SEEN.with(|seen| {
@@ -523,6 +525,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         indexer,
         encryptions: Rc::default(),
         decryptions: Rc::default(),
+        disabled: Rc::default(),
         legacy_owners: Vec::new(),
     }
 }

@@ -41,6 +41,15 @@ pub fn flush() -> serde_json::Value {
     let decrypt_rows = taken.iter().filter(|(k, _)| k.kind == Kind::Decrypt).count();
     let mut out = json!({"tracking": usage::available(), "key_versions": key_versions, "encryptions": encryptions,
                          "decrypt_rows": decrypt_rows, "lost": lost_json});
+    let disabled: u64 = taken
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Disabled)
+        .map(|(_, n)| n)
+        .sum();
+    if disabled > 0 {
+        // an application still reads data under a version scheduled for destruction: say so in the run's report
+        out["disabled_decryptions"] = json!(disabled);
+    }
     if lost.iter().any(|n| *n > 0) {
         crate::audit::record("usage_lost", None, &[], json!(lost_json));
         out["skipped"] = json!(
@@ -63,6 +72,7 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
     let (mut ids, mut versions, mut encryptions) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut x_ids, mut x_versions, mut x_counts) = (Vec::new(), Vec::new(), Vec::new());
     for (k, n) in counts {
         match k.kind {
             Kind::Encrypt => {
@@ -77,9 +87,14 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
                 d_starts.push(k.session_start);
                 d_counts.push(*n as i64);
             }
+            Kind::Disabled => {
+                x_ids.push(k.key_id.clone());
+                x_versions.push(k.version as i32);
+                x_counts.push(*n as i64);
+            }
         }
     }
-    if ids.is_empty() && d_ids.is_empty() {
+    if ids.is_empty() && d_ids.is_empty() && x_ids.is_empty() {
         return;
     }
     if !d_ids.is_empty() {
@@ -98,6 +113,20 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
                          SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, updated_at = pg_catalog.now()",
                         None,
                         &[ids.into(), versions.into(), encryptions.into()],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+            }
+            if !x_ids.is_empty() {
+                client
+                    .update(
+                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, disabled_decryptions) \
+                         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
+                                                  pg_catalog.unnest($3::pg_catalog.int8[])) \
+                         ON CONFLICT (key_id, version) DO UPDATE \
+                         SET disabled_decryptions = u.disabled_decryptions OPERATOR(pg_catalog.+) EXCLUDED.disabled_decryptions, \
+                             updated_at = pg_catalog.now()",
+                        None,
+                        &[x_ids.into(), x_versions.into(), x_counts.into()],
                     )
                     .unwrap_or_else(|e| spi_failed(e));
             }

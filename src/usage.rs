@@ -61,6 +61,9 @@ const HELD_MAX: usize = 100_000;
 pub enum Kind {
     Encrypt = 1,
     Decrypt = 2,
+    /// Attempts to decrypt under a key version `retire_key_version` disabled (counted per key version, whatever
+    /// `audit_decrypt` says: an application still reading such data must show up before it is destroyed).
+    Disabled = 3,
 }
 
 /// Number of kinds.
@@ -68,7 +71,7 @@ pub const KINDS: usize = Kind::ALL.len();
 
 impl Kind {
     /// Every kind, in the order of their codes (`ALL[k.index()] == k`).
-    pub const ALL: [Kind; 2] = [Kind::Encrypt, Kind::Decrypt];
+    pub const ALL: [Kind; 3] = [Kind::Encrypt, Kind::Decrypt, Kind::Disabled];
 
     /// Index into per-kind arrays.
     pub fn index(self) -> usize {
@@ -84,13 +87,14 @@ impl Kind {
         match self {
             Kind::Encrypt => "encryptions",
             Kind::Decrypt => "decryptions",
+            Kind::Disabled => "disabled_decryptions",
         }
     }
 
     /// Whether a counter is kept per session (role, process, session start) rather than per key version only.
     fn per_session(self) -> bool {
         match self {
-            Kind::Encrypt => false,
+            Kind::Encrypt | Kind::Disabled => false,
             Kind::Decrypt => true,
         }
     }

@@ -43,6 +43,9 @@ SELECT event_crypto.retire_key_version('dl:k1', 3)->>'disabled' AS disabled;
 SELECT event_crypto.decrypt_value(:'v3_env') AS reads_null;
 SELECT event_crypto.decrypt_value(:'v3_env', on_shredded => 'keep') = to_jsonb(:'v3_env'::text) AS kept;
 SELECT event_crypto.decrypt_value(:'v3_env', on_shredded => 'error');                -- 38004
+-- every attempt is counted per key version and reported by the next flush (the maintenance run's first action)
+SELECT (event_crypto.flush_usage())->'disabled_decryptions' AS reported;
+SELECT version, disabled_decryptions FROM event_crypto.key_info WHERE key_id = 'dl:k1' AND disabled_decryptions > 0 ORDER BY 1;
 -- cancel_retire re-enables it until the wait is over
 SELECT event_crypto.cancel_retire('dl:k1', 3);
 SELECT event_crypto.decrypt_value(:'v3_env') AS readable_again;
