@@ -248,3 +248,36 @@ fn a_session_that_outlives_the_extension_sees_shreds_of_the_new_catalog() {
     admin.batch_execute("SELECT event_crypto.shred_key('new:k')").unwrap();
     assert_eq!(read(&mut pooled), None, "the shred reached the session's cache");
 }
+
+/// Issue 12 (found by the isolation test forget-during-insert): a session that saw another session change the
+/// protection configuration (protect(), a DROP of a protected table) forgot which table is the key catalog until
+/// its next catalog lookup, and a shred arriving in between left the key in its cache: it went on encrypting and
+/// decrypting under the shredded key.
+#[test]
+fn a_shred_after_a_configuration_change_still_reaches_a_session_with_the_key_cached() {
+    let db = fresh_db("A", "ec_shred_cfg");
+    let mut admin = connect("A", &db);
+    setup_events(&mut admin);
+    let mut reader = connect("A", &db);
+    assert!(emails(&mut reader, "alice").iter().all(|v| v == "alice@x.io"));
+    reader
+        .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
+        .unwrap();
+    // another session changes the configuration, then shreds the key the reader has cached
+    admin
+        .batch_execute(
+            "CREATE TABLE other (subject text, payload jsonb);
+             SELECT event_crypto.protect('other', 'payload', fields => '{x}', key_column => 'subject');
+             DROP TABLE other CASCADE;",
+        )
+        .unwrap();
+    admin.query_one("SELECT event_crypto.shred_key('subject:alice')", &[]).unwrap();
+    assert!(
+        emails(&mut reader, "alice").iter().all(Value::is_null),
+        "shredded fields read as null in the session that had the key cached"
+    );
+    let e = reader
+        .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
+        .unwrap_err();
+    assert_eq!(sql_error(&e).0, "42704");
+}
