@@ -58,3 +58,21 @@ pub fn one<T: IntoDatum + FromDatum>(sql: &str, args: &[pgrx::datum::DatumWithOi
         }
     })
 }
+
+/// `WITH RECURSIVE up(oid, depth)`: the relation `$1` (depth 0) and every relation it inherits from (INHERITS or
+/// as a partition), nearest first. Prefix a query that reads `up`.
+pub const ANCESTORS: &str = "WITH RECURSIVE up(oid, depth) AS ( \
+     SELECT $1::pg_catalog.oid, 0 \
+     UNION ALL \
+     SELECT i.inhparent, u.depth OPERATOR(pg_catalog.+) 1 FROM up u \
+     JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) u.oid \
+     WHERE u.depth OPERATOR(pg_catalog.<) 64) ";
+
+/// `WITH RECURSIVE down(oid, depth)`: the relation `$1` (depth 0) and every relation that inherits from it, at any
+/// depth. Prefix a query that reads `down`.
+pub const DESCENDANTS: &str = "WITH RECURSIVE down(oid, depth) AS ( \
+     SELECT $1::pg_catalog.oid, 0 \
+     UNION ALL \
+     SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1 FROM down d \
+     JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.oid \
+     WHERE d.depth OPERATOR(pg_catalog.<) 64) ";

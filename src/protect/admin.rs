@@ -12,7 +12,7 @@ use super::config::{
     build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow, CONFIG_ROW_COLUMNS,
 };
 use crate::access::{acting_role, as_catalog_owner, with_safe_search_path, Privilege, Table};
-use crate::catalog::{get, get_opt};
+use crate::catalog::{get, get_opt, ANCESTORS, DESCENDANTS};
 use crate::error::{raise, spi_error, OrRaise};
 use crate::sqltypes::{Name, RegClass};
 use event_crypto_core::blind::Normalize;
@@ -432,14 +432,8 @@ fn protect(
 /// their partitioned table itself).
 fn inheritors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     crate::catalog::all(
-        "WITH RECURSIVE down(oid, depth) AS ( \
-             SELECT $1::pg_catalog.oid, 0 \
-             UNION ALL \
-             SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1 FROM down d \
-             JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.oid \
-             WHERE d.depth OPERATOR(pg_catalog.<) 64) \
-         SELECT DISTINCT d.oid FROM down d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.oid \
-         WHERE d.depth OPERATOR(pg_catalog.>) 0 AND NOT c.relispartition ORDER BY 1",
+        &format!("{DESCENDANTS}SELECT DISTINCT d.oid FROM down d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.oid \
+         WHERE d.depth OPERATOR(pg_catalog.>) 0 AND NOT c.relispartition ORDER BY 1"),
         &[relid.into()],
         "oid",
     )
@@ -509,15 +503,9 @@ fn ddl_table_changed(table: Option<RegClass>, created: default!(Option<bool>, fa
     let parents: Vec<(pg_sys::Oid, String)> = as_catalog_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "WITH RECURSIVE up(oid, depth) AS ( \
-                     SELECT $1::pg_catalog.oid, 0 \
-                     UNION ALL \
-                     SELECT i.inhparent, u.depth OPERATOR(pg_catalog.+) 1 FROM up u \
-                     JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) u.oid \
-                     WHERE u.depth OPERATOR(pg_catalog.<) 64) \
-                 SELECT DISTINCT p.table_name::pg_catalog.oid, p.column_name::pg_catalog.text \
+                &format!("{ANCESTORS}SELECT DISTINCT p.table_name::pg_catalog.oid, p.column_name::pg_catalog.text \
                  FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
-                 WHERE up.depth OPERATOR(pg_catalog.>) 0 ORDER BY 1, 2",
+                 WHERE up.depth OPERATOR(pg_catalog.>) 0 ORDER BY 1, 2"),
                 None,
                 &[relid.into()],
             )
@@ -624,13 +612,7 @@ fn follow_column_rename(table: Option<RegClass>, attnum: Option<i32>) -> Vec<Str
     let mut tables = vec![relid];
     tables.extend(
         crate::catalog::all::<pg_sys::Oid>(
-            "WITH RECURSIVE down(oid, depth) AS ( \
-             SELECT $1::pg_catalog.oid, 0 \
-             UNION ALL \
-             SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1 FROM down d \
-             JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.oid \
-             WHERE d.depth OPERATOR(pg_catalog.<) 64) \
-         SELECT DISTINCT oid FROM down WHERE depth OPERATOR(pg_catalog.>) 0 ORDER BY 1",
+            &format!("{DESCENDANTS}SELECT DISTINCT oid FROM down WHERE depth OPERATOR(pg_catalog.>) 0 ORDER BY 1"),
             &[relid.into()],
             "oid",
         )
@@ -743,20 +725,17 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
                 )
                 .map_err(spi_error)?;
             }
-            c.update(
-                "UPDATE event_crypto.retention_policies SET time_column = $3 \
-                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND time_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-                None,
-                &args,
-            )
-            .map_err(spi_error)?;
-            c.update(
-                "UPDATE event_crypto.reencrypt_progress SET column_name = $3 \
-                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-                None,
-                &args,
-            )
-            .map_err(spi_error)?;
+            for (table, column) in [("retention_policies", "time_column"), ("reencrypt_progress", "column_name")] {
+                c.update(
+                    &format!(
+                        "UPDATE event_crypto.{table} SET {column} = $3 \
+                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND {column} OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+                    ),
+                    None,
+                    &args,
+                )
+                .map_err(spi_error)?;
+            }
             Ok(())
         })
     })

@@ -9,7 +9,8 @@
 //! row descriptor at hand still has those columns with those types ([`Config::fits`]).
 
 use crate::access::as_catalog_owner;
-use crate::catalog::{get, get_opt};
+
+use crate::catalog::{get, get_opt, ANCESTORS};
 use crate::error::spi_error;
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::path::{FieldPath, Location, Selector};
@@ -227,13 +228,7 @@ fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec
             let t = client
                 .select(
                     &format!(
-                        "WITH RECURSIVE up(oid, depth) AS ( \
-                             SELECT $1::pg_catalog.oid, 0 \
-                             UNION ALL \
-                             SELECT i.inhparent, u.depth OPERATOR(pg_catalog.+) 1 FROM up u \
-                             JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) u.oid \
-                             WHERE u.depth OPERATOR(pg_catalog.<) 64) \
-                         SELECT p.table_name::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
+                        "{ANCESTORS}SELECT p.table_name::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
                          FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
                          WHERE p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                          ORDER BY up.depth LIMIT 1"

@@ -271,7 +271,9 @@ fn a_shred_after_a_configuration_change_still_reaches_a_session_with_the_key_cac
              DROP TABLE other CASCADE;",
         )
         .unwrap();
-    admin.query_one("SELECT event_crypto.shred_key('subject:alice')", &[]).unwrap();
+    admin
+        .query_one("SELECT event_crypto.shred_key('subject:alice')", &[])
+        .unwrap();
     assert!(
         emails(&mut reader, "alice").iter().all(Value::is_null),
         "shredded fields read as null in the session that had the key cached"
