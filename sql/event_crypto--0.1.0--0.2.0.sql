@@ -377,14 +377,23 @@ CREATE PROCEDURE event_crypto.reencrypt_table("table" regclass, "column" name, b
 AS $$
 DECLARE
     b record;
+    part regclass;
 BEGIN
-    LOOP
-        SELECT * INTO b FROM event_crypto.reencrypt_batch("table", "column", batch_size, context_column);
-        rows_scanned := b.rows_scanned;
-        rows_rewritten := b.rows_rewritten;
-        rows_invalid := b.rows_invalid;
-        COMMIT;
-        EXIT WHEN b.finished;
+    rows_scanned := 0;
+    rows_rewritten := 0;
+    rows_invalid := 0;
+    -- a partitioned table: one pass over each of its leaf partitions (a plain table is its own only leaf)
+    FOR part IN SELECT t.relid FROM pg_catalog.pg_partition_tree("table") t WHERE t.isleaf
+                UNION ALL
+                SELECT "table" WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree("table")) LOOP
+        LOOP
+            SELECT * INTO b FROM event_crypto.reencrypt_batch(part, "column", batch_size, context_column);
+            COMMIT;
+            EXIT WHEN b.finished;
+        END LOOP;
+        rows_scanned := rows_scanned OPERATOR(pg_catalog.+) b.rows_scanned;
+        rows_rewritten := rows_rewritten OPERATOR(pg_catalog.+) b.rows_rewritten;
+        rows_invalid := rows_invalid OPERATOR(pg_catalog.+) b.rows_invalid;
     END LOOP;
     IF rows_invalid OPERATOR(pg_catalog.>) 0 THEN
         RAISE WARNING '% rows of % were left as they are: an envelope in them is not bound to its row', rows_invalid, "table"

@@ -147,6 +147,8 @@ pub struct Table {
     pub relname: String,
     /// Row-level security is enabled.
     pub rls: bool,
+    /// A partitioned table (its rows are in its partitions).
+    pub partitioned: bool,
 }
 
 impl Table {
@@ -201,6 +203,7 @@ impl Table {
             namespace,
             relname,
             rls,
+            partitioned: kind == b'p',
         }))
     }
 

@@ -8,7 +8,7 @@
 //! re-encrypted and never allowed to stop the pass.
 
 use crate::access::{as_catalog_owner, Privilege, Table};
-use crate::catalog::get;
+use crate::catalog::{get, ANCESTORS};
 use crate::error::{raise, spi_error, spi_failed, OrRaise};
 use crate::jsonb::Jsonb;
 use crate::keys::CachedKeys;
@@ -38,16 +38,21 @@ fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
     .or_raise()
 }
 
-/// Every field path a protected column's configuration names (for every type).
-fn all_fields(cfg_relid: pg_sys::Oid, column: &str) -> Result<Selector> {
+/// Every field path a protected column's configuration names (for every type): the table's own configuration, or
+/// that of its nearest protected ancestor (a partition, an INHERITS child), as the trigger finds it.
+fn all_fields(relid: pg_sys::Oid, column: &str) -> Result<Selector> {
     let texts: Vec<String> = as_catalog_owner(|| {
         crate::catalog::all(
-            "SELECT DISTINCT f FROM event_crypto.protected_columns p, \
-                    LATERAL (SELECT pg_catalog.unnest(p.fields) \
-                             UNION SELECT pg_catalog.jsonb_array_elements_text(e.value) \
-                                   FROM pg_catalog.jsonb_each(COALESCE(p.fields_by_type, '{}')) e) x(f) \
-             WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-            &[cfg_relid.into(), column.into()],
+            &format!(
+                "{ANCESTORS}, cfg AS ( \
+                     SELECT p.* FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
+                     WHERE p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name ORDER BY up.depth LIMIT 1) \
+                 SELECT DISTINCT f FROM cfg p, \
+                        LATERAL (SELECT pg_catalog.unnest(p.fields) \
+                                 UNION SELECT pg_catalog.jsonb_array_elements_text(e.value) \
+                                       FROM pg_catalog.jsonb_each(COALESCE(p.fields_by_type, '{{}}')) e) x(f)"
+            ),
+            &[relid.into(), column.into()],
             "field",
         )
     })?;
@@ -94,6 +99,17 @@ fn reencrypt_batch(
         "event_crypto.reencrypt_batch()",
     )
     .or_raise();
+    if t.partitioned {
+        // a pass walks physical row positions: a partitioned table has none of its own, and a pass over it would
+        // end at once having seen nothing
+        raise(
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{} is partitioned: its rows are in its partitions", t.name),
+            )
+            .with_hint("CALL event_crypto.reencrypt_table() on the partitioned table (it passes over every partition), or call reencrypt_batch() on each partition."),
+        );
+    }
     match column_type(relid, &column) {
         None => raise(Error::new(
             ErrorKind::ConfigColumn,
