@@ -64,21 +64,23 @@ pub fn flush() -> serde_json::Value {
     out
 }
 
-/// Writes counts into the catalog, as the catalog owner: encryptions into `event_crypto.key_usage` (added to what
-/// is there), decryptions as `decrypt` audit rows. Used by the flush and by a transaction that writes its own
+/// Writes counts into the catalog, as the catalog owner: encryptions and attempts under disabled versions into
+/// `event_crypto.key_usage` (added to what is there), decryptions as `decrypt` audit rows. Used by the flush and by a transaction that writes its own
 /// counts at commit (`crate::usage`). `counts` holds each counter once, sorted (so concurrent writers lock
 /// `key_usage` rows in the same order).
 pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
-    let (mut ids, mut versions, mut encryptions) = (Vec::new(), Vec::new(), Vec::new());
+    // per key version: encryptions and attempts under a disabled version, added to key_usage in one statement
+    let (mut ids, mut versions, mut encryptions, mut disabled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut x_ids, mut x_versions, mut x_counts) = (Vec::new(), Vec::new(), Vec::new());
     for (k, n) in counts {
         match k.kind {
-            Kind::Encrypt => {
+            Kind::Encrypt | Kind::Disabled => {
                 ids.push(k.key_id.clone());
                 versions.push(k.version as i32);
-                encryptions.push(*n as i64);
+                let (e, x) = if k.kind == Kind::Encrypt { (*n, 0) } else { (0, *n) };
+                encryptions.push(e as i64);
+                disabled.push(x as i64);
             }
             Kind::Decrypt => {
                 d_ids.push(k.key_id.clone());
@@ -87,14 +89,9 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
                 d_starts.push(k.session_start);
                 d_counts.push(*n as i64);
             }
-            Kind::Disabled => {
-                x_ids.push(k.key_id.clone());
-                x_versions.push(k.version as i32);
-                x_counts.push(*n as i64);
-            }
         }
     }
-    if ids.is_empty() && d_ids.is_empty() && x_ids.is_empty() {
+    if ids.is_empty() && d_ids.is_empty() {
         return;
     }
     if !d_ids.is_empty() {
@@ -104,29 +101,20 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             if !ids.is_empty() {
+                // grouped: a key version counted under both kinds is one row (ON CONFLICT touches a row once)
                 client
                     .update(
-                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, encryptions) \
-                         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
-                                                  pg_catalog.unnest($3::pg_catalog.int8[])) \
+                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, encryptions, disabled_decryptions) \
+                         SELECT r.k, r.v, pg_catalog.sum(r.e)::pg_catalog.int8, pg_catalog.sum(r.x)::pg_catalog.int8 \
+                         FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
+                                         pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[])) AS r(k, v, e, x) \
+                         GROUP BY r.k, r.v ORDER BY r.k, r.v \
                          ON CONFLICT (key_id, version) DO UPDATE \
-                         SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, updated_at = pg_catalog.now()",
-                        None,
-                        &[ids.into(), versions.into(), encryptions.into()],
-                    )
-                    .unwrap_or_else(|e| spi_failed(e));
-            }
-            if !x_ids.is_empty() {
-                client
-                    .update(
-                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, disabled_decryptions) \
-                         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
-                                                  pg_catalog.unnest($3::pg_catalog.int8[])) \
-                         ON CONFLICT (key_id, version) DO UPDATE \
-                         SET disabled_decryptions = u.disabled_decryptions OPERATOR(pg_catalog.+) EXCLUDED.disabled_decryptions, \
+                         SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, \
+                             disabled_decryptions = u.disabled_decryptions OPERATOR(pg_catalog.+) EXCLUDED.disabled_decryptions, \
                              updated_at = pg_catalog.now()",
                         None,
-                        &[x_ids.into(), x_versions.into(), x_counts.into()],
+                        &[ids.into(), versions.into(), encryptions.into(), disabled.into()],
                     )
                     .unwrap_or_else(|e| spi_failed(e));
             }

@@ -422,21 +422,23 @@ pub fn destroy_due() -> serde_json::Value {
     })
     .or_raise();
     let mut destroyed = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     let mut failed = Vec::new();
     for (k, v) in &due {
         pgrx::check_for_interrupts!();
         match in_subtransaction(|| crate::keys::destroy_version(k, *v)) {
-            Ok(Ok(true)) => destroyed.push(json!({"key_id": k, "version": v})),
+            Ok(Ok(true)) => {
+                destroyed.push(json!({"key_id": k, "version": v}));
+                ids.push(k.clone());
+            }
             Ok(Ok(false)) => {} // re-enabled, shredded or destroyed meanwhile
             Ok(Err(e)) => failed.push(json!({"key_id": k, "version": v, "error": e.message()})),
             Err(c) => failed.push(json!({"key_id": k, "version": v, "sqlstate": c.sqlstate, "error": c.message})),
         }
     }
     if !destroyed.is_empty() {
-        let ids: Vec<String> = destroyed
-            .iter()
-            .filter_map(|d| d["key_id"].as_str().map(String::from))
-            .collect();
+        ids.sort();
+        ids.dedup();
         crate::audit::record(
             "retire_key_version",
             None,

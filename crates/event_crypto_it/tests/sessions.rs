@@ -26,17 +26,23 @@ fn emails(c: &mut postgres::Client, subject: &str) -> Vec<Value> {
     .collect()
 }
 
-#[test]
-fn shred_in_one_session_reaches_a_session_that_had_the_key_cached() {
-    let db = fresh_db("A", "ec_shred");
+/// A fresh database with the events, an admin session, and a reader that decrypted (and so cached both keys)
+/// and encrypted with alice's key.
+fn reader_with_keys_cached(prefix: &str) -> (String, postgres::Client, postgres::Client) {
+    let db = fresh_db("A", prefix);
     let mut admin = connect("A", &db);
     setup_events(&mut admin);
     let mut reader = connect("A", &db);
-    // The reader decrypts (and so caches both keys) and encrypts with alice's key.
     assert!(emails(&mut reader, "alice").iter().all(|v| v == "alice@x.io"));
     reader
         .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
         .unwrap();
+    (db, admin, reader)
+}
+
+#[test]
+fn shred_in_one_session_reaches_a_session_that_had_the_key_cached() {
+    let (db, mut admin, mut reader) = reader_with_keys_cached("ec_shred");
 
     // A reader inside an open transaction keeps its snapshot; after the shred commits, its next transaction sees it.
     let mut in_tx = connect("A", &db);
@@ -255,14 +261,7 @@ fn a_session_that_outlives_the_extension_sees_shreds_of_the_new_catalog() {
 /// decrypting under the shredded key.
 #[test]
 fn a_shred_after_a_configuration_change_still_reaches_a_session_with_the_key_cached() {
-    let db = fresh_db("A", "ec_shred_cfg");
-    let mut admin = connect("A", &db);
-    setup_events(&mut admin);
-    let mut reader = connect("A", &db);
-    assert!(emails(&mut reader, "alice").iter().all(|v| v == "alice@x.io"));
-    reader
-        .query_one("SELECT event_crypto.encrypt_value('1', 'subject:alice')", &[])
-        .unwrap();
+    let (_db, mut admin, mut reader) = reader_with_keys_cached("ec_shred_cfg");
     // another session changes the configuration, then shreds the key the reader has cached
     admin
         .batch_execute(
