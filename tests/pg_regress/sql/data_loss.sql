@@ -4,6 +4,7 @@
 \set ON_ERROR_ROLLBACK on
 BEGIN;
 
+CREATE ROLE dl_nobody;
 -- 1. Retiring a version still in use. A table written with encrypt_fields directly (no protect(), no
 --    reencrypt_table) keeps its rows: the retirement is refused, whichever column type holds the envelopes.
 CREATE TABLE dl_direct (id int, doc jsonb, note text, raw json);
@@ -52,6 +53,21 @@ SELECT event_crypto.decrypt_value(:'v3_env') AS readable_again;
 SELECT event_crypto.cancel_retire('dl:k1', 3) AS was_not_disabled;
 SELECT event_crypto.cancel_retire('dl:k1', 9);                                       -- 42704
 SELECT event_crypto.cancel_retire(NULL, 1);                                          -- 22004
+SELECT * FROM event_crypto.key_version_usage(NULL, 1);                                -- 22004
+SELECT * FROM event_crypto.key_version_usage('dl:k1', NULL);                          -- 22004
+SELECT * FROM event_crypto.key_version_usage('dl:k1', 0);                             -- 22023
+SELECT * FROM event_crypto.key_version_usage('', 1);                                  -- 22023
+SELECT count(*) FROM event_crypto.key_version_usage('no such key', 1);                -- nothing uses it
+SELECT event_crypto.cancel_retire('dl:k1', 0);                                       -- 22023
+-- the event triggers' functions: internal, but bad input is still an error, not a crash
+SELECT event_crypto.follow_column_rename(NULL, 1);                                   -- 22004
+SELECT event_crypto.follow_column_rename('dl_direct', NULL);                         -- 22004
+SELECT event_crypto.follow_column_rename('dl_direct', 99) AS nothing_renamed;
+SELECT event_crypto.ddl_table_changed(NULL);                                         -- 22004
+SET ROLE dl_nobody;
+SELECT event_crypto.follow_column_rename('dl_direct', 1);                            -- 42501 nobody may call it
+SELECT event_crypto.ddl_table_changed('dl_direct');                                  -- 42501
+RESET ROLE;
 -- the maintenance run destroys a disabled version once event_crypto.retire_wait has passed, not before
 SET event_crypto.retire_wait = '1h';
 SELECT event_crypto.retire_key_version('dl:k1', 3)->>'disabled' AS disabled;
