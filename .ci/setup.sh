@@ -13,7 +13,7 @@ t0=$SECONDS
 step() { echo "=== [setup $((SECONDS - t0))s] $*"; }
 
 step "apt packages"
-PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config libssl-dev sudo"
+PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman libclang-dev clang pkg-config libssl-dev sudo"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

@@ -6,7 +6,9 @@
 --   - ALTER TABLE ... RENAME COLUMN: event_crypto.follow_column_rename() (src/protect/admin.rs).
 --   - CREATE TABLE / ALTER TABLE: a table that inherits from a protected table (INHERITS) gets its protect
 --     triggers; a new table with every column of a protected table (LIKE) is warned about
---     (event_crypto.ddl_table_changed()).
+--     (event_crypto.ddl_table_changed()); ALTER TABLE ... ATTACH PARTITION under a protected table is refused for a
+--     table with its own protection or with configured fields in plaintext, and a partition detached from a
+--     protected table keeps a copy of its protection (event_crypto.ddl_partitions_changed()).
 -- The functions run as the extension's owner (SECURITY DEFINER: they write the configuration, which no other role
 -- may), with a fixed search_path and every operator qualified; they act only on what PostgreSQL reports the
 -- command did, and splice no stored name into SQL (the trigger to drop is found by its function and argument,
@@ -72,8 +74,14 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;
     END IF;
-    FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid, d.command FROM pg_catalog.pg_event_trigger_ddl_commands() d
               WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND NOT d.in_extension LOOP
+        -- A table attached as a partition of a protected table is checked, and the command refused (never turned
+        -- into a WARNING) if the table has its own protection or holds configured fields in plaintext; a
+        -- partition detached from one keeps a copy of its protection.
+        IF c.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE' AND c.object_type OPERATOR(pg_catalog.=) 'table' THEN
+            PERFORM event_crypto.ddl_partitions_changed(c.command);
+        END IF;
         -- The user's DDL is never refused for event_crypto's bookkeeping: what cannot be followed is a WARNING
         -- (and the configuration then fails closed: inserts are refused until protect() is run again).
         BEGIN

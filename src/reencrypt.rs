@@ -40,7 +40,7 @@ fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
 
 /// Every field path a protected column's configuration names (for every type): the table's own configuration, or
 /// that of its nearest protected ancestor (a partition, an INHERITS child), as the trigger finds it.
-fn all_fields(relid: pg_sys::Oid, column: &str) -> Result<Selector> {
+pub(crate) fn all_fields(relid: pg_sys::Oid, column: &str) -> Result<Selector> {
     let texts: Vec<String> = as_catalog_owner(|| {
         crate::catalog::all(
             &format!(

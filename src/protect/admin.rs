@@ -214,7 +214,7 @@ fn required<T>(v: Option<T>, name: &str) -> T {
 }
 
 /// A single-quoted SQL literal.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -330,6 +330,8 @@ fn protect(
         .collect();
     let t = Table::open(relid).or_raise();
     t.require(&[Privilege::Trigger], "event_crypto.protect()").or_raise();
+    super::partitions::refuse_partition(&t, "event_crypto.protect()").or_raise();
+    super::partitions::refuse_own_config_below(&t, &column).or_raise();
     let input = ConfigInput {
         relid,
         column: column.clone(),
@@ -538,7 +540,8 @@ fn ddl_table_changed(table: Option<RegClass>, created: default!(Option<bool>, fa
 
 /// Warns when `relid` (a new table that inherits from nothing protected) has every column of a protected table,
 /// with the same types, and is not protected itself: a copy made with LIKE, whose inserts would be stored in
-/// plaintext.
+/// plaintext. Copies of a partitioned table are not warned about: they are how partitions are made before they
+/// are attached (pg_partman makes every partition so), and attaching one checks that it holds no plaintext.
 fn warn_copies_of_protected(relid: pg_sys::Oid) {
     let copies: Vec<(String, String)> = as_catalog_owner(|| {
         Spi::connect(|c| {
@@ -546,6 +549,9 @@ fn warn_copies_of_protected(relid: pg_sys::Oid) {
                 "SELECT DISTINCT p.table_name::pg_catalog.text, p.column_name::pg_catalog.text \
                  FROM event_crypto.protected_columns p \
                  WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.<>) $1 \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class pc \
+                                   WHERE pc.oid OPERATOR(pg_catalog.=) p.table_name::pg_catalog.oid \
+                                     AND pc.relkind OPERATOR(pg_catalog.=) 'p') \
                    AND NOT EXISTS (SELECT 1 FROM event_crypto.protected_columns q \
                                    WHERE q.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
                                      AND q.column_name OPERATOR(pg_catalog.=) p.column_name) \
@@ -908,6 +914,10 @@ fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
     let column = required(column, "column").0;
     let t = Table::open(relid).or_raise();
     t.require(&[Privilege::Trigger], "event_crypto.unprotect()").or_raise();
+    if config_row(relid, &column).is_none() {
+        // a partition protected through its tree: only the root's protection can be removed
+        super::partitions::refuse_partition(&t, "event_crypto.unprotect()").or_raise();
+    }
     let view: Option<Option<pg_sys::Oid>> = as_catalog_owner(|| {
         Spi::connect_mut(|c| {
             c.update(
@@ -965,6 +975,9 @@ fn add_blind_index(
     let t = Table::open(relid).or_raise();
     t.require(&[Privilege::Trigger], "event_crypto.add_blind_index()")
         .or_raise();
+    if config_row(relid, &column).is_none() {
+        super::partitions::refuse_partition(&t, "event_crypto.add_blind_index()").or_raise();
+    }
     if super::config::config_of_table(relid, &column).or_raise().is_none() {
         raise(
             Error::new(
@@ -1024,6 +1037,9 @@ fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> boo
         )
     })
     .or_raise();
+    if n == 0 {
+        super::partitions::refuse_partition(&t, "event_crypto.drop_blind_index()").or_raise();
+    }
     if n > 0 {
         crate::audit::record(
             "drop_blind_index",

@@ -4,10 +4,12 @@
 //! - [`trigger`]: the row trigger that checks incoming envelopes, fills blind indexes and encrypts;
 //! - [`admin`]: protect(), unprotect(), add_blind_index(), drop_blind_index() and the validation of every
 //!   configuration row;
+//! - [`partitions`]: partitioned tables are protected at their root; ATTACH and DETACH PARTITION;
 //! - [`subjects`]: subject key ids, forget_subject(), export_subject(), decrypt_row() (the decrypted views).
 
 pub mod admin;
 pub mod config;
+pub mod partitions;
 pub mod subjects;
 pub mod trigger;
 

@@ -66,11 +66,16 @@ pub enum ErrorKind {
     /// The key version is disabled: retire_key_version() scheduled its destruction; decryption under it fails
     /// closed until cancel_retire() re-enables it or the maintenance run destroys it (38004).
     KeyDisabled,
+    /// A table holds configured fields in plaintext where that is not allowed, e.g. a table attached as a partition
+    /// of a protected table (23514).
+    PlaintextRows,
+    /// The server is read-only (a hot standby) and the call must write, e.g. creating a key (25006).
+    ReadOnly,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
-    pub const ALL: [ErrorKind; 28] = [
+    pub const ALL: [ErrorKind; 30] = [
         ErrorKind::NullArgument,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPath,
@@ -99,6 +104,8 @@ impl ErrorKind {
         ErrorKind::Unsupported,
         ErrorKind::UnlistedType,
         ErrorKind::KeyDisabled,
+        ErrorKind::PlaintextRows,
+        ErrorKind::ReadOnly,
     ];
 
     /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
@@ -132,6 +139,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => 25,
             ErrorKind::UnlistedType => 26,
             ErrorKind::KeyDisabled => 27,
+            ErrorKind::PlaintextRows => 28,
+            ErrorKind::ReadOnly => 29,
         }
     }
 }
