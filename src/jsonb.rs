@@ -59,6 +59,27 @@ impl Jsonb {
         }
     }
 
+    /// A `json` datum's text parsed into the binary form (a json payload column is worked on as jsonb).
+    ///
+    /// # Safety
+    /// `datum` must be a non-null json (text) datum.
+    pub unsafe fn from_json_datum(datum: pg_sys::Datum) -> event_crypto_core::Result<Jsonb> {
+        require_utf8();
+        // SAFETY (caller): a text varlena; detoasting keeps a short header, which the slice handles.
+        let bytes = unsafe {
+            let p = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+            pgrx::varlena::varlena_to_byte_slice(p)
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid_argument("a json value is not valid UTF-8"))?;
+        Ok(Jsonb::from_bytes(&event_crypto_core::jsonb::from_json_text(text)?))
+    }
+
+    /// The JSON text of the document, as a `json` datum.
+    pub fn into_json_datum(self) -> event_crypto_core::Result<pg_sys::Datum> {
+        let text = event_crypto_core::jsonb::to_json_text(self.bytes())?;
+        Ok(text.into_datum().expect("a string is never NULL"))
+    }
+
     /// Copies a datum built by the core (4-byte header included) into the current memory context.
     pub fn from_bytes(bytes: &[u8]) -> Jsonb {
         // SAFETY: palloc raises on failure; the copy fits the allocation.
@@ -89,11 +110,6 @@ impl Jsonb {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: ptr/len describe a detoasted or palloc'd datum that lives for the current call.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// The datum's content after its varlena header (equal for equal documents, whatever the header's size).
-    pub fn content(&self) -> &[u8] {
-        event_crypto_core::jsonb::varlena_payload(self.bytes()).unwrap_or(self.bytes())
     }
 
     /// The document, read in place.

@@ -110,17 +110,18 @@ fn reencrypt_batch(
             .with_hint("CALL event_crypto.reencrypt_table() on the partitioned table (it passes over every partition), or call reencrypt_batch() on each partition."),
         );
     }
-    match column_type(relid, &column) {
+    // a json column is read as jsonb and written back as JSON text (its key order and spacing become jsonb's)
+    let json = match column_type(relid, &column) {
         None => raise(Error::new(
             ErrorKind::ConfigColumn,
             format!("column \"{column}\" of {} does not exist", t.name),
         )),
-        Some(ty) if ty != pg_sys::JSONBOID => raise(Error::new(
+        Some(ty) if ty != pg_sys::JSONBOID && ty != pg_sys::JSONOID => raise(Error::new(
             ErrorKind::WrongColumnType,
-            format!("column \"{column}\" of {} is not of type jsonb", t.name),
+            format!("column \"{column}\" of {} is not of type jsonb or json", t.name),
         )),
-        _ => {}
-    }
+        Some(ty) => ty == pg_sys::JSONOID,
+    };
     let context_column = context_column.map(|n| n.0);
     if let Some(c) = &context_column {
         if column_type(relid, c).is_none() {
@@ -212,20 +213,25 @@ fn reencrypt_batch(
         None => "NULL::pg_catalog.text".to_string(),
     };
     let select = format!(
-        "SELECT t.ctid::pg_catalog.text, t.{col}, {ctx}, {key} FROM {tbl} t \
+        "SELECT t.ctid::pg_catalog.text, {read}, {ctx}, {key} FROM {tbl} t \
          WHERE t.ctid OPERATOR(pg_catalog.>) $1::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) $2::pg_catalog.tid \
          ORDER BY t.ctid LIMIT $3",
-        col = quote_identifier(&column),
+        read = if json {
+            format!("pg_catalog.to_jsonb(t.{})", quote_identifier(&column))
+        } else {
+            format!("t.{}", quote_identifier(&column))
+        },
         ctx = text_of(&ctx_col),
         key = text_of(&key_col),
         tbl = t.name
     );
     let update = format!(
-        "UPDATE {tbl} t SET {col} = u.v::pg_catalog.jsonb \
+        "UPDATE {tbl} t SET {col} = u.v::pg_catalog.{ty} \
          FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.tid[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(ctid, v) \
          WHERE t.ctid OPERATOR(pg_catalog.=) u.ctid",
         tbl = t.name,
-        col = quote_identifier(&column)
+        col = quote_identifier(&column),
+        ty = if json { "json" } else { "jsonb" }
     );
     type Batch = (i64, Option<String>, Vec<(String, String)>, i64);
     let (scanned, last_seen, rewrite, invalid) = t

@@ -880,9 +880,11 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
         Some(c) => format!("pg_catalog.format('%s', t.{})", quote_identifier(c)),
         None => "NULL::pg_catalog.text".to_string(),
     };
-    let decrypt = format!(
-        "event_crypto.decrypt_row(t.{col}, '{oid}'::pg_catalog.regclass, {colname}::pg_catalog.name, {key}, {ctx})",
-        col = quote_identifier(&input.column),
+    // a json column is read as jsonb and its decrypted form given back as json (the view keeps the column's type)
+    let decrypt = |json: bool| format!(
+        "event_crypto.decrypt_row({arg}, '{oid}'::pg_catalog.regclass, {colname}::pg_catalog.name, {key}, {ctx}){cast}",
+        arg = if json { format!("pg_catalog.to_jsonb(t.{})", quote_identifier(&input.column)) } else { format!("t.{}", quote_identifier(&input.column)) },
+        cast = if json { "::pg_catalog.json" } else { "" },
         oid = t.oid.to_u32(),
         colname = literal(&input.column),
         key = text_of(&input.cfg.key_column),
@@ -895,7 +897,7 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
             .map(|a| {
                 let q = quote_identifier(a.name());
                 if a.name() == input.column {
-                    format!("{decrypt} AS {q}")
+                    format!("{} AS {q}", decrypt(a.type_oid().value() == pg_sys::JSONOID))
                 } else {
                     format!("t.{q}")
                 }

@@ -45,7 +45,7 @@ impl Col {
 /// Which types a configured column may have.
 #[derive(Clone, Copy)]
 pub enum ColumnType {
-    /// The protected column: jsonb.
+    /// The protected column: jsonb or json.
     Payload,
     /// A blind index column: text or varchar.
     BlindIndex,
@@ -123,13 +123,13 @@ pub fn resolve_col(desc: &PgTupleDesc<'_>, table: &str, name: &str, ty: ColumnTy
         }
         let type_oid = att.type_oid().value();
         let ok = match ty {
-            ColumnType::Payload => type_oid == pg_sys::JSONBOID,
+            ColumnType::Payload => type_oid == pg_sys::JSONBOID || type_oid == pg_sys::JSONOID,
             ColumnType::BlindIndex => type_oid == pg_sys::TEXTOID || type_oid == pg_sys::VARCHAROID,
             ColumnType::Any => true,
         };
         if !ok {
             let expected = match ty {
-                ColumnType::Payload => "jsonb",
+                ColumnType::Payload => "jsonb or json",
                 ColumnType::BlindIndex => "text or varchar",
                 ColumnType::Any => "any type",
             };

@@ -504,7 +504,7 @@ fn read_subject_rows(
         None => "NULL::pg_catalog.text".into(),
     };
     let sql = format!(
-        "SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $2, pg_catalog.jsonb_send(t.{payload}), \
+        "SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $2, pg_catalog.jsonb_send(pg_catalog.to_jsonb(t.{payload})), \
                 CASE WHEN t.{payload} IS NULL THEN NULL ELSE {context} END \
          FROM {} t WHERE {} ORDER BY t.ctid",
         table.name,

@@ -256,10 +256,13 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
                 ));
             }
         }
-        // SAFETY: both datums are non-null jsonb datums of the checked payload column.
+        // SAFETY: both datums are non-null datums of the checked payload column (jsonb, or json: text).
         payload_unchanged = match (old.datum(&cfg.payload), new.datum(&cfg.payload)) {
             (Some(a), Some(b)) => unsafe {
-                Jsonb::from_datum_packed(a).content() == Jsonb::from_datum_packed(b).content()
+                let bytes = |d: pg_sys::Datum| {
+                    pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr()))
+                };
+                bytes(a) == bytes(b)
             },
             _ => false,
         };
@@ -269,8 +272,14 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         // no payload: nothing to encrypt, and no blind index value can stand
         return finish(&new, cfg.blind.iter().map(|b| (&b.target, None)).collect());
     };
-    // SAFETY: a non-null datum of the jsonb column (type checked), detoasted for the duration of this call.
-    let payload = unsafe { Jsonb::from_datum_packed(datum) };
+    // SAFETY: a non-null datum of the payload column (type checked), detoasted for the duration of this call; a
+    // json column's text is parsed into the binary form, worked on as jsonb and stored back as JSON text.
+    let json = cfg.payload.type_oid == pg_sys::JSONOID;
+    let payload = if json {
+        unsafe { Jsonb::from_json_datum(datum)? }
+    } else {
+        unsafe { Jsonb::from_datum_packed(datum) }
+    };
     let doc = payload.document();
     let selector = match &cfg.type_col {
         None => &cfg.fields,
@@ -371,7 +380,8 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             Ok(n > 0)
         });
         if let Some(e) = encrypted {
-            replace.push((&cfg.payload, e.into_datum()));
+            let d = if json { Some(e.into_json_datum()?) } else { e.into_datum() };
+            replace.push((&cfg.payload, d));
         }
     }
     finish(&new, replace)
