@@ -550,6 +550,12 @@ COMMENT ON FUNCTION event_crypto.run_maintenance() IS
     'Flushes usage counters, rotates key versions past the usage limit or due by schedule, enforces retention, destroys retired key versions whose wait is over.';
 
 -- (sql/ddl.sql)
+-- ATTACH / DETACH PARTITION under protected tables (issue 13).
+CREATE FUNCTION event_crypto."ddl_partitions_changed"("command" pg_catalog.pg_ddl_command) RETURNS INT
+VOLATILE PARALLEL UNSAFE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ddl_partitions_changed_wrapper';
+
 CREATE FUNCTION event_crypto.ddl_sql_drop() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -610,8 +616,14 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;
     END IF;
-    FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid, d.command FROM pg_catalog.pg_event_trigger_ddl_commands() d
               WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND NOT d.in_extension LOOP
+        -- A table attached as a partition of a protected table is checked, and the command refused (never turned
+        -- into a WARNING) if the table has its own protection or holds configured fields in plaintext; a
+        -- partition detached from one keeps a copy of its protection.
+        IF c.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE' AND c.object_type OPERATOR(pg_catalog.=) 'table' THEN
+            PERFORM event_crypto.ddl_partitions_changed(c.command);
+        END IF;
         -- The user's DDL is never refused for event_crypto's bookkeeping: what cannot be followed is a WARNING
         -- (and the configuration then fails closed: inserts are refused until protect() is run again).
         BEGIN

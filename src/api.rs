@@ -186,6 +186,7 @@ fn rewrap_keys_batch(
         name!(damaged, i64),
     ),
 > {
+    crate::keys::require_writable("call event_crypto.rewrap_keys_batch()").or_raise();
     let batch_size = required(batch_size, "batch_size");
     if !(1..=100_000).contains(&batch_size) {
         raise(Error::invalid_argument("batch_size must be between 1 and 100000"));
@@ -258,6 +259,7 @@ fn uses_key_version(payload: Option<Jsonb>, key_id: Option<&str>, version: Optio
 /// `force` skips the check and destroys it at once. Returns a receipt.
 #[pg_extern(volatile, parallel_unsafe)]
 fn retire_key_version(key_id: Option<&str>, version: Option<i32>, force: default!(Option<bool>, false)) -> pgrx::JsonB {
+    crate::keys::require_writable("call event_crypto.retire_key_version()").or_raise();
     let key_id = required(key_id, "key_id");
     let version = required(version, "version");
     let force = required(force, "force");

@@ -36,8 +36,8 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::UnlistedType => ERRCODE_CHECK_VIOLATION,        // 23514
         // no standard code says "this key is disabled": reading data not permitted, raised by an external routine
         ErrorKind::KeyDisabled => ERRCODE_E_R_E_READING_SQL_DATA_NOT_PERMITTED, // 38004
-        ErrorKind::PlaintextRows => ERRCODE_CHECK_VIOLATION,       // 23514
-        ErrorKind::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,  // 25006
+        ErrorKind::PlaintextRows => ERRCODE_CHECK_VIOLATION,                    // 23514
+        ErrorKind::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,               // 25006
     }
 }
 

@@ -70,7 +70,8 @@ impl Jsonb {
             let p = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
             pgrx::varlena::varlena_to_byte_slice(p)
         };
-        let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid_argument("a json value is not valid UTF-8"))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| Error::invalid_argument("a json value is not valid UTF-8"))?;
         Ok(Jsonb::from_bytes(&event_crypto_core::jsonb::from_json_text(text)?))
     }
 

@@ -676,10 +676,30 @@ impl NewestKey for CachedKeys {
     }
 }
 
+/// Refuses a change to the key catalog on a read-only server (a hot standby) or in a read-only transaction with
+/// `25006` and a message that says what was attempted, before any key material is made.
+pub fn require_writable(what: &str) -> Result<()> {
+    // SAFETY: reads this backend's recovery and transaction state.
+    let (standby, read_only) = unsafe { (pg_sys::RecoveryInProgress(), pg_sys::XactReadOnly) };
+    if standby {
+        return Err(Error::new(ErrorKind::ReadOnly, format!("cannot {what} on a hot standby"))
+            .with_detail("A standby is read-only: keys are created, rotated and shredded on the primary and reach the standby by replication.")
+            .with_hint("Do it on the primary (an insert that needs a new subject key must be written there too)."));
+    }
+    if read_only {
+        return Err(Error::new(
+            ErrorKind::ReadOnly,
+            format!("cannot {what} in a read-only transaction"),
+        ));
+    }
+    Ok(())
+}
+
 /// Inserts version 1 of `key_id` unless the key id exists. `None` when inserted; otherwise whether the existing
 /// key id is shredded.
 fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> Result<Option<bool>> {
     check_key_id(key_id)?;
+    require_writable(&format!("create encryption key \"{key_id}\""))?;
     let m = master::get()?.active();
     let role = acting_role();
     let dk = random_key()?;
@@ -754,6 +774,7 @@ pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
 /// Adds a new active version; the previous active version is retired (it still decrypts).
 pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
     check_key_id(key_id)?;
+    require_writable(&format!("rotate encryption key \"{key_id}\""))?;
     let m = master::get()?.active();
     let role = acting_role();
     as_catalog_owner(|| {
@@ -835,6 +856,7 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
 /// Returns how many versions were destroyed by this call (0 when it was shredded already).
 pub fn shred_key(key_id: &str) -> Result<i32> {
     check_key_id(key_id)?;
+    require_writable(&format!("shred encryption key \"{key_id}\""))?;
     let role = acting_role();
     let n = as_catalog_owner(|| {
         Spi::connect_mut(|client| {

@@ -16,6 +16,7 @@ use std::time::Duration;
 /// (a `usage_lost` audit row). Returns what it wrote.
 #[pg_extern(volatile, parallel_unsafe)]
 fn flush_usage() -> pgrx::JsonB {
+    crate::keys::require_writable("call event_crypto.flush_usage()").unwrap_or_else(|e| crate::error::raise(e));
     pgrx::JsonB(flush())
 }
 

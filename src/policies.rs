@@ -60,6 +60,7 @@ fn set_rotation(
     key_pattern: Option<&str>,
     every: Option<Interval>,
 ) -> Option<pgrx::composite_type!('static, "rotation_policies")> {
+    crate::keys::require_writable("call event_crypto.set_rotation()").or_raise();
     let pattern = key_pattern.unwrap_or_else(|| raise(Error::null_argument("key_pattern")));
     if pattern.is_empty() {
         raise(Error::invalid_argument("key_pattern must not be empty").with_hint("Use '%' for every key id."));
@@ -110,6 +111,7 @@ fn set_retention(
     inactive_for: default!(Option<Interval>, "NULL"),
     time_column: default!(Option<Name>, "NULL"),
 ) -> pgrx::composite_type!('static, "retention_policies") {
+    crate::keys::require_writable("call event_crypto.set_retention()").or_raise();
     if key_pattern.is_none() == table.is_none() {
         raise(Error::invalid_argument("give either key_pattern or table"));
     }
@@ -192,6 +194,7 @@ fn set_retention(
 /// Removes the retention policy of a key pattern or a table; returns whether there was one.
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_retention(key_pattern: default!(Option<&str>, "NULL"), table: default!(Option<RegClass>, "NULL")) -> bool {
+    crate::keys::require_writable("call event_crypto.drop_retention()").or_raise();
     if key_pattern.is_none() == table.is_none() {
         raise(Error::invalid_argument("give either key_pattern or table"));
     }
@@ -445,6 +448,7 @@ fn enforce_retention(
         name!(shredded, bool),
     ),
 > {
+    crate::keys::require_writable("call event_crypto.enforce_retention()").or_raise();
     let dry_run = dry_run.unwrap_or_else(|| raise(Error::null_argument("dry_run")));
     TableIterator::new(retention(dry_run).or_raise())
 }
@@ -552,6 +556,9 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn maintenance_action(action: Option<&str>) -> JsonB {
     let action = action.unwrap_or_else(|| raise(Error::null_argument("action")));
+    // every action writes the catalog: on a hot standby each is reported failed with 25006 (run_maintenance keeps
+    // going and says so per action)
+    crate::keys::require_writable(&format!("run the maintenance action \"{action}\"")).or_raise();
     JsonB(match action {
         "flush_usage" => crate::maintenance::flush(),
         "retire" => crate::retire::destroy_due(),

@@ -87,6 +87,7 @@ fn reencrypt_batch(
         name!(finished, bool),
     ),
 > {
+    crate::keys::require_writable("call event_crypto.reencrypt_batch()").or_raise();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let batch_size = required(batch_size, "batch_size");

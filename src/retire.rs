@@ -382,6 +382,7 @@ fn destroy_after(key_id: &str, version: i32) -> Result<Option<String>> {
 /// destruction). Returns whether it was disabled; a destroyed version cannot come back (`55000`).
 #[pg_extern(volatile, parallel_unsafe)]
 fn cancel_retire(key_id: Option<&str>, version: Option<i32>) -> bool {
+    crate::keys::require_writable("call event_crypto.cancel_retire()").or_raise();
     let key_id = required(key_id, "key_id");
     let version = required(version, "version");
     check_version(key_id, version).or_raise();

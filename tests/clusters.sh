@@ -10,6 +10,8 @@
 #   e (54335)  preloaded, no master key configured    -- clear error, never a crash
 #   f (54336)  master key ring file, restarted by the tests with other rings (rotation, rewrap, crashes);
 #              (DIR/f/first.key is the key it starts with, DIR/f/new.key a second key for them)
+#   s (54337)  a hot standby of a, made with pg_basebackup (streaming replication, the same master key file);
+#              the standby test promotes it at its end
 # Usage: tests/clusters.sh start|stop DIR      (as root; servers run as postgres). Writes DIR/env for the tests.
 # EC_IT_PG_BIN (another PostgreSQL 15 bin directory) and EC_IT_PORT_BASE (first port, 54331) move them elsewhere,
 # so that two checkouts can run their clusters side by side.
@@ -22,7 +24,7 @@ RUN_AS=postgres
 as_pg() { runuser -u "$RUN_AS" -- "$@"; }
 
 stop_all() {
-  for n in a b c d e f; do
+  for n in a b c d e f s; do
     if [ -f "$DIR/$n/data/postmaster.pid" ]; then
       as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -m immediate stop >/dev/null 2>&1 || true
     fi
@@ -80,6 +82,16 @@ CONF
   port=$((port + 1))
 done
 
+# the standby of a: a base backup with its recovery settings (-R), then its own port and socket
+install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/s"
+as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT_BASE" -U postgres -D "$DIR/s/data" -R -X stream --no-sync
+cat >> "$DIR/s/data/postgresql.conf" <<CONF
+port = $((PORT_BASE + 6))
+unix_socket_directories = '$DIR/s'
+hot_standby = on
+CONF
+as_pg "$PG_BIN/pg_ctl" -D "$DIR/s/data" -l "$DIR/s/server.log" -w start >/dev/null
+
 cat > "$DIR/env" <<ENV
 export EC_IT_PG_BIN=$PG_BIN
 export EC_IT_A="host=127.0.0.1 port=$((PORT_BASE + 0)) user=postgres"
@@ -88,7 +100,8 @@ export EC_IT_C="host=127.0.0.1 port=$((PORT_BASE + 2)) user=postgres"
 export EC_IT_D="host=127.0.0.1 port=$((PORT_BASE + 3)) user=postgres"
 export EC_IT_E="host=127.0.0.1 port=$((PORT_BASE + 4)) user=postgres"
 export EC_IT_F="host=127.0.0.1 port=$((PORT_BASE + 5)) user=postgres"
+export EC_IT_S="host=127.0.0.1 port=$((PORT_BASE + 6)) user=postgres"
 export EC_IT_F_DIR=$DIR/f
 export EC_IT_SCRATCH=$DIR
 ENV
-echo "clusters a-f started under $DIR"
+echo "clusters a-f and standby s started under $DIR"

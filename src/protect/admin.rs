@@ -316,6 +316,7 @@ fn protect(
     view_name: default!(Option<Name>, "NULL"),
     allow_unlisted_types: default!(Option<bool>, false),
 ) -> pgrx::composite_type!('static, "protected_columns") {
+    crate::keys::require_writable("call event_crypto.protect()").or_raise();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let key_prefix = required(key_prefix, "key_prefix");
@@ -881,7 +882,8 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
         None => "NULL::pg_catalog.text".to_string(),
     };
     // a json column is read as jsonb and its decrypted form given back as json (the view keeps the column's type)
-    let decrypt = |json: bool| format!(
+    let decrypt = |json: bool| {
+        format!(
         "event_crypto.decrypt_row({arg}, '{oid}'::pg_catalog.regclass, {colname}::pg_catalog.name, {key}, {ctx}){cast}",
         arg = if json { format!("pg_catalog.to_jsonb(t.{})", quote_identifier(&input.column)) } else { format!("t.{}", quote_identifier(&input.column)) },
         cast = if json { "::pg_catalog.json" } else { "" },
@@ -889,7 +891,8 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
         colname = literal(&input.column),
         key = text_of(&input.cfg.key_column),
         ctx = text_of(&input.cfg.context_column),
-    );
+    )
+    };
     let cols: Vec<String> = with_desc(t.oid, |desc| {
         Ok(desc
             .iter()
@@ -912,6 +915,7 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
 /// Returns whether it was protected. Needs the TRIGGER privilege on the table.
 #[pg_extern(volatile, parallel_unsafe)]
 fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
+    crate::keys::require_writable("call event_crypto.unprotect()").or_raise();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let t = Table::open(relid).or_raise();
@@ -969,6 +973,7 @@ fn add_blind_index(
     key_id: Option<String>,
     normalize: default!(Option<String>, "NULL"),
 ) -> pgrx::composite_type!('static, "blind_indexes") {
+    crate::keys::require_writable("call event_crypto.add_blind_index()").or_raise();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let field = required(field, "field");
@@ -1026,6 +1031,7 @@ fn add_blind_index(
 /// Stops filling a blind index column. Returns whether it was configured. Needs the TRIGGER privilege.
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> bool {
+    crate::keys::require_writable("call event_crypto.drop_blind_index()").or_raise();
     let relid = required(table, "table").0;
     let target = required(target_column, "target_column").0;
     let t = Table::open(relid).or_raise();
@@ -1251,6 +1257,7 @@ fn refresh_decrypted_views(
         name!(reason, Option<String>),
     ),
 > {
+    crate::keys::require_writable("call event_crypto.refresh_decrypted_views()").or_raise();
     type Stored = (pg_sys::Oid, String, ConfigRow, Option<pg_sys::Oid>);
     let rows: Vec<Stored> = as_catalog_owner(|| {
         Spi::connect(|c| {

@@ -134,9 +134,8 @@ unsafe fn partition_changes(command: &CollectedAlterTable) -> Vec<PartitionChang
     if list.is_null() {
         return out;
     }
-    let text = |p: *const std::ffi::c_char| {
-        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
-    };
+    let text =
+        |p: *const std::ffi::c_char| (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned());
     for i in 0..(*list).length.max(0) as usize {
         let sub = (*(*list).elements.add(i)).ptr_value as *const CollectedATSubcmd;
         if sub.is_null() {
@@ -189,10 +188,19 @@ fn changed_tables(parent: pg_sys::Oid, change: &PartitionChange) -> Result<Vec<p
         c.select(
             sql,
             None,
-            &[parent.into(), change.name.as_str().into(), change.schema.as_deref().into()],
+            &[
+                parent.into(),
+                change.name.as_str().into(),
+                change.schema.as_deref().into(),
+            ],
         )
         .map_err(spi_error)?
-        .map(|r| Ok((get::<pg_sys::Oid>(&r, 1, "oid")?, r.get::<String>(2).map_err(spi_error)?)))
+        .map(|r| {
+            Ok((
+                get::<pg_sys::Oid>(&r, 1, "oid")?,
+                r.get::<String>(2).map_err(spi_error)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()
     })?;
     Ok(rows
@@ -286,7 +294,11 @@ fn check_attached(relid: pg_sys::Oid) -> Result<usize> {
     if !own.is_empty() {
         return Err(Error::new(
             ErrorKind::NotReady,
-            format!("{} cannot be attached as a partition: it has its own protection ({})", t.name, own.join(", ")),
+            format!(
+                "{} cannot be attached as a partition: it has its own protection ({})",
+                t.name,
+                own.join(", ")
+            ),
         )
         .with_detail("A partition tree is protected at its root only.")
         .with_hint(
@@ -319,7 +331,9 @@ fn check_attached(relid: pg_sys::Oid) -> Result<usize> {
 /// Gives a table just detached from a protected tree its own copy of the configuration it had (found from its
 /// former parent), its blind indexes and its own protect trigger. Returns the columns it now protects.
 fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Result<Vec<String>> {
-    let Some(t) = Table::lookup(relid)? else { return Ok(Vec::new()) };
+    let Some(t) = Table::lookup(relid)? else {
+        return Ok(Vec::new());
+    };
     let mut kept = Vec::new();
     for (owner, column, cfg) in protected_from(former_parent)? {
         let has_column = crate::catalog::one::<bool>(

@@ -222,6 +222,7 @@ pub fn subject_kind(key_prefix: Option<&str>, function: &str) -> Result<String> 
 #[pg_extern(volatile, parallel_unsafe)]
 fn forget_subject(subject: Option<&str>, key_prefix: default!(Option<&str>, "NULL")) -> JsonB {
     let subject = check_subject_arg(subject);
+    crate::keys::require_writable("forget a subject").or_raise();
     let prefix = subject_kind(key_prefix, "forget_subject").or_raise();
     JsonB(forget(subject, &prefix))
 }
@@ -409,15 +410,25 @@ fn export_subject(
             Err((name, why)) => skips.push(skipped(sc.relid, &sc.column, name.as_deref(), why)),
         }
     }
-    crate::audit::record(
-        "export_subject",
-        Some(subject),
-        &[],
-        json!({"key_prefix": prefix, "rows": rows_total, "tables": out.len(), "skipped": skips}),
-    );
-    JsonB(
-        json!({"subject": subject, "key_prefix": prefix, "tables": out, "skipped": skips, "complete": skips.is_empty()}),
-    )
+    // SAFETY: reads this backend's recovery state.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    let mut receipt = json!({"subject": subject, "key_prefix": prefix, "tables": out, "skipped": skips, "complete": skips.is_empty()});
+    if standby {
+        // A hot standby cannot write the audit log: the export is answered, said to be unaudited in the result,
+        // and logged in the standby's server log.
+        receipt["audited"] = json!(false);
+        pgrx::log!(
+            "event_crypto: export_subject under key prefix \"{prefix}\" on a hot standby ({rows_total} rows) is not recorded in the audit log"
+        );
+    } else {
+        crate::audit::record(
+            "export_subject",
+            Some(subject),
+            &[],
+            json!({"key_prefix": prefix, "rows": rows_total, "tables": receipt["tables"].as_array().map_or(0, Vec::len), "skipped": receipt["skipped"]}),
+        );
+    }
+    JsonB(receipt)
 }
 
 type Skip = (Option<String>, Caught);

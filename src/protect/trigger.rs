@@ -380,7 +380,11 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             Ok(n > 0)
         });
         if let Some(e) = encrypted {
-            let d = if json { Some(e.into_json_datum()?) } else { e.into_datum() };
+            let d = if json {
+                Some(e.into_json_datum()?)
+            } else {
+                e.into_datum()
+            };
             replace.push((&cfg.payload, d));
         }
     }
