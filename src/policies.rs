@@ -138,6 +138,7 @@ fn set_retention(
         let t = Table::open(rc.0).or_raise();
         t.require(&[Privilege::Select], "event_crypto.set_retention()")
             .or_raise();
+        crate::protect::partitions::refuse_partition(&t, "event_crypto.set_retention()").or_raise();
         let keyed = subject_column(rc.0).or_raise();
         if keyed.is_none() {
             raise(

@@ -19,7 +19,7 @@ INSERT INTO jev (subject, payload) VALUES
 COPY jev (subject, payload) FROM stdin;
 frank	{"email": "frank@x.io", "tags": ["a", "b"]}
 \.
--- stored as json, valid, encrypted; key order and spacing are jsonb's where the trigger rewrote the value
+-- stored as json, valid, encrypted; where the trigger rewrote a value its keys are in jsonb's order, without spaces
 SELECT subject, pg_typeof(payload) AS type, json_typeof(payload) AS json_type,
        payload->>'email' LIKE '$ec1$%' AS email_encrypted, payload#>>'{card,number}' LIKE '$ec1$%' AS card_encrypted,
        payload#>>'{card,exp}' AS exp, email_idx = event_crypto.blind_index(event_crypto.decrypt_fields(payload::jsonb)->>'email', 'js-index') AS indexed
@@ -36,6 +36,8 @@ UPDATE jev SET payload = '{"email":"bob2@x.io"}' WHERE subject = 'bob';
 SELECT subject, email_idx = event_crypto.blind_index(event_crypto.decrypt_fields(payload::jsonb)->>'email', 'js-index') AS indexed,
        event_crypto.decrypt_fields(payload::jsonb)->>'email' AS email
 FROM jev WHERE subject IN ('frank', 'bob') ORDER BY id;
+-- a value jsonb cannot hold is refused, never stored as it came
+INSERT INTO jev (subject, payload) VALUES ('nul', '{"email":"a\u0000b"}');                                    -- 22023
 -- a copied envelope is refused in a json column as in a jsonb one
 INSERT INTO jev (subject, payload) SELECT 'mallory', payload FROM jev WHERE subject = 'alice';               -- 23514
 -- re-encryption: the row written before protect() is encrypted, the column stays json

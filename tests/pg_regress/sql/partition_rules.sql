@@ -114,4 +114,17 @@ SELECT count(*) FROM event_crypto.protect('ev2', 'payload', fields => '{email}',
 SELECT event_crypto.unprotect('ev', 'payload');
 SELECT count(*) AS triggers_left FROM pg_partition_tree('ev') p JOIN pg_trigger t ON t.tgrelid = p.relid WHERE NOT t.tgisinternal;
 SELECT bool_and(payload->>'email' LIKE '$ec1$%') AS still_encrypted FROM ev WHERE payload ? 'email';
+
+-- retention on a partitioned table reads every partition: a subject with an old event in one partition and a new
+-- one in another is kept; a policy on a partition is refused (42809)
+CREATE TABLE tev (id bigserial, subject text, created_at timestamptz NOT NULL, payload jsonb) PARTITION BY RANGE (created_at);
+CREATE TABLE tev_old PARTITION OF tev FOR VALUES FROM ('2020-01-01') TO ('2026-01-01');
+CREATE TABLE tev_new PARTITION OF tev FOR VALUES FROM ('2026-01-01') TO ('2100-01-01');
+SELECT count(*) FROM event_crypto.protect('tev', 'payload', fields => '{email}', key_column => 'subject', key_prefix => 'rt:');
+INSERT INTO tev (subject, created_at, payload) VALUES ('old', '2021-01-01', '{"email":"o@x.io"}'),
+    ('new', now(), '{"email":"n@x.io"}'), ('both', '2021-01-01', '{"email":"b1@x.io"}'), ('both', now(), '{"email":"b2@x.io"}');
+SELECT id AS policy FROM event_crypto.set_retention("table" => 'tev', inactive_for => '1 year', time_column => 'created_at') \gset
+SELECT count(*) FROM event_crypto.set_retention("table" => 'tev_old', inactive_for => '1 year', time_column => 'created_at'); -- 42809
+SELECT key_id, subject, shredded FROM event_crypto.enforce_retention(dry_run => false) WHERE policy_id = :policy;
+SELECT subject, payload->>'email' AS email FROM tev_decrypted ORDER BY id;
 ROLLBACK;
