@@ -105,6 +105,14 @@ fn a_hot_standby_reads_follows_shreds_refuses_writes_and_carries_on_when_promote
         "an export on a standby says it is not audited"
     );
     assert_eq!(export["tables"][0]["rows"].as_array().map(Vec::len), Some(20));
+    // the count a retirement checks is a read too
+    assert_eq!(
+        one(
+            &mut standby,
+            "SELECT sum(rows)::bigint FROM event_crypto.key_version_usage('subject:bob', 1) WHERE table_name LIKE '%events'"
+        ),
+        20
+    );
     // encrypting under an existing key is a read: it works (its count stays in the standby's memory)
     let env: String = standby
         .query_one("SELECT event_crypto.encrypt_value('\"x\"', 'subject:alice')", &[])
