@@ -18,12 +18,14 @@
 //!   `forget_subject` still reaches its rows.
 
 use super::admin::{literal, protect_trigger_of, trigger_name};
-use super::config::{ConfigRow, CONFIG_ROW_COLUMNS};
+use super::config::{ConfigRow, KeySpec, CONFIG_ROW_COLUMNS};
+use super::trigger::row_binding;
 use crate::access::{as_catalog_owner, with_safe_search_path, Table};
 use crate::catalog::{get, ANCESTORS, DESCENDANTS};
 use crate::error::{spi_error, OrRaise};
 use crate::jsonb::Jsonb;
-use event_crypto_core::document::needs_encryption;
+use crate::keys::CachedKeys;
+use event_crypto_core::document::{check_context, check_envelopes, needs_encryption, OnInvalid};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -244,16 +246,39 @@ fn protected_from(relid: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, String, Config
     })
 }
 
-/// Whether `t` (a table being attached) holds a row whose configured fields of `column` are in plaintext. Reads
-/// the table as its owner, in a security-restricted operation, with row security off (a table whose row-level
-/// security applies to its owner too fails rather than being half seen), a batch of rows at a time.
-fn holds_plaintext(t: &Table, column: &str, root: pg_sys::Oid) -> Result<bool> {
+/// What an attached table holds that its new tree would not let in.
+enum Unfit {
+    /// A configured field in plaintext.
+    Plaintext,
+    /// An envelope not bound to its row (another subject's, another context's, malformed, failing to open).
+    Unbound(Error),
+}
+
+/// Reads every row of `t` (a table being attached) as the protect trigger would check it: a configured field in
+/// plaintext, or an envelope not bound to its row, is reported. Reads the table as its owner, in a
+/// security-restricted operation, with row security off (a table whose row-level security applies to its owner
+/// too fails rather than being half seen), a batch of rows at a time.
+fn first_unfit_row(t: &Table, column: &str, root: pg_sys::Oid) -> Result<Option<Unfit>> {
     let fields = crate::reencrypt::all_fields(root, column)?;
+    let Some(cfg) = super::config::config_of_table(t.oid, column)? else {
+        return Ok(None);
+    };
+    let text_of = |c: Option<&super::config::Col>| match c {
+        Some(c) => format!("pg_catalog.format('%s', t.{})", quote_identifier(&c.name)),
+        None => "NULL::pg_catalog.text".to_string(),
+    };
+    let key_col = match &cfg.key {
+        KeySpec::Column { col, .. } => Some(col),
+        KeySpec::Fixed(_) => None,
+    };
     let sql = format!(
-        "SELECT t.{col} FROM {tbl} t WHERE t.{col} IS NOT NULL",
+        "SELECT pg_catalog.to_jsonb(t.{col}), {key}, {ctx} FROM {tbl} t WHERE t.{col} IS NOT NULL",
         col = quote_identifier(column),
+        key = text_of(key_col),
+        ctx = text_of(cfg.context.as_ref()),
         tbl = t.name
     );
+    let mut keys = CachedKeys::default();
     t.as_owner(|| {
         Spi::connect(|c| {
             let mut cursor = c.open_cursor(&sql, &[]);
@@ -261,13 +286,27 @@ fn holds_plaintext(t: &Table, column: &str, root: pg_sys::Oid) -> Result<bool> {
                 pgrx::check_for_interrupts!();
                 let batch = cursor.fetch(1000).map_err(spi_error)?;
                 if batch.is_empty() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 for r in batch {
-                    if let Some(doc) = r.get::<Jsonb>(1).map_err(spi_error)? {
-                        if needs_encryption(&doc.document(), &fields)? {
-                            return Ok(true);
-                        }
+                    let Some(doc) = r.get::<Jsonb>(1).map_err(spi_error)? else {
+                        continue;
+                    };
+                    let subject: Option<String> = r.get(2).map_err(spi_error)?;
+                    let ctx: Option<String> = r.get(3).map_err(spi_error)?;
+                    let doc = doc.document();
+                    if needs_encryption(&doc, &fields)? {
+                        return Ok(Some(Unfit::Plaintext));
+                    }
+                    let context = match check_context(ctx.as_deref().filter(|c| !c.is_empty())) {
+                        Ok(c) => c,
+                        Err(e) => return Ok(Some(Unfit::Unbound(e))),
+                    };
+                    let binding = row_binding(&cfg, subject.as_deref());
+                    match check_envelopes(&doc, &mut keys, context, &binding, |_, _| Ok(())) {
+                        Ok(_) => {}
+                        Err(e) if OnInvalid::applies_to(e.kind()) => return Ok(Some(Unfit::Unbound(e))),
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -308,7 +347,19 @@ fn check_attached(relid: pg_sys::Oid) -> Result<usize> {
     }
     let mut checked = 0;
     for (owner, column, cfg) in protected_from(relid)? {
-        if holds_plaintext(&t, &column, owner)? {
+        let unfit = first_unfit_row(&t, &column, owner)?;
+        if let Some(Unfit::Unbound(e)) = unfit {
+            return Err(Error::new(
+                ErrorKind::EnvelopeNotBound,
+                format!(
+                    "{} cannot be attached under {}: a row holds an envelope in column \"{column}\" that is not bound to it",
+                    t.name, cfg.table
+                ),
+            )
+            .with_detail(format!("The protect trigger would refuse that row: {}", e.message()))
+            .with_hint("Remove or correct the row (an envelope copied from another subject, context or field), then attach the table."));
+        }
+        if let Some(Unfit::Plaintext) = unfit {
             return Err(Error::new(
                 ErrorKind::PlaintextRows,
                 format!(

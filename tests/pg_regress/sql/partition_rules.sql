@@ -1,7 +1,8 @@
 -- Partitioned tables (issue 13): a partition tree is protected at its root. LIST, HASH and sub-partitions; inserts
 -- through the parent, straight into a partition and by COPY; UPDATEs that move a row to another partition; blind
 -- indexes; protect() on a partition refused; ATTACH PARTITION refused for a table holding configured fields in
--- plaintext or with its own protection; DETACH PARTITION keeps the detached table protected; unprotect().
+-- plaintext, envelopes not bound to their rows, or with its own protection; DETACH PARTITION keeps the detached
+-- table protected; unprotect(); retention.
 \set VERBOSITY sqlstate
 \set ON_ERROR_ROLLBACK on
 BEGIN;
@@ -70,6 +71,17 @@ SELECT event_crypto.unprotect('ev_2025', 'payload');
 ALTER TABLE ev ATTACH PARTITION ev_2025 FOR VALUES IN (true);
 SELECT subject, payload->>'email' LIKE '$ec1$%' AS encrypted, email_idx = event_crypto.blind_index('erin@old.io', 'pr-index') AS indexed
 FROM ev WHERE subject = 'erin';
+-- a table holding an envelope copied from another subject's row (no trigger checked it there): refused (23514)
+CREATE TABLE fz (subject text NOT NULL, payload jsonb) PARTITION BY LIST (subject);
+SELECT count(*) FROM event_crypto.protect('fz', 'payload', fields => '{email}', key_column => 'subject', key_prefix => 'pr:');
+CREATE TABLE fz_m (LIKE fz);
+INSERT INTO fz_m SELECT 'mallory', payload FROM ev WHERE subject = 'bob' LIMIT 1;
+ALTER TABLE fz ATTACH PARTITION fz_m FOR VALUES IN ('mallory');                                            -- 23514
+\set VERBOSITY default
+ALTER TABLE fz ATTACH PARTITION fz_m FOR VALUES IN ('mallory');
+\set VERBOSITY sqlstate
+DELETE FROM fz_m;
+ALTER TABLE fz ATTACH PARTITION fz_m FOR VALUES IN ('mallory');
 -- DETACH PARTITION, and an empty table attached in its place: protected from then on
 ALTER TABLE ev_live DETACH PARTITION ev_live_1;
 CREATE TABLE ev_empty (LIKE ev);
