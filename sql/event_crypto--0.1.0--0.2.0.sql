@@ -730,3 +730,34 @@ REVOKE ALL ON FUNCTION event_crypto.rewrap_keys_batch(integer) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_crypto.rewrap_keys_batch(integer) TO event_crypto_admin;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint) TO event_crypto_admin;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Citus (issue 13): event_crypto.citus_setup(), as sql/citus.sql
+-- ---------------------------------------------------------------------------------------------------------------
+CREATE FUNCTION event_crypto.citus_setup() RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+    made text[] := '{}';
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000', HINT = 'CREATE EXTENSION citus, add the workers, then call event_crypto.citus_setup() again.';
+    END IF;
+    -- the catalog tables have cache-invalidation and validation triggers, which must run on every placement
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    FOREACH t IN ARRAY ARRAY['event_crypto.keys', 'event_crypto.protected_columns', 'event_crypto.blind_indexes',
+                             'event_crypto.legacy_subject_keys']::regclass[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) t) THEN
+            PERFORM pg_catalog.create_reference_table(t);
+            made := made OPERATOR(pg_catalog.||) t::text;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$$;
+COMMENT ON FUNCTION event_crypto.citus_setup() IS
+    'Citus: makes event_crypto''s keys and configuration reference tables (on the coordinator, once); returns the tables it distributed.';
+REVOKE ALL ON FUNCTION event_crypto.citus_setup() FROM PUBLIC;

@@ -316,6 +316,7 @@ fn protect(
     view_name: default!(Option<Name>, "NULL"),
     allow_unlisted_types: default!(Option<bool>, false),
 ) -> pgrx::composite_type!('static, "protected_columns") {
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let key_prefix = required(key_prefix, "key_prefix");
@@ -388,7 +389,7 @@ fn protect(
                     key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
                     type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
                     on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
-                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = pg_catalog.now(), protected_by = EXCLUDED.protected_by",
+                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
                 None,
                 &[
                     relid.into(),
@@ -904,6 +905,7 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
 /// Returns whether it was protected. Needs the TRIGGER privilege on the table.
 #[pg_extern(volatile, parallel_unsafe)]
 fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let t = Table::open(relid).or_raise();
@@ -957,6 +959,7 @@ fn add_blind_index(
     key_id: Option<String>,
     normalize: default!(Option<String>, "NULL"),
 ) -> pgrx::composite_type!('static, "blind_indexes") {
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let field = required(field, "field");
@@ -983,7 +986,7 @@ fn add_blind_index(
                  ON CONFLICT ON CONSTRAINT blind_indexes_pkey DO UPDATE SET \
                     column_name = EXCLUDED.column_name, field = EXCLUDED.field, key_id = EXCLUDED.key_id, \
                     normalize = EXCLUDED.normalize \
-                 RETURNING b",
+                 RETURNING ROW(b.table_name, b.column_name, b.field, b.target_column, b.key_id, b.normalize)::event_crypto.blind_indexes",
                 None,
                 &[
                     relid.into(),
@@ -1011,6 +1014,7 @@ fn add_blind_index(
 /// Stops filling a blind index column. Returns whether it was configured. Needs the TRIGGER privilege.
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> bool {
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let target = required(target_column, "target_column").0;
     let t = Table::open(relid).or_raise();
@@ -1155,7 +1159,8 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
     };
     // SAFETY: the relation's descriptor lives as long as the relation is open.
     let desc = unsafe { PgTupleDesc::from_pg_unchecked(rel.rd_att) };
-    let table = trigger.table_name().unwrap_or_default();
+    // (on a Citus node the trigger fires on the node's placement of the table: blind_indexes_102010)
+    let table = super::target::table_name(rel.rd_id)?.unwrap_or_default();
     let text = |name: &str| attr::<String>(tuple, &desc, name);
     let name = |name: &str| attr::<Name>(tuple, &desc, name).map(|n| n.0);
     let required_text = |v: Option<String>, col: &str| v.ok_or_else(|| Error::null_argument(col));

@@ -4,11 +4,13 @@
 //! - [`trigger`]: the row trigger that checks incoming envelopes, fills blind indexes and encrypts;
 //! - [`admin`]: protect(), unprotect(), add_blind_index(), drop_blind_index() and the validation of every
 //!   configuration row;
+//! - [`target`]: which configured table a relation's protection comes from (a Citus shard's distributed table);
 //! - [`subjects`]: subject key ids, forget_subject(), export_subject(), decrypt_row() (the decrypted views).
 
 pub mod admin;
 pub mod config;
 pub mod subjects;
+pub mod target;
 pub mod trigger;
 
 pub use config::invalidate as invalidate_config;
