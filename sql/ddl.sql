@@ -24,6 +24,9 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;  -- the extension itself is being dropped
     END IF;
+    IF pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.~~) 'citus_internal gpid=%' THEN
+        RETURN;  -- Citus: a worker drops shards or shells for the coordinator, whose trigger updates every node's catalog
+    END IF;
     FOR o IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
         IF o.object_type OPERATOR(pg_catalog.=) 'table' THEN
             DELETE FROM event_crypto.protected_columns WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;

@@ -12,6 +12,9 @@ use event_crypto_it::sql_error;
 use postgres::{Client, NoTls};
 use serde_json::Value;
 
+/// The tests run one at a time: Citus serializes shard moves against the creation of colocated tables.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Connections to the coordinator and the workers, or `None` (printed why) when there is no Citus to test.
 fn citus(test: &str) -> Option<(Client, Vec<Client>)> {
     let skip = |why: String| {
@@ -113,6 +116,7 @@ fn decrypted_emails(c: &mut Client, t: &str, subject: &str) -> Vec<Option<String
 
 #[test]
 fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, mut workers)) = citus("shards_encrypt") else {
         return;
     };
@@ -281,6 +285,7 @@ fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
 
 #[test]
 fn forget_subject_on_the_coordinator_reaches_every_node_and_cached_sessions() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, mut workers)) = citus("forget_subject") else {
         return;
     };
@@ -380,6 +385,7 @@ fn forget_subject_on_the_coordinator_reaches_every_node_and_cached_sessions() {
 
 #[test]
 fn a_shard_move_keeps_the_trigger_and_the_data() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, _workers)) = citus("shard_move") else {
         return;
     };
