@@ -77,8 +77,14 @@ run() {   # $1: dsn, $2: workload; prints rows/s
   # multi-shard INSERT ... SELECT and keeps one per worker: the others are new backends, which load event_crypto's
   # configuration and unwrap the keys again)
   if [ "$2" = batch1 ]; then opts="-c citus.max_adaptive_executor_pool_size=1"; script=batch; fi
-  tps=$(PGOPTIONS="$opts" as_pg env PGOPTIONS="$opts" "$BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" -f "$WORK/$script.sql" "$1" 2>/dev/null |
-        awk '/^tps = / { print $3; exit }')
+  as_pg env PGOPTIONS="$opts" "$BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" \
+    -f "$WORK/$script.sql" "$1" > "$WORK/out" 2>&1 || true
+  if grep -q "aborted" "$WORK/out"; then
+    # a client that fails stops; its figure would be meaningless
+    echo "aborted ($(grep -m1 -o 'ERROR: .*' "$WORK/out" | cut -c1-80))"
+    return
+  fi
+  tps=$(awk '/^tps = / { print $3; exit }' "$WORK/out")
   case $2 in batch*) awk -v t="$tps" 'BEGIN { printf "%.0f", t * 100 }' ;; *) awk -v t="$tps" 'BEGIN { printf "%.0f", t }' ;; esac
 }
 
@@ -112,5 +118,5 @@ for w in plain protected batch batch1; do
     batch) label="protected table, 100-row INSERT ... SELECT" ;;
     batch1) label="the same, citus.max_adaptive_executor_pool_size = 1" ;;
   esac
-  echo "| $label | ${R[single,$w]} | ${R[citus,$w]} | $(awk -v a="${R[citus,$w]}" -v b="${R[single,$w]}" 'BEGIN { printf "%.2f", a / b }') |"
+  echo "| $label | ${R[single,$w]} | ${R[citus,$w]} | $(awk -v a="${R[citus,$w]}" -v b="${R[single,$w]}" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "-" }') |"
 done

@@ -93,10 +93,13 @@ impl Drop for CatalogAccess {
     }
 }
 
-/// protect() and friends on a Citus distributed table: DDL on its shards (the trigger, the view) and writes to the
-/// catalog's reference tables in one transaction must go over one connection per node, or Citus refuses the
-/// catalog write after the parallel DDL. `citus.multi_shard_modify_mode` is `sequential` until the guard is
-/// dropped (a GUC nest level of its own); without Citus it does nothing.
+/// protect() and friends on a Citus distributed table, until the guard is dropped (a GUC nest level of its own;
+/// without Citus it does nothing):
+/// - `citus.multi_shard_modify_mode = sequential`: DDL on the shards (the trigger, the view) and writes to the
+///   catalog's reference tables in one transaction must go over one connection per node, or Citus refuses the
+///   catalog write after the parallel DDL;
+/// - `citus.enable_unsafe_triggers = on`: Citus refuses CREATE and DROP TRIGGER on distributed tables unless it is
+///   on; the protect trigger is the point of protect() (its rows are encrypted where they are stored).
 pub struct SequentialDdl {
     level: Option<i32>,
 }
@@ -109,16 +112,21 @@ impl SequentialDdl {
         // SAFETY: as in CatalogAccess::begin.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"citus.multi_shard_modify_mode".as_ptr(),
-                c"sequential".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            for (name, value) in [
+                (c"citus.multi_shard_modify_mode", c"sequential"),
+                (c"citus.enable_unsafe_triggers", c"on"),
+            ] {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
             SequentialDdl { level: Some(level) }
         }
     }

@@ -57,8 +57,8 @@ unix_socket_directories = '$DIR/$n'
 shared_preload_libraries = '$([ "$n" = single ] && echo event_crypto || echo citus,event_crypto)'
 event_crypto.master_key_command = 'echo $KEY'
 fsync = off
-max_connections = 60
-max_prepared_transactions = 60
+max_connections = 300
+max_prepared_transactions = 300
 log_min_messages = warning
 CONF
   as_pg "$PG_BIN/pg_ctl" -D "$DIR/$n/data" -l "$DIR/$n/server.log" -w start >/dev/null

@@ -61,8 +61,8 @@ fn tag(test: &str) -> String {
 fn distributed_events(c: &mut Client, t: &str, prefix: &str, tenant: &str) {
     // one transaction each: Citus creates the shards in parallel, and a transaction that did so cannot then write
     // the catalog's reference tables (protect() itself runs its DDL on the shards sequentially)
+    // (no citus.enable_unsafe_triggers in this session: protect() and add_blind_index() turn it on for their DDL)
     for sql in [
-        "SET citus.enable_unsafe_triggers = on".to_string(),
         format!(
             "CREATE TABLE {t} (id bigserial, subject_id text NOT NULL, stream_id text NOT NULL, payload jsonb,
                                email_idx text, PRIMARY KEY (subject_id, id))"
