@@ -24,8 +24,11 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;  -- the extension itself is being dropped
     END IF;
-    IF pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.~~) 'citus_internal gpid=%' THEN
-        RETURN;  -- Citus: a worker drops shards or shells for the coordinator, whose trigger updates every node's catalog
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                    WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'event_crypto.protected_columns'::pg_catalog.regclass) THEN
+            RETURN;  -- Citus, after citus_setup(): event_crypto.citus_sql_drop() follows the drop on every node
+        END IF;
     END IF;
     FOR o IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
         IF o.object_type OPERATOR(pg_catalog.=) 'table' THEN

@@ -50,34 +50,54 @@ fn citus_loaded() -> bool {
     unsafe { !pg_sys::GetConfigOption(NESTED.as_ptr(), true, false).is_null() }
 }
 
-/// event_crypto's access to its own catalog from a Citus task: `citus.allow_nested_distributed_execution` is on
-/// until the guard is dropped (a GUC nest level of its own, like a function's `SET` clause; an error rolls it back
-/// with the (sub)transaction). Outside Citus tasks it does nothing.
+/// event_crypto's access to its own catalog on a Citus node, until the guard is dropped (a GUC nest level of its
+/// own, like a function's `SET` clause; an error rolls it back with the (sub)transaction). Without Citus it does
+/// nothing.
+/// - `search_path = pg_catalog, pg_temp`: a `regclass` value that Citus sends to the other nodes (a parameter of a
+///   write to the catalog's reference tables) is sent as its name, which each node resolves to its own oid. With
+///   this search path the name is always schema-qualified (every name in event_crypto's SQL is qualified anyway).
+/// - in a Citus task, `citus.allow_nested_distributed_execution = on`: the catalog (reference tables) is read from
+///   the node's own placements while the task runs on a shard.
 pub struct CatalogAccess {
     level: Option<i32>,
 }
 
 impl CatalogAccess {
     pub fn begin() -> CatalogAccess {
-        if !in_citus_task() || !citus_loaded() {
+        if !citus_loaded() {
             return CatalogAccess { level: None };
         }
-        // SAFETY: a new GUC nest level, and a setting changed at that level only (as fmgr does for a function's SET
+        let task = in_citus_task();
+        // SAFETY: a new GUC nest level, and settings changed at that level only (as fmgr does for a function's SET
         // clause); the level is closed in drop() or by the (sub)transaction's abort.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                NESTED.as_ptr(),
-                c"on".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            set(c"search_path", c"pg_catalog, pg_temp");
+            if task {
+                set(NESTED, c"on");
+            }
             CatalogAccess { level: Some(level) }
         }
+    }
+}
+
+/// Sets a setting at the current GUC nest level (undone when the level is closed).
+///
+/// # Safety
+/// Inside a transaction, after `NewGUCNestLevel`.
+unsafe fn set(name: &CStr, value: &CStr) {
+    // SAFETY: valid NUL-terminated strings; errors (an unknown or invalid setting) are raised by PostgreSQL.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
     }
 }
 
@@ -112,21 +132,8 @@ impl SequentialDdl {
         // SAFETY: as in CatalogAccess::begin.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            for (name, value) in [
-                (c"citus.multi_shard_modify_mode", c"sequential"),
-                (c"citus.enable_unsafe_triggers", c"on"),
-            ] {
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
+            set(c"citus.multi_shard_modify_mode", c"sequential");
+            set(c"citus.enable_unsafe_triggers", c"on");
             SequentialDdl { level: Some(level) }
         }
     }

@@ -676,16 +676,17 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
     let x = t.oid;
     as_catalog_owner(|| {
         Spi::connect_mut(|c| -> Result<()> {
-            let args = [x.into(), old.into(), new.into()];
+            // (a regclass parameter, not an oid: on Citus every node resolves it to its own oid, see crate::citus)
+            let args = [RegClass(x).into(), old.into(), new.into()];
             // blind_indexes references (table, column) of protected_columns: take its rows out while the key changes
             let rename = |n: String| if n == old { new.to_string() } else { n };
             let mut blind: Vec<(String, String, String, String, Option<String>)> = Vec::new();
             for r in c
                 .update(
-                    "DELETE FROM event_crypto.blind_indexes WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                    "DELETE FROM event_crypto.blind_indexes WHERE table_name OPERATOR(pg_catalog.=) $1 \
                      RETURNING column_name::pg_catalog.text, field, target_column::pg_catalog.text, key_id, normalize",
                     None,
-                    &[x.into()],
+                    &[RegClass(x).into()],
                 )
                 .map_err(spi_error)?
             {
@@ -700,7 +701,7 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
             let swap = |col: &str| format!("{col} = CASE WHEN {col} OPERATOR(pg_catalog.=) $2::pg_catalog.name THEN $3::pg_catalog.name ELSE {col} END");
             c.update(
                 &format!(
-                    "UPDATE event_crypto.protected_columns SET {}, {}, {}, {} WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+                    "UPDATE event_crypto.protected_columns SET {}, {}, {}, {} WHERE table_name OPERATOR(pg_catalog.=) $1",
                     swap("column_name"),
                     swap("key_column"),
                     swap("context_column"),
@@ -914,13 +915,18 @@ fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
         Spi::connect_mut(|c| {
             c.update(
                 "DELETE FROM event_crypto.protected_columns \
-                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                 WHERE table_name OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                  RETURNING decrypted_view::pg_catalog.oid",
                 None,
-                &[relid.into(), column.as_str().into()],
+                &[RegClass(relid).into(), column.as_str().into()],
             )
             .map_err(spi_error)
-            .and_then(|t| t.into_iter().next().map(|r| get_opt::<pg_sys::Oid>(&r, 1, "decrypted_view")).transpose())
+            .and_then(|t| {
+                t.into_iter()
+                    .next()
+                    .map(|r| get_opt::<pg_sys::Oid>(&r, 1, "decrypted_view"))
+                    .transpose()
+            })
             .or_raise()
         })
     });
@@ -1023,8 +1029,8 @@ fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> boo
     let n = as_catalog_owner(|| {
         crate::catalog::modify(
             "DELETE FROM event_crypto.blind_indexes \
-             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-            &[relid.into(), target.as_str().into()],
+             WHERE table_name OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[RegClass(relid).into(), target.as_str().into()],
         )
     })
     .or_raise();
@@ -1301,10 +1307,10 @@ fn refresh_decrypted_views(
             as_catalog_owner(|| {
                 Spi::connect_mut(|c| {
                     c.update(
-                        "UPDATE event_crypto.protected_columns SET decrypted_view = $3::pg_catalog.oid::pg_catalog.regclass \
-                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                        "UPDATE event_crypto.protected_columns SET decrypted_view = $3 \
+                         WHERE table_name OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
                         None,
-                        &[relid.into(), column.as_str().into(), oid.into()],
+                        &[RegClass(relid).into(), column.as_str().into(), RegClass(oid).into()],
                     )
                     .map(|_| ())
                     .map_err(spi_error)

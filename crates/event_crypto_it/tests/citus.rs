@@ -114,6 +114,19 @@ fn decrypted_emails(c: &mut Client, t: &str, subject: &str) -> Vec<Option<String
     .collect()
 }
 
+/// Rows of the protection configuration, on one node, that name a relation that does not exist (there).
+fn dangling_configuration(cl: &mut Client) -> i64 {
+    cl.query_one(
+        "SELECT (SELECT count(*) FROM event_crypto.protected_columns p
+                  WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.table_name::oid))
+              + (SELECT count(*) FROM event_crypto.blind_indexes b
+                  WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = b.table_name::oid))",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 #[test]
 fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -380,7 +393,23 @@ fn forget_subject_on_the_coordinator_reaches_every_node_and_cached_sessions() {
         .unwrap_err();
     assert_eq!(sql_error(&e).0, "23514");
 
+    // dropping the table removes its configuration on every node (each node's rows name its own oids)
     c.batch_execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+    for cl in std::iter::once(&mut c).chain(workers.iter_mut()) {
+        assert_eq!(
+            dangling_configuration(cl),
+            0,
+            "no node keeps configuration rows of dropped tables"
+        );
+        let n: i64 = cl
+            .query_one(
+                "SELECT count(*) FROM event_crypto.protected_columns WHERE table_name::text = $1",
+                &[&t],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
 }
 
 #[test]
@@ -439,4 +468,82 @@ fn a_shard_move_keeps_the_trigger_and_the_data() {
     assert_eq!(decrypted_emails(&mut c, &t, "m1").len(), 4);
 
     c.batch_execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+}
+
+#[test]
+fn an_application_role_inserts_and_rotation_and_unprotect_reach_the_shards() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut c, mut workers)) = citus("rotation") else {
+        return;
+    };
+    let tg = tag("rot");
+    let t = format!("ev_{tg}");
+    let prefix = format!("{tg}:");
+    let tenant = format!("tenant-{tg}");
+    let app = format!("app_{tg}");
+    distributed_events(&mut c, &t, &prefix, &tenant);
+    let subjects: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
+    create_subject_keys(&mut c, &prefix, &subjects);
+
+    // the application has its table privileges only: no event_crypto role, no USAGE on the schema
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {app}; CREATE ROLE {app} LOGIN;
+         GRANT INSERT, SELECT ON {t} TO {app}; GRANT USAGE ON SEQUENCE {t}_id_seq TO {app};"
+    ))
+    .unwrap();
+    let coordinator = std::env::var("EC_CITUS_COORDINATOR").unwrap();
+    let mut a = Client::connect(&format!("{coordinator} user={app}"), NoTls).unwrap();
+    let insert = |cl: &mut Client, s: &str| -> String {
+        cl.query_one(
+            &format!(
+                "INSERT INTO {t} (subject_id, stream_id, payload) VALUES ($1, 'stream-' || $1,
+                   jsonb_build_object('email', upper($1) || '@X.io')) RETURNING payload->>'email'"
+            ),
+            &[&s],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let first = insert(&mut a, "r1");
+    assert!(first.starts_with("$ec1$"), "stored encrypted: {first}");
+    assert_eq!(event_crypto_it::envelope_version(&first), 1);
+
+    // rotation on the coordinator: the shards encrypt under the new version at once, and the old one still reads
+    c.execute(
+        "SELECT event_crypto.rotate_key(event_crypto.subject_key_id($1, 'r1', 1))",
+        &[&prefix],
+    )
+    .unwrap();
+    let second = insert(&mut a, "r1");
+    assert_eq!(event_crypto_it::envelope_version(&second), 2, "new rows use version 2");
+    assert_eq!(
+        decrypted_emails(&mut c, &t, "r1"),
+        vec![Some("R1@X.io".to_string()), Some("R1@X.io".to_string())]
+    );
+
+    // unprotect on the coordinator: no node keeps the configuration, no shard keeps the trigger
+    let removed: bool = c
+        .query_one(&format!("SELECT event_crypto.unprotect('{t}', 'payload')"), &[])
+        .unwrap()
+        .get(0);
+    assert!(removed);
+    for cl in std::iter::once(&mut c).chain(workers.iter_mut()) {
+        let n: i64 = cl
+            .query_one(
+                "SELECT count(*) FROM event_crypto.protected_columns WHERE table_name::text = $1",
+                &[&t],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
+    assert_eq!(
+        insert(&mut a, "r2"),
+        "R2@X.io",
+        "an unprotected table stores what it is given"
+    );
+
+    drop(a);
+    c.batch_execute(&format!("DROP TABLE {t} CASCADE; DROP ROLE {app}"))
+        .unwrap();
 }
