@@ -78,7 +78,8 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;
     END IF;
-    IF pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.~~) 'citus_internal gpid=%' THEN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+       AND pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.~~) 'citus_internal gpid=%' THEN
         RETURN;  -- Citus: a worker creates or alters shards or shells for the coordinator, whose trigger follows the DDL
     END IF;
     FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid FROM pg_catalog.pg_event_trigger_ddl_commands() d
