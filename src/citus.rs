@@ -17,8 +17,11 @@
 //!   part of someone else's distributed transaction (and a worker's prepared transaction cannot hold transactions
 //!   of its own on other nodes). So a key cannot be created by a shard trigger: [`check_key_creation`] refuses it
 //!   with a clear error (`55000`) before anything is written, and keys are created on the coordinator
-//!   (`create_key`, or the coordinator's own protected tables, where creating keys on first use works as on one
-//!   server).
+//!   (`create_key`, or the trigger of a Citus local table, which runs on the coordinator and creates keys on first
+//!   use as on one server).
+//! - The catalog names tables by `regclass`, and every node has its own oids: writes that select rows by table
+//!   bind a `regclass` parameter, which Citus sends by name ([`CatalogAccess`] makes it schema-qualified), and
+//!   drops are followed on each node's own placement (`event_crypto.citus_sql_drop()`, sql/citus.sql).
 //! - Citus is detected at run time only (`crate::protect::target`): nothing here needs Citus to build or run.
 
 use event_crypto_core::{Error, ErrorKind, Result};
