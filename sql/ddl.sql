@@ -26,6 +26,12 @@ BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;  -- the extension itself is being dropped
     END IF;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                    WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'event_crypto.protected_columns'::pg_catalog.regclass) THEN
+            RETURN;  -- Citus, after citus_setup(): event_crypto.citus_sql_drop() follows the drop on every node
+        END IF;
+    END IF;
     FOR o IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
         IF o.object_type OPERATOR(pg_catalog.=) 'table' THEN
             DELETE FROM event_crypto.protected_columns WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid;
@@ -73,6 +79,10 @@ DECLARE
 BEGIN
     IF pg_catalog.to_regclass('event_crypto.protected_columns') IS NULL THEN
         RETURN;
+    END IF;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+       AND pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.~~) 'citus_internal gpid=%' THEN
+        RETURN;  -- Citus: a worker creates or alters shards or shells for the coordinator, whose trigger follows the DDL
     END IF;
     FOR c IN SELECT d.command_tag, d.object_type, d.objid, d.objsubid, d.command FROM pg_catalog.pg_event_trigger_ddl_commands() d
               WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND NOT d.in_extension LOOP

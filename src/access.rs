@@ -107,6 +107,8 @@ impl Drop for Switch {
 /// Runs `f` with the catalog owner's privileges (for event_crypto's own tables only).
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     let _switch = Switch::to(crate::keys::catalog().owner, 0);
+    // on a Citus worker, in a task: the catalog (reference tables) is read from the node's own placements
+    let _citus = crate::citus::CatalogAccess::begin();
     f()
 }
 

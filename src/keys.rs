@@ -764,6 +764,7 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
 pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
     match lookup(key_id) {
         Err(e) if e.kind() == ErrorKind::UnknownKey => {
+            crate::citus::check_key_creation(key_id)?;
             insert_first_version(key_id, Algorithm::Aes256Gcm, true)?;
             lookup(key_id)
         }

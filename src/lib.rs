@@ -9,6 +9,7 @@ mod access;
 mod api;
 mod audit;
 mod catalog;
+mod citus;
 mod error;
 mod guc;
 mod jsonb;
@@ -65,6 +66,7 @@ extension_sql_file!(
     name = "ddl",
     requires = ["catalog", "lifecycle", "maintenance"]
 );
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -15,6 +15,13 @@ fn catalog_changed<'a>(
         // SAFETY: the relation is open for the duration of the trigger call.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel.oid()) };
         crate::keys::relation_changed(rel.oid());
+        // On a Citus node the trigger fires on the node's placement of the table (event_crypto.keys_102008): the
+        // caches are those of the table itself (a shred on the coordinator reaches every node's sessions).
+        if let Some(table) = crate::protect::target::citus_table_of_shard(rel.oid()).or_raise() {
+            // SAFETY: as above, for the table the placement belongs to.
+            unsafe { pg_sys::CacheInvalidateRelcacheByRelid(table) };
+            crate::keys::relation_changed(table);
+        }
     }
     Ok(None)
 }

@@ -317,6 +317,7 @@ fn protect(
     allow_unlisted_types: default!(Option<bool>, false),
 ) -> pgrx::composite_type!('static, "protected_columns") {
     crate::keys::require_writable("call event_crypto.protect()").or_raise();
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let key_prefix = required(key_prefix, "key_prefix");
@@ -391,7 +392,7 @@ fn protect(
                     key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
                     type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
                     on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
-                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = pg_catalog.now(), protected_by = EXCLUDED.protected_by",
+                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
                 None,
                 &[
                     relid.into(),
@@ -682,16 +683,17 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
     let x = t.oid;
     as_catalog_owner(|| {
         Spi::connect_mut(|c| -> Result<()> {
-            let args = [x.into(), old.into(), new.into()];
+            // (a regclass parameter, not an oid: on Citus every node resolves it to its own oid, see crate::citus)
+            let args = [RegClass(x).into(), old.into(), new.into()];
             // blind_indexes references (table, column) of protected_columns: take its rows out while the key changes
             let rename = |n: String| if n == old { new.to_string() } else { n };
             let mut blind: Vec<(String, String, String, String, Option<String>)> = Vec::new();
             for r in c
                 .update(
-                    "DELETE FROM event_crypto.blind_indexes WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                    "DELETE FROM event_crypto.blind_indexes WHERE table_name OPERATOR(pg_catalog.=) $1 \
                      RETURNING column_name::pg_catalog.text, field, target_column::pg_catalog.text, key_id, normalize",
                     None,
-                    &[x.into()],
+                    &[RegClass(x).into()],
                 )
                 .map_err(spi_error)?
             {
@@ -706,7 +708,7 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
             let swap = |col: &str| format!("{col} = CASE WHEN {col} OPERATOR(pg_catalog.=) $2::pg_catalog.name THEN $3::pg_catalog.name ELSE {col} END");
             c.update(
                 &format!(
-                    "UPDATE event_crypto.protected_columns SET {}, {}, {}, {} WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+                    "UPDATE event_crypto.protected_columns SET {}, {}, {}, {} WHERE table_name OPERATOR(pg_catalog.=) $1",
                     swap("column_name"),
                     swap("key_column"),
                     swap("context_column"),
@@ -916,6 +918,7 @@ fn view_select_list(t: &Table, input: &ConfigInput) -> String {
 #[pg_extern(volatile, parallel_unsafe)]
 fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
     crate::keys::require_writable("call event_crypto.unprotect()").or_raise();
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let t = Table::open(relid).or_raise();
@@ -928,13 +931,18 @@ fn unprotect(table: Option<RegClass>, column: Option<Name>) -> bool {
         Spi::connect_mut(|c| {
             c.update(
                 "DELETE FROM event_crypto.protected_columns \
-                 WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                 WHERE table_name OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                  RETURNING decrypted_view::pg_catalog.oid",
                 None,
-                &[relid.into(), column.as_str().into()],
+                &[RegClass(relid).into(), column.as_str().into()],
             )
             .map_err(spi_error)
-            .and_then(|t| t.into_iter().next().map(|r| get_opt::<pg_sys::Oid>(&r, 1, "decrypted_view")).transpose())
+            .and_then(|t| {
+                t.into_iter()
+                    .next()
+                    .map(|r| get_opt::<pg_sys::Oid>(&r, 1, "decrypted_view"))
+                    .transpose()
+            })
             .or_raise()
         })
     });
@@ -974,6 +982,7 @@ fn add_blind_index(
     normalize: default!(Option<String>, "NULL"),
 ) -> pgrx::composite_type!('static, "blind_indexes") {
     crate::keys::require_writable("call event_crypto.add_blind_index()").or_raise();
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let column = required(column, "column").0;
     let field = required(field, "field");
@@ -1003,7 +1012,7 @@ fn add_blind_index(
                  ON CONFLICT ON CONSTRAINT blind_indexes_pkey DO UPDATE SET \
                     column_name = EXCLUDED.column_name, field = EXCLUDED.field, key_id = EXCLUDED.key_id, \
                     normalize = EXCLUDED.normalize \
-                 RETURNING b",
+                 RETURNING ROW(b.table_name, b.column_name, b.field, b.target_column, b.key_id, b.normalize)::event_crypto.blind_indexes",
                 None,
                 &[
                     relid.into(),
@@ -1032,6 +1041,7 @@ fn add_blind_index(
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> bool {
     crate::keys::require_writable("call event_crypto.drop_blind_index()").or_raise();
+    let _citus = crate::citus::SequentialDdl::begin();
     let relid = required(table, "table").0;
     let target = required(target_column, "target_column").0;
     let t = Table::open(relid).or_raise();
@@ -1040,8 +1050,8 @@ fn drop_blind_index(table: Option<RegClass>, target_column: Option<Name>) -> boo
     let n = as_catalog_owner(|| {
         crate::catalog::modify(
             "DELETE FROM event_crypto.blind_indexes \
-             WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-            &[relid.into(), target.as_str().into()],
+             WHERE table_name OPERATOR(pg_catalog.=) $1 AND target_column OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[RegClass(relid).into(), target.as_str().into()],
         )
     })
     .or_raise();
@@ -1179,7 +1189,8 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
     };
     // SAFETY: the relation's descriptor lives as long as the relation is open.
     let desc = unsafe { PgTupleDesc::from_pg_unchecked(rel.rd_att) };
-    let table = trigger.table_name().unwrap_or_default();
+    // (on a Citus node the trigger fires on the node's placement of the table: blind_indexes_102010)
+    let table = super::target::table_name(rel.rd_id)?.unwrap_or_default();
     let text = |name: &str| attr::<String>(tuple, &desc, name);
     let name = |name: &str| attr::<Name>(tuple, &desc, name).map(|n| n.0);
     let required_text = |v: Option<String>, col: &str| v.ok_or_else(|| Error::null_argument(col));
@@ -1321,10 +1332,10 @@ fn refresh_decrypted_views(
             as_catalog_owner(|| {
                 Spi::connect_mut(|c| {
                     c.update(
-                        "UPDATE event_crypto.protected_columns SET decrypted_view = $3::pg_catalog.oid::pg_catalog.regclass \
-                         WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                        "UPDATE event_crypto.protected_columns SET decrypted_view = $3 \
+                         WHERE table_name OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
                         None,
-                        &[relid.into(), column.as_str().into(), oid.into()],
+                        &[RegClass(relid).into(), column.as_str().into(), RegClass(oid).into()],
                     )
                     .map(|_| ())
                     .map_err(spi_error)

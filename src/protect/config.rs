@@ -222,6 +222,7 @@ impl ConfigRow {
 /// (INHERITS, or a partition), those of its nearest protected ancestor (resolved against the inheritor's own
 /// columns by name).
 fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec<BlindRow>)> {
+    let relid = super::target::configured_relation(relid)?;
     as_catalog_owner(|| {
         Spi::connect(|client| {
             let args = [relid.into(), column.into()];
@@ -397,6 +398,7 @@ thread_local! {
 
 /// Drops cached configurations: all of them, or those of one table.
 pub fn invalidate(relid: Option<pg_sys::Oid>) {
+    super::target::invalidate(relid);
     CONFIG.with(|c| {
         if let Ok(mut m) = c.try_borrow_mut() {
             match relid {
