@@ -128,6 +128,7 @@ fn dangling_configuration(cl: &mut Client) -> i64 {
 }
 
 #[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
 fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, mut workers)) = citus("shards_encrypt") else {
@@ -297,6 +298,7 @@ fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
 }
 
 #[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
 fn forget_subject_on_the_coordinator_reaches_every_node_and_cached_sessions() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, mut workers)) = citus("forget_subject") else {
@@ -413,6 +415,7 @@ fn forget_subject_on_the_coordinator_reaches_every_node_and_cached_sessions() {
 }
 
 #[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
 fn a_shard_move_keeps_the_trigger_and_the_data() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, _workers)) = citus("shard_move") else {
@@ -471,6 +474,7 @@ fn a_shard_move_keeps_the_trigger_and_the_data() {
 }
 
 #[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
 fn an_application_role_inserts_and_rotation_and_unprotect_reach_the_shards() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some((mut c, mut workers)) = citus("rotation") else {
