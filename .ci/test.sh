@@ -6,7 +6,7 @@
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
 #   6. the upgrade from the previous release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data the old build made)
-#   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, pg_dump/pg_restore, a second cluster with
+#   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, a hot standby, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
 # Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
 set -euo pipefail
