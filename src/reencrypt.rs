@@ -111,6 +111,16 @@ fn reencrypt_batch(
             .with_hint("CALL event_crypto.reencrypt_table() on the partitioned table (it passes over every partition), or call reencrypt_batch() on each partition."),
         );
     }
+    if crate::protect::target::is_citus_table(relid).or_raise() {
+        // the shell table on this node holds no rows: a pass over it would end at once having seen nothing
+        raise(
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{} is a Citus distributed table: its rows are in its shards", t.name),
+            )
+            .with_hint("Re-encryption of distributed tables is not supported yet (docs/scaling.md#citus); rewrite the rows through the coordinator, e.g. UPDATE … SET payload = payload, which the shard triggers encrypt."),
+        );
+    }
     // a json column is read as jsonb and written back as JSON text (its key order and spacing become jsonb's)
     let json = match column_type(relid, &column) {
         None => raise(Error::new(

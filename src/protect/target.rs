@@ -141,6 +141,18 @@ fn lookup_shard(
     Ok(logical.filter(|l| *l != relid))
 }
 
+/// Whether `relid` is a table Citus distributes (its rows live in shards, on the workers): false without Citus.
+pub fn is_citus_table(relid: pg_sys::Oid) -> Result<bool> {
+    if !citus_installed()? {
+        return Ok(false);
+    }
+    Ok(one::<bool>(
+        "SELECT true FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+        &[relid.into()],
+    )?
+    .unwrap_or(false))
+}
+
 /// For a trigger firing on a Citus shard: event_crypto's catalog must be shared by every node (Citus reference
 /// tables), or the shard would find no configuration, or encrypt under a key only its own node knows.
 pub fn require_distributed_catalog(table: pg_sys::Oid) -> Result<()> {

@@ -551,3 +551,69 @@ fn an_application_role_inserts_and_rotation_and_unprotect_reach_the_shards() {
     c.batch_execute(&format!("DROP TABLE {t} CASCADE; DROP ROLE {app}"))
         .unwrap();
 }
+
+#[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
+fn reencryption_of_a_distributed_table_is_refused_rather_than_finished_having_seen_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut c, _workers)) = citus("reencrypt") else {
+        return;
+    };
+    let tg = tag("re");
+    let t = format!("ev_{tg}");
+    let prefix = format!("{tg}:");
+    let subjects: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    // rows written before protect(): plaintext on the shards
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id bigserial, subject_id text NOT NULL, payload jsonb, PRIMARY KEY (subject_id, id))"
+    ))
+    .unwrap();
+    c.batch_execute(&format!("SELECT create_distributed_table('{t}', 'subject_id')"))
+        .unwrap();
+    c.execute(
+        &format!(
+            "INSERT INTO {t} (subject_id, payload) SELECT s, jsonb_build_object('email', s || '@x.io') FROM unnest($1::text[]) s"
+        ),
+        &[&subjects],
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "SELECT event_crypto.protect('{t}', 'payload', fields => ARRAY['email'], key_column => 'subject_id', key_prefix => '{prefix}')"
+    ))
+    .unwrap();
+    create_subject_keys(&mut c, &prefix, &subjects);
+    // the shell table on the coordinator holds no rows: a pass over it must not end "finished" having seen none
+    let e = c
+        .query(
+            &format!("SELECT * FROM event_crypto.reencrypt_batch('{t}', 'payload', 100)"),
+            &[],
+        )
+        .expect_err("reencrypt_batch on a distributed table");
+    let (code, message, _, _) = event_crypto_it::sql_error(&e);
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("Citus distributed table"), "{message}");
+    // what the hint says works: an UPDATE through the coordinator, encrypted by the shard triggers
+    c.batch_execute(&format!("UPDATE {t} SET payload = payload")).unwrap();
+    let encrypted: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM {t} WHERE payload->>'email' LIKE '$ec1$%'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(encrypted, subjects.len() as i64);
+    let emails: Vec<Option<String>> = c
+        .query(
+            &format!("SELECT event_crypto.decrypt_fields(payload)->>'email' FROM {t} ORDER BY subject_id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        emails,
+        subjects.iter().map(|s| Some(format!("{s}@x.io"))).collect::<Vec<_>>()
+    );
+    c.batch_execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+}
