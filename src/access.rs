@@ -278,9 +278,9 @@ pub fn as_restricted<R>(owner: pg_sys::Oid, whole: bool, f: impl FnOnce() -> R) 
     let switch = Switch::to(owner, pg_sys::SECURITY_RESTRICTED_OPERATION);
     // SAFETY: a new GUC nesting level, popped below (or by the (sub)transaction abort on error).
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    set_local("search_path", c"pg_catalog, pg_temp");
+    set_local(c"search_path", c"pg_catalog, pg_temp");
     if whole {
-        set_local("row_security", c"off");
+        set_local(c"row_security", c"off");
     }
     let r = f();
     // SAFETY: pops the level pushed above, restoring the settings.
@@ -294,15 +294,15 @@ pub fn as_restricted<R>(owner: pg_sys::Oid, whole: bool, f: impl FnOnce() -> R) 
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: a new GUC nesting level, popped below (or by the (sub)transaction abort on error).
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    set_local("search_path", c"pg_catalog, pg_temp");
+    set_local(c"search_path", c"pg_catalog, pg_temp");
     let r = f();
     // SAFETY: pops the level pushed above.
     unsafe { pg_sys::AtEOXact_GUC(true, nest) };
     r
 }
 
-fn set_local(name: &str, value: &CStr) {
-    let name = std::ffi::CString::new(name).expect("no NUL");
+/// Sets a setting at the current GUC nest level (undone when the level is popped); call after `NewGUCNestLevel`.
+pub(crate) fn set_local(name: &CStr, value: &CStr) {
     // SAFETY: sets a user-settable GUC for the current nesting level; errors are raised as usual.
     unsafe {
         pg_sys::set_config_option(

@@ -75,32 +75,12 @@ impl CatalogAccess {
         // clause); the level is closed in drop() or by the (sub)transaction's abort.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            set(c"search_path", c"pg_catalog, pg_temp");
+            crate::access::set_local(c"search_path", c"pg_catalog, pg_temp");
             if task {
-                set(NESTED, c"on");
+                crate::access::set_local(NESTED, c"on");
             }
             CatalogAccess { level: Some(level) }
         }
-    }
-}
-
-/// Sets a setting at the current GUC nest level (undone when the level is closed).
-///
-/// # Safety
-/// Inside a transaction, after `NewGUCNestLevel`.
-unsafe fn set(name: &CStr, value: &CStr) {
-    // SAFETY: valid NUL-terminated strings; errors (an unknown or invalid setting) are raised by PostgreSQL.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
     }
 }
 
@@ -135,8 +115,8 @@ impl SequentialDdl {
         // SAFETY: as in CatalogAccess::begin.
         unsafe {
             let level = pg_sys::NewGUCNestLevel();
-            set(c"citus.multi_shard_modify_mode", c"sequential");
-            set(c"citus.enable_unsafe_triggers", c"on");
+            crate::access::set_local(c"citus.multi_shard_modify_mode", c"sequential");
+            crate::access::set_local(c"citus.enable_unsafe_triggers", c"on");
             SequentialDdl { level: Some(level) }
         }
     }

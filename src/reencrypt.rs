@@ -28,7 +28,7 @@ fn required<T>(v: Option<T>, name: &str) -> T {
 }
 
 /// The type of a column of `relid` (None if there is no such column).
-fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
+pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
     crate::catalog::one::<pg_sys::Oid>(
         "SELECT atttypid FROM pg_catalog.pg_attribute \
          WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \

@@ -280,6 +280,16 @@ fn ddl_as(owner: pg_sys::Oid, sql: &str) {
     crate::access::as_restricted(owner, false, || Spi::run(sql)).unwrap_or_else(|e| crate::error::spi_failed(e));
 }
 
+/// `CREATE TRIGGER` of the protect trigger of `column` on the table named `table` (quoted, as `Table::name`), run
+/// as the current role with a pinned search_path.
+pub(crate) fn create_protect_trigger(table: &str, column: &str) {
+    ddl(&format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
+        quote_identifier(trigger_name(column)),
+        literal(column)
+    ));
+}
+
 /// The protection row of (table, column), as protect() returns it.
 fn config_row(relid: pg_sys::Oid, column: &str) -> Option<PgHeapTuple<'static, AllocatedByRust>> {
     as_catalog_owner(|| {
@@ -353,18 +363,13 @@ fn protect(
     validate(&input).or_raise();
 
     // The trigger, as the caller (CREATE TRIGGER checks the TRIGGER privilege itself too).
-    let trigger = quote_identifier(trigger_name(&column));
     if let Some(old) = protect_trigger_of(relid, &column) {
         ddl_as(
             t.owner,
             &format!("DROP TRIGGER {} ON {}", quote_identifier(&old), t.name),
         );
     }
-    ddl(&format!(
-        "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
-        t.name,
-        literal(&column)
-    ));
+    create_protect_trigger(&t.name, &column);
 
     let old_view: Option<pg_sys::Oid> = as_catalog_owner(|| {
         crate::catalog::one::<pg_sys::Oid>(
@@ -462,14 +467,7 @@ fn protect_inheritors(relid: pg_sys::Oid, column: &str) -> Vec<String> {
         if !has_column {
             continue;
         }
-        as_catalog_owner(|| {
-            ddl(&format!(
-                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
-                quote_identifier(trigger_name(column)),
-                t.name,
-                literal(column)
-            ))
-        });
+        as_catalog_owner(|| create_protect_trigger(&t.name, column));
         done.push(t.name);
     }
     done
@@ -753,12 +751,7 @@ fn rename_in_config(t: &Table, old: &str, new: &str) {
     if let Some(trigger) = protect_trigger_of(x, old) {
         as_catalog_owner(|| {
             ddl(&format!("DROP TRIGGER {} ON {}", quote_identifier(&trigger), t.name));
-            ddl(&format!(
-                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
-                quote_identifier(trigger_name(new)),
-                t.name,
-                literal(new)
-            ));
+            create_protect_trigger(&t.name, new);
         });
     }
     // The decrypted views: their column follows the table's, and they are made again (decrypt_row names the

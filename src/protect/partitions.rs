@@ -17,10 +17,10 @@
 //!   (blind indexes included, no decrypted view) and its own trigger, so later inserts are still encrypted and
 //!   `forget_subject` still reaches its rows.
 
-use super::admin::{literal, protect_trigger_of, trigger_name};
+use super::admin::{create_protect_trigger, protect_trigger_of};
 use super::config::{ConfigRow, KeySpec, CONFIG_ROW_COLUMNS};
 use super::trigger::row_binding;
-use crate::access::{as_catalog_owner, with_safe_search_path, Table};
+use crate::access::{as_catalog_owner, Table};
 use crate::catalog::{get, ANCESTORS, DESCENDANTS};
 use crate::error::{spi_error, OrRaise};
 use crate::jsonb::Jsonb;
@@ -387,12 +387,7 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
     };
     let mut kept = Vec::new();
     for (owner, column, cfg) in protected_from(former_parent)? {
-        let has_column = crate::catalog::one::<bool>(
-            "SELECT true FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
-               AND attname OPERATOR(pg_catalog.=) $2::pg_catalog.name AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
-            &[relid.into(), column.as_str().into()],
-        )?
-        .unwrap_or(false);
+        let has_column = crate::reencrypt::column_type(relid, &column).is_some();
         if !has_column || protected_from(relid)?.iter().any(|(_, c, _)| *c == column) {
             continue;
         }
@@ -416,17 +411,7 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
             )
         })?;
         if protect_trigger_of(relid, &column).is_none() {
-            as_catalog_owner(|| {
-                with_safe_search_path(|| {
-                    Spi::run(&format!(
-                        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION event_crypto.protect_trigger({})",
-                        quote_identifier(trigger_name(&column)),
-                        t.name,
-                        literal(&column)
-                    ))
-                })
-            })
-            .map_err(spi_error)?;
+            as_catalog_owner(|| create_protect_trigger(&t.name, &column));
         }
         crate::audit::record(
             "protect",
