@@ -378,6 +378,12 @@ AS $$
 DECLARE
     b record;
     part regclass;
+    shard text;
+    node text;
+    port integer;
+    answer record;
+    counts text[];
+    distributed boolean;
 BEGIN
     rows_scanned := 0;
     rows_rewritten := 0;
@@ -386,6 +392,54 @@ BEGIN
     FOR part IN SELECT t.relid FROM pg_catalog.pg_partition_tree("table") t WHERE t.isleaf
                 UNION ALL
                 SELECT "table" WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree("table")) LOOP
+        distributed := false;
+        IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+            -- (a statement of its own: Citus's catalog is only named once it is known to exist)
+            distributed := EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) part);
+        END IF;
+        IF distributed THEN
+            -- Citus: the rows are in the shards. One pass over each shard, batch after batch, each batch run (and
+            -- committed) on the node that holds the shard, as the caller, by event_crypto.reencrypt_batch().
+            IF EXISTS (SELECT FROM pg_catalog.pg_dist_shard s
+                       JOIN pg_catalog.pg_dist_placement pl ON pl.shardid OPERATOR(pg_catalog.=) s.shardid
+                       WHERE s.logicalrelid OPERATOR(pg_catalog.=) part
+                       GROUP BY s.shardid HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) THEN
+                RAISE EXCEPTION '% has shards with more than one placement (a reference table, or replicated shards)', part
+                    USING ERRCODE = '0A000',
+                          DETAIL = 'Each placement would be re-encrypted on its own, with its own nonces: the copies would differ.';
+            END IF;
+            FOR shard, node, port IN
+                SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid), n.nodename, n.nodeport
+                FROM pg_catalog.pg_dist_shard s
+                JOIN pg_catalog.pg_dist_placement pl ON pl.shardid OPERATOR(pg_catalog.=) s.shardid
+                JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) pl.groupid
+                                              AND n.noderole OPERATOR(pg_catalog.=) 'primary'
+                WHERE s.logicalrelid OPERATOR(pg_catalog.=) part
+                ORDER BY s.shardid LOOP
+                LOOP
+                    SELECT * INTO answer FROM pg_catalog.master_run_on_worker(
+                        ARRAY[node], ARRAY[port],
+                        ARRAY[pg_catalog.format(
+                            'SELECT pg_catalog.concat_ws('' '', rows_scanned, rows_rewritten, rows_invalid, finished) '
+                            'FROM event_crypto.reencrypt_batch(%L::pg_catalog.regclass, %L, %s, %L)',
+                            shard, "column", batch_size, context_column)],
+                        false);
+                    IF answer.success IS NOT TRUE THEN
+                        RAISE EXCEPTION 're-encryption of shard % of % on %:% failed', shard, part, node, port
+                            USING ERRCODE = '58000', DETAIL = pg_catalog.left(answer.result, 500),
+                                  HINT = 'Shards done so far stay done; CALL event_crypto.reencrypt_table() again to go on.';
+                    END IF;
+                    -- the counts of the shard's pass so far (as reencrypt_batch() returns them)
+                    counts := pg_catalog.string_to_array(answer.result, ' ');
+                    COMMIT;
+                    EXIT WHEN counts[4]::pg_catalog.bool;
+                END LOOP;
+                rows_scanned := rows_scanned OPERATOR(pg_catalog.+) counts[1]::pg_catalog.int8;
+                rows_rewritten := rows_rewritten OPERATOR(pg_catalog.+) counts[2]::pg_catalog.int8;
+                rows_invalid := rows_invalid OPERATOR(pg_catalog.+) counts[3]::pg_catalog.int8;
+            END LOOP;
+            CONTINUE;
+        END IF;
         LOOP
             SELECT * INTO b FROM event_crypto.reencrypt_batch(part, "column", batch_size, context_column);
             COMMIT;
@@ -873,3 +927,16 @@ $$;
 CREATE EVENT TRIGGER event_crypto_citus_sql_drop ON sql_drop EXECUTE FUNCTION event_crypto.citus_sql_drop();
 REVOKE ALL ON FUNCTION event_crypto.citus_setup() FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_crypto.citus_sql_drop() FROM PUBLIC;
+
+-- Citus (issue 13): the coordinator's side of a shard trigger's request for a new key (src/citus.rs). No grant:
+-- the workers call it as the catalog's owner, and it checks the inserting role's privileges itself.
+CREATE FUNCTION event_crypto."citus_create_key"(
+	"table" regclass,
+	"column_name" name,
+	"key_id" TEXT,
+	"inserter" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'citus_create_key_wrapper';
+REVOKE ALL ON FUNCTION event_crypto.citus_create_key(regclass, name, text, text) FROM PUBLIC;

@@ -65,7 +65,8 @@ $$;
 
 -- Re-encrypts (and, for protected columns, migrates plaintext of) a whole column online, batch after batch, each
 -- committed, so it can be interrupted (cancel, crash) and CALLed again to resume where it stopped. A partitioned
--- table is passed over partition by partition (its leaf partitions; reencrypt_batch refuses the parent itself). context_column:
+-- table is passed over partition by partition (its leaf partitions; reencrypt_batch refuses the parent itself), a
+-- Citus distributed table shard by shard, each batch on the node holding the shard. context_column:
 -- for a column that is not protected, the column whose text is the context its envelopes are bound to (a
 -- protected column's configuration names it). Returns the counts of the pass (rows_invalid: rows left alone
 -- because an envelope in them is not bound to the row); progress is visible in event_crypto.reencrypt_progress.
@@ -79,6 +80,12 @@ AS $$
 DECLARE
     b record;
     part regclass;
+    shard text;
+    node text;
+    port integer;
+    answer record;
+    counts text[];
+    distributed boolean;
 BEGIN
     rows_scanned := 0;
     rows_rewritten := 0;
@@ -87,6 +94,54 @@ BEGIN
     FOR part IN SELECT t.relid FROM pg_catalog.pg_partition_tree("table") t WHERE t.isleaf
                 UNION ALL
                 SELECT "table" WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree("table")) LOOP
+        distributed := false;
+        IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+            -- (a statement of its own: Citus's catalog is only named once it is known to exist)
+            distributed := EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) part);
+        END IF;
+        IF distributed THEN
+            -- Citus: the rows are in the shards. One pass over each shard, batch after batch, each batch run (and
+            -- committed) on the node that holds the shard, as the caller, by event_crypto.reencrypt_batch().
+            IF EXISTS (SELECT FROM pg_catalog.pg_dist_shard s
+                       JOIN pg_catalog.pg_dist_placement pl ON pl.shardid OPERATOR(pg_catalog.=) s.shardid
+                       WHERE s.logicalrelid OPERATOR(pg_catalog.=) part
+                       GROUP BY s.shardid HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) THEN
+                RAISE EXCEPTION '% has shards with more than one placement (a reference table, or replicated shards)', part
+                    USING ERRCODE = '0A000',
+                          DETAIL = 'Each placement would be re-encrypted on its own, with its own nonces: the copies would differ.';
+            END IF;
+            FOR shard, node, port IN
+                SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid), n.nodename, n.nodeport
+                FROM pg_catalog.pg_dist_shard s
+                JOIN pg_catalog.pg_dist_placement pl ON pl.shardid OPERATOR(pg_catalog.=) s.shardid
+                JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) pl.groupid
+                                              AND n.noderole OPERATOR(pg_catalog.=) 'primary'
+                WHERE s.logicalrelid OPERATOR(pg_catalog.=) part
+                ORDER BY s.shardid LOOP
+                LOOP
+                    SELECT * INTO answer FROM pg_catalog.master_run_on_worker(
+                        ARRAY[node], ARRAY[port],
+                        ARRAY[pg_catalog.format(
+                            'SELECT pg_catalog.concat_ws('' '', rows_scanned, rows_rewritten, rows_invalid, finished) '
+                            'FROM event_crypto.reencrypt_batch(%L::pg_catalog.regclass, %L, %s, %L)',
+                            shard, "column", batch_size, context_column)],
+                        false);
+                    IF answer.success IS NOT TRUE THEN
+                        RAISE EXCEPTION 're-encryption of shard % of % on %:% failed', shard, part, node, port
+                            USING ERRCODE = '58000', DETAIL = pg_catalog.left(answer.result, 500),
+                                  HINT = 'Shards done so far stay done; CALL event_crypto.reencrypt_table() again to go on.';
+                    END IF;
+                    -- the counts of the shard's pass so far (as reencrypt_batch() returns them)
+                    counts := pg_catalog.string_to_array(answer.result, ' ');
+                    COMMIT;
+                    EXIT WHEN counts[4]::pg_catalog.bool;
+                END LOOP;
+                rows_scanned := rows_scanned OPERATOR(pg_catalog.+) counts[1]::pg_catalog.int8;
+                rows_rewritten := rows_rewritten OPERATOR(pg_catalog.+) counts[2]::pg_catalog.int8;
+                rows_invalid := rows_invalid OPERATOR(pg_catalog.+) counts[3]::pg_catalog.int8;
+            END LOOP;
+            CONTINUE;
+        END IF;
         LOOP
             SELECT * INTO b FROM event_crypto.reencrypt_batch(part, "column", batch_size, context_column);
             COMMIT;

@@ -15,18 +15,31 @@
 //!   the duration of the catalog access only).
 //! - A task cannot *write* a reference table: the write would have to reach every node from inside the worker's
 //!   part of someone else's distributed transaction (and a worker's prepared transaction cannot hold transactions
-//!   of its own on other nodes). So a key cannot be created by a shard trigger: [`check_key_creation`] refuses it
-//!   with a clear error (`55000`) before anything is written, and keys are created on the coordinator
-//!   (`create_key`, or the trigger of a Citus local table, which runs on the coordinator and creates keys on first
-//!   use as on one server).
+//!   of its own on other nodes). So a shard trigger that needs a new key (a new subject's) asks the coordinator to
+//!   create it ([`create_key_on_coordinator`]): the coordinator checks the request, writes the key to every node
+//!   in a distributed transaction of its own and commits before the trigger carries on with it. There is still
+//!   exactly one key per subject in the cluster: concurrent requests for one key id wait for each other on the
+//!   coordinator's unique index, and one inserts.
 //! - The catalog names tables by `regclass`, and every node has its own oids: writes that select rows by table
 //!   bind a `regclass` parameter, which Citus sends by name ([`CatalogAccess`] makes it schema-qualified), and
 //!   drops are followed on each node's own placement (`event_crypto.citus_sql_drop()`, sql/citus.sql).
 //! - Citus is detected at run time only (`crate::protect::target`): nothing here needs Citus to build or run.
 
+use crate::error::{raise, OrRaise};
+use crate::protect::config::KeySpec;
+use crate::sqltypes::{Name, RegClass};
+use event_crypto_core::envelope::check_key_id;
+use event_crypto_core::subject::{parse_subject_key_id, subject_key_id};
 use event_crypto_core::{Error, ErrorKind, Result};
-use pgrx::pg_sys;
+use pgrx::prelude::*;
 use std::ffi::CStr;
+
+/// `utils/timeout.h` (PostgreSQL 15), which pgrx does not bind: `STATEMENT_TIMEOUT` of `enum TimeoutId`.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+extern "C-unwind" {
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn get_timeout_active(id: std::ffi::c_int) -> bool;
+}
 
 /// The prefix of `application_name` of the connections Citus opens between nodes to run tasks (Citus's
 /// `CITUS_APPLICATION_NAME_PREFIX`).
@@ -133,16 +146,187 @@ impl Drop for SequentialDdl {
     }
 }
 
-/// Refuses to create `key_id` in a Citus task (a shard trigger, a function pushed down to a worker): the key
-/// catalog is a reference table that a task cannot write (see the module's documentation). Nothing is written.
-pub fn check_key_creation(key_id: &str) -> Result<()> {
-    if !in_citus_task() || !citus_loaded() {
-        return Ok(());
+/// Whether this backend runs a Citus task (a shard trigger, a function pushed down to a worker) with Citus loaded:
+/// then event_crypto's catalog, a set of reference tables, cannot be written from here.
+pub fn in_task() -> bool {
+    in_citus_task() && citus_loaded()
+}
+
+/// Whether event_crypto's key catalog is a Citus reference table here (`citus_setup()` has run). Then every key the
+/// protect trigger creates on first use is created by the coordinator in a transaction of its own, from any node
+/// and session: a key created inside the inserting transaction would hold Citus's lock on the catalog until that
+/// transaction ends, and a shard trigger of the same transaction asking the coordinator for another key would wait
+/// for it forever (Citus's deadlock detection does not see a wait across `run_command_on_coordinator`).
+pub fn key_catalog_distributed() -> Result<bool> {
+    if !citus_loaded() || !crate::protect::target::citus_installed()? {
+        return Ok(false);
     }
-    Err(Error::new(
-        ErrorKind::NotReady,
-        format!("encryption key \"{key_id}\" does not exist, and a Citus worker cannot create it"),
-    )
-    .with_detail("On Citus, event_crypto's key catalog is a reference table: keys are created on the coordinator, which writes them to every node in one distributed transaction. A shard trigger or a query pushed down to a worker cannot.")
-    .with_hint("Create the key on the coordinator before the first event that needs it: SELECT event_crypto.create_key(event_crypto.subject_key_id('subject:', '<subject>', 1)); see docs/scaling.md."))
+    Ok(crate::catalog::one::<bool>(
+        "SELECT true FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+        &[crate::keys::catalog().keys.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Has the coordinator create `key_id`, a key the protect trigger of `relid`.`column` (a shard, in a Citus task)
+/// creates on first use: a task cannot write the key catalog (a reference table), the coordinator can, in one
+/// distributed transaction that reaches every node.
+///
+/// Used in a Citus task (which cannot write the catalog) and, on Citus, in every other session too
+/// ([`key_catalog_distributed`]). The request goes over a new connection to the coordinator (`run_command_on_coordinator`) as the catalog's owner,
+/// the role Citus itself connects between nodes as, which runs `event_crypto.citus_create_key(table, column,
+/// key_id, inserter)` in a transaction of its own. That function, which no other role may call, checks that the
+/// inserting role may insert into (or update) the table's protected column and that the column's configuration
+/// creates this key id (its fixed key, a blind index key, or a subject key of its prefix), creates the key
+/// (audited as an automatic creation by the inserting role) and commits on every node before the answer comes
+/// back. The caller then finds the key in this node's
+/// placement of the catalog (read with the latest snapshot, so also in REPEATABLE READ). The key stays if the
+/// insert that needed it rolls back, as a key made by `create_key()` would.
+pub fn create_key_on_coordinator(relid: pg_sys::Oid, column: &str, key_id: &str) -> Result<()> {
+    let table = crate::protect::target::configured_relation(relid)?;
+    let table = crate::access::Table::open(table)?;
+    let inserter = crate::access::acting_role();
+    // Every value is a quoted literal in a constant statement; the table's name is quoted and schema-qualified.
+    let command = format!(
+        "SELECT event_crypto.citus_create_key({}::pg_catalog.regclass, {}, {}, {})",
+        quote_literal(&table.name)?,
+        quote_literal(column)?,
+        quote_literal(key_id)?,
+        quote_literal(&inserter)?
+    );
+    // Not in a subtransaction: in a session that coordinates a distributed statement itself (an insert on a worker
+    // with Citus's metadata, an INSERT ... SELECT whose rows also go to other nodes), Citus would send the savepoint
+    // to connections still busy with that statement. A failure on the coordinator comes back as an answer;
+    // run_command_on_coordinator() raises only when the coordinator is not in Citus's metadata (its own error).
+    let answer = crate::access::as_catalog_owner(|| {
+        pgrx::Spi::connect(|c| -> Result<Option<(Option<bool>, Option<String>)>> {
+            let t = c
+                .select(
+                    "SELECT success, result FROM pg_catalog.run_command_on_coordinator($1)",
+                    Some(1),
+                    &[command.as_str().into()],
+                )
+                .map_err(crate::error::spi_error)?;
+            match t.into_iter().next() {
+                None => Ok(None),
+                Some(r) => Ok(Some((
+                    crate::catalog::get_opt::<bool>(&r, 1, "success")?,
+                    crate::catalog::get_opt::<String>(&r, 2, "result")?,
+                ))),
+            }
+        })
+    });
+    let failed = |why: String| {
+        Error::new(
+            ErrorKind::NotReady,
+            format!("encryption key \"{key_id}\" does not exist, and the Citus coordinator did not create it"),
+        )
+        .with_detail(why)
+        .with_hint("On Citus a new key is created by the coordinator (event_crypto.citus_create_key()), asked over a connection as the extension's owner: the coordinator must be in Citus's metadata (citus_set_coordinator_host()) and accept that role's connections, as Citus itself needs. A request cancelled by event_crypto.citus_key_request_timeout usually waited for this transaction's own earlier create_key(), rotate_key() or shred_key(): run those in a transaction of their own. See docs/scaling.md#citus.")
+    };
+    match answer {
+        Ok(Some((Some(true), _))) => Ok(()),
+        Ok(Some((_, result))) => Err(failed(format!(
+            "The coordinator answered: {}",
+            bounded(result.as_deref().unwrap_or("no answer"))
+        ))),
+        Ok(None) => Err(failed("No coordinator answered.".into())),
+        Err(e) => Err(failed(format!("The request failed: {}", bounded(e.message())))),
+    }
+}
+
+/// The first 500 characters of a message from another node.
+fn bounded(s: &str) -> String {
+    let mut out: String = s.chars().take(500).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// `s` as an SQL string literal (PostgreSQL's quote_literal: doubled quotes, `E''` when it has backslashes).
+fn quote_literal(s: &str) -> Result<String> {
+    let c = std::ffi::CString::new(s).map_err(|_| Error::invalid_argument("a name or key id must not contain NUL"))?;
+    // SAFETY: quote_literal_cstr returns a palloc'd, NUL-terminated copy of its argument, quoted; copied at once.
+    unsafe {
+        let q = pg_sys::quote_literal_cstr(c.as_ptr());
+        let out = CStr::from_ptr(q).to_string_lossy().into_owned();
+        pg_sys::pfree(q.cast());
+        Ok(out)
+    }
+}
+
+/// The coordinator's side of a shard trigger's request for a new key ([`create_key_on_coordinator`]): creates
+/// `key_id` if the protect trigger of `table`.`column_name` would create it on first use for a row `inserter` may
+/// write. Callable by the catalog's owner only (no grant); `true` when this call created the key.
+#[pg_extern(volatile, parallel_unsafe)]
+fn citus_create_key(
+    table: Option<RegClass>,
+    column_name: Option<Name>,
+    key_id: Option<&str>,
+    inserter: Option<&str>,
+) -> bool {
+    let (Some(table), Some(column), Some(key_id), Some(inserter)) = (table, column_name, key_id, inserter) else {
+        raise(Error::null_argument("table, column_name, key_id and inserter"))
+    };
+    create_requested_key(table.0, &column.0, key_id, inserter).or_raise()
+}
+
+fn create_requested_key(relid: pg_sys::Oid, column: &str, key_id: &str, inserter: &str) -> Result<bool> {
+    // The request is bounded (event_crypto.citus_key_request_timeout): a transaction that wrote the key catalog
+    // before it inserted the row that asks (create_key() then an insert of a new subject, in one transaction) holds
+    // Citus's lock on the catalog, which this write would wait for while that transaction waits for the row.
+    // SAFETY: arms this backend's statement timeout, as statement_timeout would, unless one is armed already; it is
+    // disarmed when the statement ends.
+    unsafe {
+        if !get_timeout_active(STATEMENT_TIMEOUT) {
+            enable_timeout_after(STATEMENT_TIMEOUT, crate::guc::citus_key_request_timeout_ms());
+        }
+    }
+    check_key_id(key_id)?;
+    crate::keys::require_writable(&format!("create encryption key \"{key_id}\""))?;
+    let table = crate::access::Table::open(relid)?;
+    let cfg = crate::protect::config::require_config(relid, column)?;
+    let denied = |why: String| {
+        Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "key id \"{key_id}\" is not created for role \"{inserter}\" by column \"{column}\" of {}",
+                table.name
+            ),
+        )
+        .with_detail(why)
+    };
+    // the inserting role, by name (role oids differ between nodes; names are what Citus keeps the same)
+    let role =
+        std::ffi::CString::new(inserter).map_err(|_| Error::invalid_argument("a role name must not contain NUL"))?;
+    // SAFETY: a catalog lookup by name; InvalidOid when the role does not exist (missing_ok).
+    let role = unsafe { pg_sys::get_role_oid(role.as_ptr(), true) };
+    if role == pg_sys::InvalidOid {
+        return Err(denied("The role does not exist on the coordinator.".into()));
+    }
+    let may_write = crate::catalog::one::<bool>(
+        "SELECT pg_catalog.has_column_privilege($1, $2, $3, 'INSERT, UPDATE')",
+        &[role.into(), relid.into(), column.into()],
+    )?
+    .unwrap_or(false);
+    if !may_write {
+        return Err(denied("The role may neither insert into nor update the column.".into()));
+    }
+    let by_config = match &cfg.key {
+        KeySpec::Fixed(k) => k == key_id,
+        KeySpec::Column { prefix, .. } => match parse_subject_key_id(prefix, key_id) {
+            None => false,
+            Some((_, 1)) => true,
+            // a later generation only once the one before it is shredded, in a table that takes new keys then
+            Some((subject, generation)) => {
+                cfg.new_key_when_forgotten
+                    && crate::keys::lookup(&subject_key_id(prefix, &subject, generation - 1)?).is_ok_and(|e| e.shredded)
+            }
+        },
+    };
+    if !by_config && !cfg.blind.iter().any(|b| b.key_id == key_id) {
+        return Err(denied("The column's protection creates its own key, its blind index keys, and the first key generation of each subject (a later one once the generation before it is shredded, with on_forgotten => 'new_key'); this is none of them.".into()));
+    }
+    crate::keys::create_automatic_key(key_id, inserter)
 }

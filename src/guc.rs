@@ -16,6 +16,7 @@ pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_KEY_CACHE_SIZE);
 pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_WAIT);
+pub static CITUS_KEY_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 /// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
 pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
@@ -111,6 +112,16 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"event_crypto.citus_key_request_timeout",
+        c"How long the Citus coordinator may take to create a key a shard trigger asked for.",
+        c"Past it the request is cancelled and the row that needed the key is refused (55000), rather than waiting on a lock held by the transaction the row belongs to. Read on the coordinator.",
+        &CITUS_KEY_REQUEST_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"event_crypto.worker_interval",
         c"Seconds between two maintenance runs of the background worker.",
         c"",
@@ -168,4 +179,8 @@ pub fn master_key_command() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+pub fn citus_key_request_timeout_ms() -> i32 {
+    CITUS_KEY_REQUEST_TIMEOUT.get()
 }

@@ -697,11 +697,16 @@ pub fn require_writable(what: &str) -> Result<()> {
 
 /// Inserts version 1 of `key_id` unless the key id exists. `None` when inserted; otherwise whether the existing
 /// key id is shredded.
-fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> Result<Option<bool>> {
+fn insert_first_version(
+    key_id: &str,
+    algorithm: Algorithm,
+    automatic: bool,
+    created_by: Option<&str>,
+) -> Result<Option<bool>> {
     check_key_id(key_id)?;
     require_writable(&format!("create encryption key \"{key_id}\""))?;
     let m = master::get()?.active();
-    let role = acting_role();
+    let role = created_by.map_or_else(acting_role, str::to_string);
     let dk = random_key()?;
     let ik = random_key()?;
     let ctx = |purpose| WrapContext {
@@ -732,8 +737,12 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> 
         })
     });
     if outcome.is_none() {
-        let details =
+        let mut details =
             json!({"version": 1, "algorithm": algorithm.name(), "master_key_id": m.id(), "automatic": automatic});
+        if let Some(inserter) = created_by {
+            // made on a Citus coordinator at a shard trigger's request, for the role whose row needs it
+            details["inserter"] = json!(inserter);
+        }
         if automatic {
             // Collected and written with the transaction's other automatic creations (crate::audit).
             crate::audit::record_created(key_id, details);
@@ -746,7 +755,7 @@ fn insert_first_version(key_id: &str, algorithm: Algorithm, automatic: bool) -> 
 
 /// Creates version 1 of a new key id.
 pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
-    match insert_first_version(key_id, algorithm, false)? {
+    match insert_first_version(key_id, algorithm, false, None)? {
         None => Ok(1),
         Some(true) => {
             Err(Error::key_shredded(key_id).with_hint("A shredded key id is never re-created; use a new key id."))
@@ -759,17 +768,35 @@ pub fn create_key(key_id: &str, algorithm: Algorithm) -> Result<i32> {
     }
 }
 
+/// Who needs a key the protect trigger creates on first use: the relation the trigger fires on and its protected
+/// column (on a Citus worker, the coordinator checks that the key is one this column's configuration creates).
+pub struct KeyUser<'a> {
+    pub relid: pg_sys::Oid,
+    pub column: &'a str,
+}
+
 /// The key id's entry, creating the key id (AES-256-GCM) when it does not exist yet. A shredded key id is
-/// returned as such, never re-created.
-pub fn ensure_key(key_id: &str) -> Result<Rc<KeyEntry>> {
+/// returned as such, never re-created. On Citus (the key catalog is a reference table) the key is created by the
+/// coordinator, in a transaction of its own ([`crate::citus::create_key_on_coordinator`]).
+pub fn ensure_key(key_id: &str, user: &KeyUser<'_>) -> Result<Rc<KeyEntry>> {
     match lookup(key_id) {
         Err(e) if e.kind() == ErrorKind::UnknownKey => {
-            crate::citus::check_key_creation(key_id)?;
-            insert_first_version(key_id, Algorithm::Aes256Gcm, true)?;
+            if crate::citus::in_task() || crate::citus::key_catalog_distributed()? {
+                crate::citus::create_key_on_coordinator(user.relid, user.column, key_id)?;
+            } else {
+                insert_first_version(key_id, Algorithm::Aes256Gcm, true, None)?;
+            }
             lookup(key_id)
         }
         other => other,
     }
+}
+
+/// Creates (version 1, AES-256-GCM, audited as an automatic creation by `created_by`) a key id a protect trigger
+/// needs; `true` when this call created it, `false` when it existed. For `event_crypto.citus_create_key()`,
+/// which checks the request first.
+pub fn create_automatic_key(key_id: &str, created_by: &str) -> Result<bool> {
+    Ok(insert_first_version(key_id, Algorithm::Aes256Gcm, true, Some(created_by))?.is_none())
 }
 
 /// Adds a new active version; the previous active version is retired (it still decrypts).
@@ -1129,21 +1156,25 @@ pub fn version_status(key_id: &str, version: u32) -> Result<String> {
 /// Disables one retired version of a key id and schedules its destruction `wait_seconds` from now; returns when
 /// it will be destroyed, or `None` if the version was not retired (any more).
 pub fn disable_version(key_id: &str, version: i32, wait_seconds: i32) -> Result<Option<String>> {
+    // The time is computed first: on Citus the catalog is a reference table, whose RETURNING lists may not call
+    // functions that are not immutable (a timestamptz's text form is not).
+    let at = crate::catalog::one::<String>(
+        "SELECT (pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $1))::pg_catalog.text",
+        &[(wait_seconds as f64).into()],
+    )?
+    .unwrap_or_default();
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             client
                 .update(
-                    "UPDATE event_crypto.keys SET status = 'disabled', \
-                            destroy_after = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3) \
+                    "UPDATE event_crypto.keys SET status = 'disabled', destroy_after = $3::pg_catalog.timestamptz \
                      WHERE key_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2 \
-                       AND status OPERATOR(pg_catalog.=) 'retired' RETURNING destroy_after::pg_catalog.text",
+                       AND status OPERATOR(pg_catalog.=) 'retired' RETURNING version",
                     None,
-                    &[key_id.into(), version.into(), (wait_seconds as f64).into()],
+                    &[key_id.into(), version.into(), at.as_str().into()],
                 )
-                .map_err(crate::error::spi_error)?
-                .next()
-                .map(|r| crate::catalog::get::<String>(&r, 1, "destroy_after"))
-                .transpose()
+                .map(|t| (!t.is_empty()).then(|| at.clone()))
+                .map_err(crate::error::spi_error)
         })
     })
 }

@@ -41,6 +41,8 @@ pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oi
 /// Every field path a protected column's configuration names (for every type): the table's own configuration, or
 /// that of its nearest protected ancestor (a partition, an INHERITS child), as the trigger finds it.
 pub(crate) fn all_fields(relid: pg_sys::Oid, column: &str) -> Result<Selector> {
+    // a Citus shard's fields are its distributed table's
+    let relid = crate::protect::target::configured_relation(relid)?;
     let texts: Vec<String> = as_catalog_owner(|| {
         crate::catalog::all(
             &format!(
@@ -118,7 +120,7 @@ fn reencrypt_batch(
                 ErrorKind::Unsupported,
                 format!("{} is a Citus distributed table: its rows are in its shards", t.name),
             )
-            .with_hint("Re-encryption of distributed tables is not supported yet (docs/scaling.md#citus); rewrite the rows through the coordinator, e.g. UPDATE … SET payload = payload, which the shard triggers encrypt."),
+            .with_hint("CALL event_crypto.reencrypt_table() on the coordinator: it passes over every shard, each batch on the node holding it (docs/scaling.md#citus)."),
         );
     }
     // a json column is read as jsonb and written back as JSON text (its key order and spacing become jsonb's)

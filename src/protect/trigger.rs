@@ -14,7 +14,7 @@
 
 use super::config::{config, Col, Config, KeySpec};
 use crate::jsonb::Jsonb;
-use crate::keys::{self, CachedKeys, KeyEntry};
+use crate::keys::{self, CachedKeys, KeyEntry, KeyUser};
 use event_crypto_core::document::{
     check_context, check_envelopes, may_contain_envelope, needs_encryption, value_at, Checked, Encryptor,
 };
@@ -135,7 +135,13 @@ fn null_context_column(cfg: &Config, col: &Col) -> Error {
 
 /// The subject key of a row: generation 1 of the subject, or (forgotten subject, `on_forgotten = 'new_key'`) the
 /// first generation that is not shredded.
-fn subject_key(cfg: &Config, col: &Col, prefix: &str, subject: &str) -> Result<(String, Rc<KeyEntry>)> {
+fn subject_key(
+    cfg: &Config,
+    col: &Col,
+    prefix: &str,
+    subject: &str,
+    user: &KeyUser<'_>,
+) -> Result<(String, Rc<KeyEntry>)> {
     check_subject(subject).map_err(|e| {
         Error::invalid_argument(format!(
             "key column \"{}\" of protected table {} holds an unusable subject id",
@@ -144,7 +150,7 @@ fn subject_key(cfg: &Config, col: &Col, prefix: &str, subject: &str) -> Result<(
         .with_detail(e.message().to_string())
     })?;
     let key_id = subject_key_id(prefix, subject, 1)?;
-    let e = keys::ensure_key(&key_id)?;
+    let e = keys::ensure_key(&key_id, user)?;
     if !e.belongs_to(prefix, subject) {
         return Err(taken(&key_id, subject));
     }
@@ -162,7 +168,7 @@ fn subject_key(cfg: &Config, col: &Col, prefix: &str, subject: &str) -> Result<(
     // A fresh key generation: "<key id>#2", "#3", ... (forget_subject shreds every generation).
     for n in 2..=10_000u32 {
         let next = subject_key_id(prefix, subject, n)?;
-        let e = keys::ensure_key(&next)?;
+        let e = keys::ensure_key(&next, user)?;
         if e.belongs_to(prefix, subject) && !e.shredded {
             return Ok((next, e));
         }
@@ -221,6 +227,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     // SAFETY: the relation's descriptor lives as long as the relation is open (the whole trigger call).
     let desc = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
     let cfg = config(rel.rd_id, column, &desc)?;
+    let user = KeyUser {
+        relid: rel.rd_id,
+        column,
+    };
     let is_update = op == pg_sys::TRIGGER_EVENT_UPDATE;
     let new = Row {
         tuple: if is_update { td.tg_newtuple } else { td.tg_trigtuple },
@@ -321,7 +331,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
                 if b.location.encoded() == loc.encoded() {
                     from_envelopes[i] = Some(match c {
                         Checked::Opened(pt) => Some(
-                            keys::ensure_key(&b.key_id)?
+                            keys::ensure_key(&b.key_id, &user)?
                                 .indexer()?
                                 .digest(&index_text(pt)?, b.normalize),
                         ),
@@ -345,14 +355,14 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             Some(JsonbValue::String(s)) if looks_like_envelope(s) => from_envelopes[i].take().flatten(),
             Some(JsonbValue::String(s)) => {
                 let s = std::str::from_utf8(s).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))?;
-                Some(keys::ensure_key(&b.key_id)?.indexer()?.digest(s, b.normalize))
+                Some(keys::ensure_key(&b.key_id, &user)?.indexer()?.digest(s, b.normalize))
             }
             Some(v) => {
                 // numbers, booleans and containers are indexed by their compact JSON text
                 let mut text = Vec::new();
                 write_json(&v, &mut text, 0)?;
                 Some(
-                    keys::ensure_key(&b.key_id)?
+                    keys::ensure_key(&b.key_id, &user)?
                         .indexer()?
                         .digest(&index_text(&text)?, b.normalize),
                 )
@@ -367,10 +377,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             return Err(null_context_column(&cfg, col));
         }
         let (key_id, entry) = match &cfg.key {
-            KeySpec::Fixed(k) => (k.clone(), keys::ensure_key(k)?),
+            KeySpec::Fixed(k) => (k.clone(), keys::ensure_key(k, &user)?),
             KeySpec::Column { col, prefix } => {
                 let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
-                subject_key(&cfg, col, prefix, s)?
+                subject_key(&cfg, col, prefix, s, &user)?
             }
         };
         let (version, cipher) = entry.encryption_key()?;

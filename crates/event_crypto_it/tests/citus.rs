@@ -237,26 +237,7 @@ fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
         "export holds the subject's 5 events: {text}"
     );
 
-    // a subject without a key: the worker cannot create one; a clear error, nothing stored
-    let e = c
-        .execute(
-            &format!(
-                "INSERT INTO {t} (subject_id, stream_id, payload) VALUES ('newcomer', 'x', '{{\"email\":\"n@x.io\"}}')"
-            ),
-            &[],
-        )
-        .unwrap_err();
-    let (code, msg, _, hint) = sql_error(&e);
-    assert_eq!(code, "55000", "{msg}");
-    assert!(msg.contains("a Citus worker cannot create it"), "{msg}");
-    assert!(hint.unwrap_or_default().contains("create_key"));
-    let newcomer: i64 = c
-        .query_one(&format!("SELECT count(*) FROM {t} WHERE subject_id = 'newcomer'"), &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(newcomer, 0);
-    // with its key created on the coordinator, the same insert works
-    create_subject_keys(&mut c, &prefix, &["newcomer".to_string()]);
+    // a subject without a key: the shard trigger has the coordinator create it (tests/citus.rs, new_subjects_*)
     c.execute(
         &format!(
             "INSERT INTO {t} (subject_id, stream_id, payload) VALUES ('newcomer', 'x', '{{\"email\":\"n@x.io\"}}')"
@@ -554,66 +535,459 @@ fn an_application_role_inserts_and_rotation_and_unprotect_reach_the_shards() {
 
 #[test]
 #[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
-fn reencryption_of_a_distributed_table_is_refused_rather_than_finished_having_seen_nothing() {
+fn reencrypt_table_passes_over_every_shard_of_a_partitioned_table_distributed_by_bigint() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((mut c, _workers)) = citus("reencrypt") else {
+    let Some((mut c, mut workers)) = citus("reencrypt") else {
         return;
     };
     let tg = tag("re");
     let t = format!("ev_{tg}");
     let prefix = format!("{tg}:");
-    let subjects: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
-    // rows written before protect(): plaintext on the shards
-    c.batch_execute(&format!(
-        "CREATE TABLE {t} (id bigserial, subject_id text NOT NULL, payload jsonb, PRIMARY KEY (subject_id, id))"
-    ))
-    .unwrap();
-    c.batch_execute(&format!("SELECT create_distributed_table('{t}', 'subject_id')"))
-        .unwrap();
-    c.execute(
-        &format!(
-            "INSERT INTO {t} (subject_id, payload) SELECT s, jsonb_build_object('email', s || '@x.io') FROM unnest($1::text[]) s"
+    let subjects: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    // a partitioned table distributed by a bigint tenant id, keyed by another column (the subject); rows written
+    // before protect(): plaintext on the shards
+    for sql in [
+        format!(
+            "CREATE TABLE {t} (id bigserial, tenant_id bigint NOT NULL, subject_id text NOT NULL, created_at date NOT NULL,
+                               payload jsonb, PRIMARY KEY (tenant_id, id, created_at)) PARTITION BY RANGE (created_at)"
         ),
-        &[&subjects],
-    )
-    .unwrap();
+        format!("CREATE TABLE {t}_2025 PARTITION OF {t} FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')"),
+        format!("CREATE TABLE {t}_2026 PARTITION OF {t} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"),
+        format!("SELECT create_distributed_table('{t}', 'tenant_id')"),
+    ] {
+        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let insert = |c: &mut Client, n: i32| {
+        c.execute(
+            &format!(
+                "INSERT INTO {t} (tenant_id, subject_id, created_at, payload)
+                 SELECT i % 5, s, DATE '2025-06-01' + (i * 40), jsonb_build_object('email', s || '@x.io', 'i', i)
+                 FROM unnest($1::text[]) s, generate_series(1, $2) i"
+            ),
+            &[&subjects, &n],
+        )
+        .unwrap();
+    };
+    insert(&mut c, 5);
     c.batch_execute(&format!(
         "SELECT event_crypto.protect('{t}', 'payload', fields => ARRAY['email'], key_column => 'subject_id', key_prefix => '{prefix}')"
     ))
     .unwrap();
-    create_subject_keys(&mut c, &prefix, &subjects);
-    // the shell table on the coordinator holds no rows: a pass over it must not end "finished" having seen none
-    let e = c
-        .query(
-            &format!("SELECT * FROM event_crypto.reencrypt_batch('{t}', 'payload', 100)"),
-            &[],
-        )
-        .expect_err("reencrypt_batch on a distributed table");
-    let (code, message, _, _) = event_crypto_it::sql_error(&e);
-    assert_eq!(code, "0A000", "{message}");
-    assert!(message.contains("Citus distributed table"), "{message}");
-    // what the hint says works: an UPDATE through the coordinator, encrypted by the shard triggers
-    c.batch_execute(&format!("UPDATE {t} SET payload = payload")).unwrap();
-    let encrypted: i64 = c
-        .query_one(
+    let total = (subjects.len() * 5) as i64;
+    let encrypted = |c: &mut Client| -> i64 {
+        c.query_one(
             &format!("SELECT count(*) FROM {t} WHERE payload->>'email' LIKE '$ec1$%'"),
             &[],
         )
         .unwrap()
-        .get(0);
-    assert_eq!(encrypted, subjects.len() as i64);
+        .get(0)
+    };
+    assert_eq!(
+        encrypted(&mut c),
+        0,
+        "protect() leaves existing rows to reencrypt_table()"
+    );
+
+    // the shell table on the coordinator holds no rows: one batch over it must not end "finished" having seen none
+    let e = c
+        .query(
+            &format!("SELECT * FROM event_crypto.reencrypt_batch('{t}_2025', 'payload', 100)"),
+            &[],
+        )
+        .expect_err("reencrypt_batch on a distributed table");
+    let (code, message, _, hint) = event_crypto_it::sql_error(&e);
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("Citus distributed table"), "{message}");
+    assert!(hint.unwrap_or_default().contains("reencrypt_table"));
+
+    // reencrypt_table on the coordinator: every shard of every partition, in batches of 3 on the nodes holding them;
+    // the subjects' keys are made by the coordinator at the shard triggers' request
+    let counts = |c: &mut Client| -> (i64, i64, i64) {
+        let r = c
+            .query_one(&format!("CALL event_crypto.reencrypt_table('{t}', 'payload', 3)"), &[])
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    // (a pass goes by physical position up to where the table ended when it began: the new versions of rows it
+    // rewrote in a page it had not finished are seen again, and counted as scanned, not rewritten)
+    let (scanned, rewritten, invalid) = counts(&mut c);
+    assert!(scanned >= total, "every row seen: {scanned}");
+    assert_eq!((rewritten, invalid), (total, 0), "every row encrypted");
+    assert_eq!(encrypted(&mut c), total);
     let emails: Vec<Option<String>> = c
         .query(
-            &format!("SELECT event_crypto.decrypt_fields(payload)->>'email' FROM {t} ORDER BY subject_id"),
+            &format!(
+                "SELECT event_crypto.decrypt_fields(payload)->>'email' FROM {t} WHERE subject_id = 'p3' ORDER BY id"
+            ),
             &[],
         )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
+    assert_eq!(emails, vec![Some("p3@x.io".to_string()); 5]);
+    // the passes ran on the workers: their progress rows name the shards they passed over
+    let mut shards_done = 0i64;
+    for w in workers.iter_mut() {
+        let n: i64 = w
+            .query_one(
+                "SELECT count(*) FROM event_crypto.reencrypt_progress
+                 WHERE table_name::text LIKE $1 || '%' AND finished_at IS NOT NULL",
+                &[&t],
+            )
+            .unwrap()
+            .get(0);
+        shards_done += n;
+    }
+    let shards: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid IN ($1::text::regclass, $2::text::regclass)",
+            &[&format!("{t}_2025"), &format!("{t}_2026")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shards_done, shards, "one finished pass per shard");
+
+    // rotation, then retirement: the old version's use is counted on the shards, and re-encryption frees it
+    let key: String = c
+        .query_one("SELECT event_crypto.subject_key_id($1, 'p3', 1)", &[&prefix])
+        .unwrap()
+        .get(0);
+    c.execute("SELECT event_crypto.rotate_key($1)", &[&key]).unwrap();
+    let used = |c: &mut Client| -> i64 {
+        c.query(
+            "SELECT coalesce(sum(rows), 0)::bigint FROM event_crypto.key_version_usage($1, 1)",
+            &[&key],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .sum()
+    };
+    assert_eq!(used(&mut c), 5, "the shards' rows under version 1 are counted");
+    let e = c
+        .execute("SELECT event_crypto.retire_key_version($1, 1)", &[&key])
+        .unwrap_err();
+    assert_eq!(event_crypto_it::sql_error(&e).0, "55006", "{e}");
+    let (scanned, rewritten, invalid) = counts(&mut c);
+    assert!(scanned >= total, "every row seen: {scanned}");
+    assert_eq!((rewritten, invalid), (5, 0), "only p3's rows are rewritten");
+    assert_eq!(used(&mut c), 0);
+    c.execute("SELECT event_crypto.retire_key_version($1, 1)", &[&key])
+        .unwrap();
     assert_eq!(
-        emails,
-        subjects.iter().map(|s| Some(format!("{s}@x.io"))).collect::<Vec<_>>()
+        c.query(
+            &format!("SELECT event_crypto.decrypt_fields(payload)->>'email' FROM {t} WHERE subject_id = 'p3'"),
+            &[]
+        )
+        .unwrap()
+        .len(),
+        5
     );
     c.batch_execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+}
+
+#[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
+fn new_subjects_get_their_key_from_the_coordinator_exactly_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut c, mut workers)) = citus("new_subjects") else {
+        return;
+    };
+    let tg = tag("new");
+    let t = format!("ev_{tg}");
+    let prefix = format!("{tg}:");
+    let tenant = format!("tenant-{tg}");
+    let app = format!("app_{tg}");
+    distributed_events(&mut c, &t, &prefix, &tenant);
+    // the application has its table privileges only: no event_crypto role, no USAGE on the schema
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {app}; CREATE ROLE {app} LOGIN;
+         GRANT INSERT, SELECT ON {t} TO {app}; GRANT USAGE ON SEQUENCE {t}_id_seq TO {app};"
+    ))
+    .unwrap();
+    let coordinator = std::env::var("EC_CITUS_COORDINATOR").unwrap();
+    let app_conn = || Client::connect(&format!("{coordinator} user={app}"), NoTls).unwrap();
+
+    // 24 subjects no key exists for, from two sessions at once, each inserting every subject: the shard triggers on
+    // both workers ask the coordinator, and each subject ends up with exactly one key
+    let subjects: Vec<String> = (0..24).map(|i| format!("n{i}")).collect();
+    let threads: Vec<_> = (0..2)
+        .map(|k| {
+            let (t, subjects, mut a) = (t.clone(), subjects.clone(), app_conn());
+            std::thread::spawn(move || {
+                let mut order = subjects.clone();
+                if k == 1 {
+                    order.reverse();
+                }
+                for s in &order {
+                    a.execute(
+                        &format!(
+                            "INSERT INTO {t} (subject_id, stream_id, payload)
+                             VALUES ($1, 'stream-' || $1, jsonb_build_object('email', upper($1) || '@X.io'))"
+                        ),
+                        &[s],
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let key_rows = |cl: &mut Client| -> Vec<(String, i32, String, Vec<u8>)> {
+        cl.query(
+            "SELECT key_id, version, created_by, wrapped_key FROM event_crypto.keys
+             WHERE key_id LIKE $1 || '%' ORDER BY key_id, version",
+            &[&prefix],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    let on_coordinator = key_rows(&mut c);
+    assert_eq!(
+        on_coordinator.len(),
+        subjects.len(),
+        "one key per subject: {on_coordinator:?}"
+    );
+    assert!(
+        on_coordinator.iter().all(|(_, v, by, _)| *v == 1 && *by == app),
+        "created for the inserting role"
+    );
+    for w in workers.iter_mut() {
+        assert_eq!(key_rows(w), on_coordinator, "every node holds the same keys");
+    }
+    let (rows, plain): (i64, i64) = {
+        let r = c
+            .query_one(
+                &format!("SELECT count(*), count(*) FILTER (WHERE payload->>'email' NOT LIKE '$ec1$%') FROM {t}"),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, plain), (48, 0), "every row stored encrypted");
+    assert_eq!(
+        decrypted_emails(&mut c, &t, "n7"),
+        vec![Some("N7@X.io".to_string()), Some("N7@X.io".to_string())]
+    );
+    // the creations are audited on the coordinator as automatic, by the inserting role
+    let audited: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT k) FROM event_crypto.audit_log, unnest(key_ids) AS k
+             WHERE k LIKE $1 || '%' AND action = 'create_key' AND details->>'inserter' = $2",
+            &[&prefix, &app],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, subjects.len() as i64, "every creation is in the audit log");
+
+    // REPEATABLE READ: the key the coordinator committed is read by the shard trigger all the same
+    let mut a = app_conn();
+    let mut tx = a
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    tx.execute(
+        &format!("INSERT INTO {t} (subject_id, stream_id, payload) VALUES ('rr', 'x', '{{\"email\":\"rr@x.io\"}}')"),
+        &[],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(decrypted_emails(&mut c, &t, "rr"), vec![Some("rr@x.io".to_string())]);
+
+    // an insert that rolls back keeps the key it had created (as create_key() would): it is committed on every node
+    let mut tx = a.transaction().unwrap();
+    tx.execute(
+        &format!("INSERT INTO {t} (subject_id, stream_id, payload) VALUES ('gone', 'x', '{{\"email\":\"g@x.io\"}}')"),
+        &[],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    for cl in std::iter::once(&mut c).chain(workers.iter_mut()) {
+        let n: i64 = cl
+            .query_one(
+                "SELECT count(*) FROM event_crypto.keys WHERE key_id = event_crypto.subject_key_id($1, 'gone', 1)",
+                &[&prefix],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    }
+
+    // an insert in a session on a worker (Citus's metadata is on every node): rows for its own shards and for the
+    // other worker's, all of new subjects; each key is made by the coordinator, none inside the inserting
+    // transaction (which would hold Citus's lock on the catalog that the other worker's request then waits for)
+    let worker_conn = std::env::var("EC_CITUS_WORKERS").unwrap();
+    let worker_conn = worker_conn.split(';').next().unwrap();
+    let mut on_worker = Client::connect(&format!("{worker_conn} user={app}"), NoTls).unwrap();
+    on_worker
+        .execute(
+            &format!(
+                "INSERT INTO {t} (subject_id, stream_id, payload)
+                 SELECT 'w' || i, 'x', jsonb_build_object('email', i || '@x.io') FROM generate_series(1, 12) i"
+            ),
+            &[],
+        )
+        .unwrap();
+    let from_worker: i64 = c
+        .query_one(
+            "SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE $1 || 'w%'",
+            &[&prefix],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(from_worker, 12);
+    assert_eq!(decrypted_emails(&mut c, &t, "w7"), vec![Some("7@x.io".to_string())]);
+    drop(on_worker);
+
+    // a transaction that wrote the key catalog itself (create_key) and then inserts a new subject's event: the
+    // coordinator's write waits for that transaction's lock; the request is cancelled after
+    // event_crypto.citus_key_request_timeout and the row refused, rather than waiting forever
+    c.execute("ALTER SYSTEM SET event_crypto.citus_key_request_timeout = '1s'", &[])
+        .unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT event_crypto.create_key($1 || 'explicit')", &[&prefix])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = tx
+        .execute(
+            &format!(
+                "INSERT INTO {t} (subject_id, stream_id, payload) VALUES ('late', 'x', '{{\"email\":\"l@x.io\"}}')"
+            ),
+            &[],
+        )
+        .unwrap_err();
+    let waited = started.elapsed();
+    tx.rollback().unwrap();
+    c.execute("ALTER SYSTEM RESET event_crypto.citus_key_request_timeout", &[])
+        .unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    let (code, msg, detail, hint) = sql_error(&e);
+    assert_eq!(code, "55000", "{msg}");
+    assert!(detail.unwrap_or_default().contains("statement timeout"), "{msg}");
+    assert!(hint.unwrap_or_default().contains("transaction of their own"));
+    assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
+
+    // the coordinator's function: not callable by the application, and it creates only what the column would
+    let e = a
+        .execute(
+            "SELECT event_crypto.citus_create_key($1::text::regclass, 'payload', $2 || 'x', current_user)",
+            &[&t, &prefix],
+        )
+        .unwrap_err();
+    assert_eq!(sql_error(&e).0, "42501", "{e}");
+    for (key_id, role) in [
+        ("someone-elses-key".to_string(), app.clone()),
+        (format!("{prefix}x#2"), app.clone()), // a later generation while the first is not shredded
+        (format!("{prefix}x"), "postgres_no_such_role".to_string()),
+    ] {
+        let e = c
+            .execute(
+                "SELECT event_crypto.citus_create_key($1::text::regclass, 'payload', $2, $3)",
+                &[&t, &key_id, &role],
+            )
+            .unwrap_err();
+        assert_eq!(sql_error(&e).0, "42501", "{key_id} for {role}: {e}");
+    }
+    c.batch_execute(&format!("REVOKE INSERT ON {t} FROM {app}")).unwrap();
+    let e = c
+        .execute(
+            "SELECT event_crypto.citus_create_key($1::text::regclass, 'payload', $2 || 'x', $3)",
+            &[&t, &prefix, &app],
+        )
+        .unwrap_err();
+    assert_eq!(sql_error(&e).0, "42501", "a role that may not insert: {e}");
+
+    drop(a);
+    c.batch_execute(&format!("DROP TABLE {t} CASCADE; DROP ROLE {app}"))
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs a Citus coordinator and two workers (EC_CITUS_COORDINATOR, EC_CITUS_WORKERS): run with -- --ignored, see docs/scaling.md#citus"]
+fn retention_on_a_distributed_table_forgets_inactive_subjects_on_every_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut c, mut workers)) = citus("retention") else {
+        return;
+    };
+    let tg = tag("ret");
+    let t = format!("ev_{tg}");
+    let prefix = format!("{tg}:");
+    for sql in [
+        format!(
+            "CREATE TABLE {t} (id bigserial, subject_id text NOT NULL, created_at timestamptz NOT NULL, payload jsonb,
+                               PRIMARY KEY (subject_id, id))"
+        ),
+        format!("SELECT create_distributed_table('{t}', 'subject_id')"),
+        format!(
+            "SELECT event_crypto.protect('{t}', 'payload', fields => ARRAY['email'], key_column => 'subject_id', key_prefix => '{prefix}')"
+        ),
+    ] {
+        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    // 6 subjects gone quiet three years ago, 6 active now, spread over both workers
+    c.execute(
+        &format!(
+            "INSERT INTO {t} (subject_id, created_at, payload)
+             SELECT CASE WHEN i <= 6 THEN 'old' ELSE 'new' END || i,
+                    CASE WHEN i <= 6 THEN now() - interval '3 years' ELSE now() END,
+                    jsonb_build_object('email', i || '@x.io')
+             FROM generate_series(1, 12) i"
+        ),
+        &[],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT event_crypto.set_retention(\"table\" => $1::text::regclass, inactive_for => '2 years', time_column => 'created_at')",
+        &[&t],
+    )
+    .unwrap();
+    let due = |c: &mut Client, dry: bool| -> Vec<(Option<String>, String)> {
+        c.query(
+            "SELECT subject, reason FROM event_crypto.enforce_retention(dry_run => $1) WHERE key_id LIKE $2 || '%' OR key_id IS NULL ORDER BY subject",
+            &[&dry, &prefix],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let planned = due(&mut c, true);
+    assert_eq!(
+        planned.iter().filter_map(|(s, _)| s.clone()).collect::<Vec<_>>(),
+        (1..=6).map(|i| format!("old{i}")).collect::<Vec<_>>(),
+        "the inactive subjects, read from the shards: {planned:?}"
+    );
+    due(&mut c, false);
+    // every node: the old subjects' keys shredded, the new ones' live; the old events read as shredded
+    for cl in std::iter::once(&mut c).chain(workers.iter_mut()) {
+        let r = cl
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'shredded' AND key_id LIKE $1 || 'old%'),
+                        count(*) FILTER (WHERE status <> 'shredded' AND key_id LIKE $1 || 'new%')
+                 FROM event_crypto.keys",
+                &[&prefix],
+            )
+            .unwrap();
+        assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (6, 6));
+    }
+    let readable: i64 = c
+        .query_one(
+            &format!("SELECT count(event_crypto.decrypt_fields(payload)->>'email') FILTER (WHERE event_crypto.decrypt_fields(payload)->>'email' LIKE '%@x.io') FROM {t}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(readable, 6, "only the active subjects' events still read");
+    c.batch_execute(&format!(
+        "SELECT event_crypto.drop_retention(\"table\" => '{t}'); DROP TABLE {t} CASCADE"
+    ))
+    .unwrap();
 }
