@@ -450,8 +450,8 @@ BEGIN
         rows_invalid := rows_invalid OPERATOR(pg_catalog.+) b.rows_invalid;
     END LOOP;
     IF rows_invalid OPERATOR(pg_catalog.>) 0 THEN
-        RAISE WARNING '% rows of % were left as they are: an envelope in them is not bound to its row', rows_invalid, "table"
-            USING HINT = 'They read as null in the decrypted view; see event_crypto.reencrypt_progress and docs/security.md.';
+        RAISE WARNING '% rows of % were left as they are: an envelope in them is not bound to its row, or (a json column) they hold a value jsonb cannot (\u0000)', rows_invalid, "table"
+            USING HINT = 'Envelopes not bound to their row read as null in the decrypted view; see event_crypto.reencrypt_progress and docs/security.md.';
     END IF;
 END
 $$;

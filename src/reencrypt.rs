@@ -230,7 +230,8 @@ fn reencrypt_batch(
          WHERE t.ctid OPERATOR(pg_catalog.>) $1::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) $2::pg_catalog.tid \
          ORDER BY t.ctid LIMIT $3",
         read = if json {
-            format!("pg_catalog.to_jsonb(t.{})", quote_identifier(&column))
+            // as text, parsed here: a value jsonb cannot hold (\u0000) is one row left alone, not a failed pass
+            format!("t.{}::pg_catalog.text", quote_identifier(&column))
         } else {
             format!("t.{}", quote_identifier(&column))
         },
@@ -265,8 +266,22 @@ fn reencrypt_batch(
                     scanned += 1;
                     let ctid: String = get(&r, 1, "ctid")?;
                     last_seen = Some(ctid.clone());
-                    let Some(payload) = r.get::<Jsonb>(2).map_err(spi_error)? else {
-                        continue;
+                    let payload = if json {
+                        let Some(text) = r.get::<String>(2).map_err(spi_error)? else {
+                            continue;
+                        };
+                        match event_crypto_core::jsonb::from_json_text(&text) {
+                            Ok(bytes) => Jsonb::from_bytes(&bytes),
+                            Err(_) => {
+                                invalid += 1;
+                                continue;
+                            }
+                        }
+                    } else {
+                        let Some(p) = r.get::<Jsonb>(2).map_err(spi_error)? else {
+                            continue;
+                        };
+                        p
                     };
                     let ctx: Option<String> = r.get(3).map_err(spi_error)?;
                     let subject: Option<String> = r.get(4).map_err(spi_error)?;
