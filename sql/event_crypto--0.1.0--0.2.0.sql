@@ -940,3 +940,12 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'citus_create_key_wrapper';
 REVOKE ALL ON FUNCTION event_crypto.citus_create_key(regclass, name, text, text) FROM PUBLIC;
+
+-- Issue 14: the parameter "normalize" of blind_index(), add_blind_index() and validate_normalize() is now
+-- "normalization" (NORMALIZE is an SQL keyword: `normalize => 'lower'` was a syntax error; positional calls are
+-- unchanged). CREATE OR REPLACE cannot rename a parameter, and DROP would fail on the users' views and functions
+-- that call blind_index(): the names are set in place (only calls with named arguments use them).
+UPDATE pg_catalog.pg_proc SET proargnames = pg_catalog.array_replace(proargnames, 'normalize', 'normalization')
+WHERE oid IN ('event_crypto.blind_index(text, text, text)'::pg_catalog.regprocedure,
+              'event_crypto.add_blind_index(regclass, name, text, name, text, text)'::pg_catalog.regprocedure,
+              'event_crypto.validate_normalize(text)'::pg_catalog.regprocedure);

@@ -157,9 +157,13 @@ fn decrypt_value(
 
 /// Deterministic keyed digest of a value for equality lookups; the same under every version of the key id.
 #[pg_extern(stable, parallel_safe)]
-fn blind_index(value: Option<&str>, key_id: Option<&str>, normalize: default!(Option<&str>, "NULL")) -> Option<String> {
+fn blind_index(
+    value: Option<&str>,
+    key_id: Option<&str>,
+    normalization: default!(Option<&str>, "NULL"),
+) -> Option<String> {
     let key_id = required(key_id, "key_id");
-    let normalize = Normalize::parse(normalize).or_raise();
+    let normalize = Normalize::parse(normalization).or_raise();
     let value = value?;
     let entry = keys::usable(key_id).or_raise();
     Some(entry.indexer().or_raise().digest(value, normalize))

@@ -10,7 +10,7 @@ pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MASTER_KEY_TIMEOUT_MS);
 pub static AUDIT_DECRYPT: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<f64> = GucSetting::<f64>::new(DEFAULT_ROTATE_AFTER);
+pub static ROTATE_AFTER_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_ROTATE_AFTER);
 pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -27,8 +27,9 @@ pub const DEFAULT_MASTER_KEY_TIMEOUT_MS: i32 = 5000;
 /// Key ids a backend keeps unwrapped by default (about 800 bytes each: some 8 MB at most).
 pub const DEFAULT_KEY_CACHE_SIZE: i32 = 10_000;
 
-/// 2^31: half the ~2^32 encryptions AES-GCM with random 96-bit nonces allows per key.
-pub const DEFAULT_ROTATE_AFTER: f64 = 2_147_483_648.0;
+/// 2^31 - 1 (the largest integer setting): half the ~2^32 encryptions AES-GCM with random 96-bit nonces allows per
+/// key. An integer setting, so `SHOW` prints it exactly.
+pub const DEFAULT_ROTATE_AFTER: i32 = i32::MAX;
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -65,13 +66,13 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_float_guc(
+    GucRegistry::define_int_guc(
         c"event_crypto.rotate_after_encryptions",
         c"Number of encryptions after which the maintenance run rotates a key version.",
-        c"AES-GCM with random 96-bit nonces allows about 2^32 encryptions per key; the default is 2^31.",
+        c"AES-GCM with random 96-bit nonces allows about 2^32 encryptions per key; the default and largest value is 2^31 - 1.",
         &ROTATE_AFTER_ENCRYPTIONS,
-        1.0,
-        4_294_967_296.0,
+        1,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -131,6 +132,10 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    // The prefix is ours: a misspelt setting (event_crypto.master_key_flie) is reported by PostgreSQL by name (a
+    // WARNING when the library loads, an error for a later SET), rather than taken silently as a placeholder.
+    // SAFETY: called once while the library loads, after every setting above is defined.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"event_crypto".as_ptr()) };
 }
 
 pub fn audit_decrypt() -> bool {

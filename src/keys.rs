@@ -436,7 +436,12 @@ fn read_rows_latest(key_id: &str) -> Vec<Row> {
                 Vec::<u8>::from_datum(d, isnull)
             };
             let (v, v_null) = get(1);
-            let version = i32::from_datum(v, v_null).unwrap_or(0);
+            let version = i32::from_datum(v, v_null).unwrap_or_else(|| {
+                raise(Error::new(
+                    ErrorKind::CatalogAccess,
+                    "the event_crypto key catalog holds a NULL where it never does",
+                ))
+            });
             rows.push(Row {
                 version: version_of(version).unwrap_or_else(|e| raise(e)),
                 algorithm: text_at(2),
@@ -1045,10 +1050,16 @@ pub fn rewrap_batch(limit: i64) -> Result<RewrapOutcome> {
                 )
                 .unwrap_or_else(|e| spi_failed(e));
             let row = counts.first();
+            // two counts, never NULL: anything else is a catalog that is not what this code reads, not zero
+            let count = |i: usize| -> Result<i64> {
+                row.get::<i64>(i)
+                    .map_err(crate::error::spi_error)?
+                    .ok_or_else(|| Error::new(ErrorKind::CatalogAccess, "the key catalog's counts could not be read"))
+            };
             Ok(RewrapOutcome {
                 rewrapped,
-                remaining: row.get::<i64>(1).ok().flatten().unwrap_or(0),
-                unknown_master: row.get::<i64>(2).ok().flatten().unwrap_or(0),
+                remaining: count(1)?,
+                unknown_master: count(2)?,
                 damaged: damaged_count,
             })
         })
@@ -1108,15 +1119,15 @@ pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
                     &[],
                 )
                 .unwrap_or_else(|e| spi_failed(e))
-                .map(|r| {
-                    (
-                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                        r.get::<i64>(2).ok().flatten().unwrap_or(0),
-                    )
+                .map(|r| -> Result<(String, i64)> {
+                    Ok((
+                        crate::catalog::get::<String>(&r, 1, "master_key_id")?,
+                        crate::catalog::get::<i64>(&r, 2, "count")?,
+                    ))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()
         })
-    });
+    })?;
     let count_of = |id: &str| counts.iter().find(|(m, _)| m == id).map_or(0, |(_, n)| *n);
     let mut out: Vec<MasterKeyStatus> = ring
         .ids()

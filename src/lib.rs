@@ -10,6 +10,7 @@ mod api;
 mod audit;
 mod catalog;
 mod citus;
+mod compat;
 mod error;
 mod guc;
 mod jsonb;

@@ -471,16 +471,22 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
             },
             (None, Some(relid)) => match table_candidates(&p, relid) {
                 Ok(subjects) => {
-                    let prefix = subject_column(relid)
-                        .ok()
-                        .flatten()
-                        .and_then(|c| config_of_table(relid, &c).ok().flatten())
-                        .and_then(|cfg| cfg.key_prefix().map(String::from));
-                    let Some(prefix) = prefix else {
-                        let reason = "the table is no longer protected with a key per subject";
-                        skipped.push(json!({"policy_id": p.id, "reason": reason}));
-                        out.push((p.id, None, None, format!("skipped: {reason}"), false));
-                        continue;
+                    // a configuration that cannot be read is reported as such, not as "not protected"
+                    let prefix = subject_column(relid).and_then(|c| match c {
+                        None => Ok(None),
+                        Some(c) => Ok(config_of_table(relid, &c)?.and_then(|cfg| cfg.key_prefix().map(String::from))),
+                    });
+                    let prefix = match prefix {
+                        Ok(Some(prefix)) => prefix,
+                        other => {
+                            let reason = match other {
+                                Err(e) => format!("the table's protection could not be read: {}", e.message()),
+                                _ => "the table is no longer protected with a key per subject".to_string(),
+                            };
+                            skipped.push(json!({"policy_id": p.id, "reason": reason}));
+                            out.push((p.id, None, None, format!("skipped: {reason}"), false));
+                            continue;
+                        }
                     };
                     subjects
                         .into_iter()
@@ -565,15 +571,9 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
         "retire" => crate::retire::destroy_due(),
         "usage_rotation" => {
             let limit = crate::guc::ROTATE_AFTER_ENCRYPTIONS.get();
-            let mut r = rotate_due(Due::Usage(limit), "usage_rotation");
+            let mut r = rotate_due(Due::Usage(f64::from(limit)), "usage_rotation");
             if let Value::Object(m) = &mut r {
-                // the limit is an integer setting in all but its type (a float GUC, for values past 2^31)
-                let shown = if limit.fract() == 0.0 && limit < 9e15 {
-                    json!(limit as u64)
-                } else {
-                    json!(limit)
-                };
-                m.insert("limit".into(), shown);
+                m.insert("limit".into(), json!(limit));
             }
             r
         }

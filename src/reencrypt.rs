@@ -27,6 +27,15 @@ fn required<T>(v: Option<T>, name: &str) -> T {
     v.unwrap_or_else(|| raise(Error::null_argument(name)))
 }
 
+/// A row of `event_crypto.reencrypt_progress` that is missing or holds NULL where it never does.
+fn progress_unreadable() -> Error {
+    Error::new(
+        ErrorKind::CatalogAccess,
+        "event_crypto.reencrypt_progress could not be read",
+    )
+    .with_detail("The pass's progress row is missing, or holds NULL where it never does.")
+}
+
 /// The type of a column of `relid` (None if there is no such column).
 pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
     crate::catalog::one::<pg_sys::Oid>(
@@ -214,8 +223,8 @@ fn reencrypt_batch(
                 .map_err(spi_error)?;
             let r = r.first();
             Ok((
-                r.get::<String>(1).map_err(spi_error)?.unwrap_or_default(),
-                r.get::<String>(2).map_err(spi_error)?.unwrap_or_default(),
+                r.get::<String>(1).map_err(spi_error)?.ok_or_else(progress_unreadable)?,
+                r.get::<String>(2).map_err(spi_error)?.ok_or_else(progress_unreadable)?,
             ))
         })
     })
@@ -336,12 +345,12 @@ fn reencrypt_batch(
             }
             .map_err(spi_error)?;
             let r = r.first();
-            Ok((
-                r.get::<i64>(1).map_err(spi_error)?.unwrap_or(0),
-                r.get::<i64>(2).map_err(spi_error)?.unwrap_or(0),
-                r.get::<i64>(3).map_err(spi_error)?.unwrap_or(0),
-                last_seen.is_none(),
-            ))
+            // the pass's counters (NOT NULL columns): a row that is not there, or not what this code reads, is an
+            // error, never a count of 0
+            let count = |i: usize| -> Result<i64> {
+                r.get::<i64>(i).map_err(spi_error)?.ok_or_else(progress_unreadable)
+            };
+            Ok((count(1)?, count(2)?, count(3)?, last_seen.is_none()))
         })
     })
     .or_raise();

@@ -75,6 +75,35 @@ stop
 install_release /   # the system PostgreSQL, where this build was installed
 chown -R "$RUN_AS:$RUN_AS" "$P"
 as_pg "$BIN/pg_ctl" -D "$SCRATCH/data" -l "$SCRATCH/server.log" -w start > /dev/null
+
+# 3a. every C symbol the previous release's SQL objects name is still defined by this library (a removed function's
+#     symbol raises a clear error: src/compat.rs)
+missing=$(comm -23 \
+    <(grep -o "'MODULE_PATHNAME', '[A-Za-z0-9_]*'" "$SCRATCH/pkg/usr/share/postgresql/15/extension/event_crypto--$PREV.sql" |
+      sed "s/.*, '//; s/'\$//" | sort -u) \
+    <(nm -D --defined-only "$LIB/event_crypto.so" | awk '{ print $3 }' | sort -u))
+if [ -n "$missing" ]; then
+    echo "symbols the $PREV SQL objects call are missing from this library: $missing" >&2
+    exit 1
+fi
+# 3b. this library under the old SQL objects (the server restarted before ALTER EXTENSION UPDATE): rows read the
+#     same, a function this release removed is a clear error, and no server process crashes
+psql_db up -At -f "$ROOT/tests/upgrade/decrypted.sql" > "$SCRATCH/mid.txt"
+if ! diff -u "$SCRATCH/before.txt" "$SCRATCH/mid.txt"; then
+    echo "rows read differently with this library under the $PREV SQL objects" >&2
+    exit 1
+fi
+if psql_db up -c "SELECT event_crypto.record_maintenance('x', '{}', '{}')" 2> "$SCRATCH/removed.err" ||
+   ! grep -q "was removed in event_crypto" "$SCRATCH/removed.err"; then
+    cat "$SCRATCH/removed.err"
+    echo "a function removed since $PREV did not fail with the clear error" >&2
+    exit 1
+fi
+if grep -q "terminated by signal" "$SCRATCH/server.log"; then
+    grep "terminated by signal" "$SCRATCH/server.log" >&2
+    echo "a server process crashed under the $PREV SQL objects" >&2
+    exit 1
+fi
 if ! psql_db up -v ON_ERROR_STOP=1 -c "ALTER EXTENSION event_crypto UPDATE TO '$NEW'" 2> "$SCRATCH/update.err"; then
     cat "$SCRATCH/update.err"
     echo "ALTER EXTENSION event_crypto UPDATE failed" >&2

@@ -972,7 +972,7 @@ fn add_blind_index(
     field: Option<String>,
     target_column: Option<Name>,
     key_id: Option<String>,
-    normalize: default!(Option<String>, "NULL"),
+    normalization: default!(Option<String>, "NULL"),
 ) -> pgrx::composite_type!('static, "blind_indexes") {
     crate::keys::require_writable("call event_crypto.add_blind_index()").or_raise();
     let _citus = crate::citus::SequentialDdl::begin();
@@ -981,6 +981,7 @@ fn add_blind_index(
     let field = required(field, "field");
     let target = required(target_column, "target_column").0;
     let key_id = required(key_id, "key_id");
+    let normalize = normalization; // stored in the column `normalize` of event_crypto.blind_indexes
     let t = Table::open(relid).or_raise();
     t.require(&[Privilege::Trigger], "event_crypto.add_blind_index()")
         .or_raise();
@@ -1091,8 +1092,8 @@ fn validate_fields(fields: Option<Vec<Option<String>>>, allow_wildcards: default
 
 /// Checks a blind index normalisation name.
 #[pg_extern(immutable, parallel_safe)]
-fn validate_normalize(normalize: Option<&str>) -> bool {
-    Normalize::parse(normalize).or_raise();
+fn validate_normalize(normalization: Option<&str>) -> bool {
+    Normalize::parse(normalization).or_raise();
     true
 }
 

@@ -132,6 +132,29 @@ pub fn kill9(pid: i32) {
     assert!(st.success(), "kill -9 {pid} failed");
 }
 
+/// Kills a backend of the cluster in `dir` with SIGKILL and waits until its postmaster has reset every backend
+/// (its log says so): a connection made before the postmaster noticed the death would land on the old incarnation
+/// and be terminated by the reset.
+pub fn kill9_and_wait_for_reset(dir: &str, pid: i32) {
+    let log = format!("{dir}/server.log");
+    let resets = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("all server processes terminated; reinitializing")
+            .count()
+    };
+    let before = resets();
+    kill9(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while resets() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the postmaster of {dir} did not reset its backends"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The single bigint that `sql` returns (a count, usually).
 pub fn one(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)

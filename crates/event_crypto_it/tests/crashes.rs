@@ -3,7 +3,7 @@
 //! whose commit was acknowledged is there and decrypts to what was inserted, no key is lost, every key id has
 //! exactly one active version or is wholly shredded (never half), and the audit chain verifies.
 
-use event_crypto_it::{connect, connect_when_up, f_dir, fresh_db, kill9, one, pg_bin};
+use event_crypto_it::{connect, connect_when_up, f_dir, fresh_db, kill9_and_wait_for_reset, one, pg_bin};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -123,7 +123,11 @@ fn crash_during_inserts(fault: Fault) {
         !bulk_handle.is_finished(),
         "the bulk insert is still running when the crash comes"
     );
-    kill9(pids[4]); // the bulk backend: the postmaster then resets every backend
+    match fault {
+        // the bulk backend: the postmaster then resets every backend
+        Fault::Kill9 => kill9_and_wait_for_reset(&f_dir(), pids[4]),
+        Fault::Immediate => immediate_restart(),
+    }
     stop.store(true, Ordering::Relaxed);
     assert!(bulk_handle.join().unwrap().is_err());
     for h in handles {
@@ -217,7 +221,7 @@ fn crashes_during_rotation_and_shredding_leave_keys_whole() {
             std::thread::sleep(Duration::from_millis(5));
         }
         match fault {
-            Fault::Kill9 => kill9(pid),
+            Fault::Kill9 => kill9_and_wait_for_reset(&f_dir(), pid),
             Fault::Immediate => immediate_restart(),
         }
         handle.join().unwrap();

@@ -4,7 +4,8 @@
 //! committed transactions.
 
 use event_crypto_it::{
-    connect, connect_when_up, f_dir, fresh_db, kill9, one, pg_bin, pg_dump, pg_restore, sql_error, texts,
+    connect, connect_when_up, f_dir, fresh_db, kill9_and_wait_for_reset, one, pg_bin, pg_dump, pg_restore, sql_error,
+    texts,
 };
 use postgres::Client;
 use std::time::{Duration, Instant};
@@ -158,7 +159,7 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill9(pid);
+    kill9_and_wait_for_reset(&f_dir(), pid);
     assert!(handle.join().unwrap().is_err(), "the rewrapping backend was killed");
     drop(c);
 

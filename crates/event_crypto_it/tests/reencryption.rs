@@ -2,7 +2,7 @@
 //! after crash recovery nothing is lost, the pass resumes where it stopped, finishes, and the old key versions can
 //! then be retired. Runs on cluster F (its own server: the crash restarts every backend of that server).
 
-use event_crypto_it::{connect, connect_when_up, fresh_db, kill9, one, texts};
+use event_crypto_it::{connect, connect_when_up, f_dir, fresh_db, kill9_and_wait_for_reset, one, texts};
 use std::time::{Duration, Instant};
 
 const ROWS: i64 = 6000;
@@ -58,7 +58,7 @@ fn reencrypt_table_survives_a_crash_and_resumes() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill9(pid);
+    kill9_and_wait_for_reset(&f_dir(), pid);
     assert!(handle.join().unwrap().is_err(), "the re-encrypting backend was killed");
     drop(c);
 

@@ -11,8 +11,8 @@ FROM event_crypto.protect('events', 'payload',
          fields         => ARRAY['email','phone','address.street','cards[*].number'],
          key_column     => 'subject_id',
          context_column => 'stream_id');
--- NORMALIZE is an SQL keyword: name the argument in double quotes (or pass it by position)
-SELECT * FROM event_crypto.add_blind_index('events', 'payload', 'email', 'email_idx', 'tenant-42', "normalize" => 'lower');
+-- the normalisation by name: normalization => (0.1.0 called it "normalize", an SQL keyword)
+SELECT * FROM event_crypto.add_blind_index('events', 'payload', 'email', 'email_idx', 'tenant-42', normalization => 'lower');
 -- what is protected is one SELECT
 SELECT p.table_name, p.column_name, b.field, b.target_column, b.key_id, b.normalize
 FROM event_crypto.protected_columns p LEFT JOIN event_crypto.blind_indexes b USING (table_name, column_name);
