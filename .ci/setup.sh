@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything event_crypto needs to build and test on a fresh Debian bookworm machine (as root):
-# PostgreSQL 15 server + headers, clang for bindgen, cargo-pgrx 0.18.1, and `cargo pgrx init` against the system
+# PostgreSQL 15 server + headers, clang for bindgen, dpkg-dev for the Debian package, cargo-pgrx 0.18.1, and `cargo pgrx init` against the system
 # PostgreSQL. Idempotent: each step is skipped when already done.
 set -euo pipefail
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -13,7 +13,7 @@ t0=$SECONDS
 step() { echo "=== [setup $((SECONDS - t0))s] $*"; }
 
 step "apt packages"
-PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman libclang-dev clang pkg-config libssl-dev sudo"
+PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman libclang-dev clang pkg-config libssl-dev sudo dpkg-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

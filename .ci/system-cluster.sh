@@ -8,7 +8,8 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 bash .ci/setup.sh
 
 echo "=== build and install event_crypto (release)"
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
+# files renamed into place: a running cluster that preloads the library keeps running until the restart below
+bash packaging/install.sh --release --pg-config /usr/lib/postgresql/15/bin/pg_config
 
 CONF_DIR=/etc/postgresql/15/main
 KEY_FILE=$CONF_DIR/event_crypto.key
@@ -16,10 +17,9 @@ if [ ! -d "$CONF_DIR" ]; then
   pg_createcluster 15 main
 fi
 if [ ! -s "$KEY_FILE" ]; then
-  echo "=== creating master key $KEY_FILE (owned by postgres, mode 600)"
-  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$KEY_FILE")
-  chown postgres:postgres "$KEY_FILE"
-  chmod 600 "$KEY_FILE"
+  echo "=== creating master key $KEY_FILE (packaging/event-crypto-keygen: owned by postgres, mode 600)"
+  rm -f "$KEY_FILE"   # an empty file holds no key
+  bash packaging/event-crypto-keygen "$KEY_FILE" > /dev/null
 fi
 CONF_D=$CONF_DIR/conf.d
 mkdir -p "$CONF_D"

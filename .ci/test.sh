@@ -8,6 +8,10 @@
 #   6. the upgrade from the previous release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data the old build made)
 #   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, a hot standby, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
+#   8. the Debian package and the atomic install (tests/package.sh: build, metadata and files, install over a running
+#      server with packaging/install.sh and apt-get, event-crypto-keygen, the demo on the package, removal)
+# Every install into the system PostgreSQL renames files into place (packaging/install.sh; cargo pgrx test's own
+# `sudo cp` goes through .ci/pgrx-sudo), so servers of this machine that preload event_crypto keep running.
 # Usage: bash .ci/test.sh            (as root; postgres is the OS user that runs the test servers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,10 +61,11 @@ done
 step "cargo pgrx test"
 rm -rf "$SCRATCH/pgdata"
 install -d -o "$RUN_AS" -g "$RUN_AS" "$SCRATCH/pgdata"
-cargo pgrx test pg15 --runas "$RUN_AS" --pgdata "$SCRATCH/pgdata"
+# cargo pgrx test installs its test build with `sudo cp`, which would rewrite a loaded library in place
+PATH="$ROOT/.ci/pgrx-sudo:$PATH" cargo pgrx test pg15 --runas "$RUN_AS" --pgdata "$SCRATCH/pgdata"
 
 step "install into the system PostgreSQL"
-cargo pgrx install --pg-config "$PG_CONFIG"
+bash packaging/install.sh --pg-config "$PG_CONFIG"
 
 step "pg_regress"
 OUT="$SCRATCH/regress"
@@ -110,6 +115,10 @@ if ! "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -d "$EC_IT_A dbname=demo_check" -f dem
 fi
 echo "test demo_sql ... ok 0 ms"
 cargo test -p event_crypto_it --tests -- --test-threads=1
+
+# Last: it installs the .deb into the system PostgreSQL and removes it (then puts back the files installed above).
+step "packages"
+bash tests/package.sh "$SCRATCH/package"
 step "all tests passed"
 # One plain closing line over every tier: cargo's "test result:" totals plus pg_regress's per-file lines.
 awk '/^test result:/ { p += $4; f += $6 }

@@ -3,7 +3,7 @@
 # insert, for this checkout and an earlier commit, in two clusters on this machine, rounds alternating between them
 # so that both see the same machine noise. Not part of the test run.
 # Usage: bash bench/ab.sh OLD_COMMIT [ROUNDS]    (as root; needs .ci/setup.sh done; the old build goes into a private
-# copy of PostgreSQL under SCRATCH, the new one into the system PostgreSQL by `cargo pgrx install --release`)
+# copy of PostgreSQL under SCRATCH, the new one into the system PostgreSQL by `packaging/install.sh --release`)
 # Prints the medians (ms) and the protected/plain ratio of each build.
 set -euo pipefail
 OLD=$1
@@ -26,9 +26,9 @@ git worktree add -f "$SCRATCH/old" "$OLD" >/dev/null
 trap 'git -C "$ROOT" worktree remove --force "$SCRATCH/old" >/dev/null 2>&1 || true' EXIT
 mkdir -p "$SCRATCH/pgrx"
 PGRX_HOME=$SCRATCH/pgrx cargo pgrx init --pg15 "$PRIV/bin/pg_config" >/dev/null
-(cd "$SCRATCH/old" && PGRX_HOME=$SCRATCH/pgrx CARGO_TARGET_DIR=$ROOT/target/ab-old \
-   cargo pgrx install --release --pg-config "$PRIV/bin/pg_config" >/dev/null)
-cargo pgrx install --release --pg-config $SYS/bin/pg_config >/dev/null
+PGRX_HOME=$SCRATCH/pgrx CARGO_TARGET_DIR=$ROOT/target/ab-old \
+   bash packaging/install.sh --release --source "$SCRATCH/old" --pg-config "$PRIV/bin/pg_config" >/dev/null
+bash packaging/install.sh --release --pg-config $SYS/bin/pg_config >/dev/null
 
 start() {  # name bindir port
   local d=$SCRATCH/$1

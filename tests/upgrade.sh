@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Upgrade test. Builds the previous release from the commit CHANGELOG.md names, makes data with it in a server that
 # runs a private copy of the PostgreSQL installation (the system one is not touched), installs this build (taken from
-# the system PostgreSQL, where `cargo pgrx install` put it), runs ALTER EXTENSION event_crypto UPDATE, and checks that
+# the system PostgreSQL, where packaging/install.sh put it), runs ALTER EXTENSION event_crypto UPDATE, and checks that
 #   - every encrypted row reads as it did, the key catalog is the same, the audit chain verifies;
 #   - what this release adds works on the old data (tests/upgrade/after.sql against tests/upgrade/after.out);
 #   - the extension's objects equal those of a fresh install of this release (tests/upgrade/schema.sql).
