@@ -107,7 +107,8 @@ done
     echo " Their license texts come with each crate's source (crates.io); Apache-2.0's is in"
     echo " /usr/share/common-licenses/Apache-2.0."
     echo " ."
-    (cd "$ROOT" && cargo tree --locked --offline -p event_crypto -e normal,no-proc-macro --prefix none -f '{p} {l}') |
+    crates() { (cd "$ROOT" && cargo tree --locked "$@" -p event_crypto -e normal,no-proc-macro --prefix none -f '{p} {l}'); }
+    { crates --offline 2> /dev/null || crates; } |   # online only if a manifest was never downloaded
         sed -e 's/ (\*)$//' -e 's/ (\/[^)]*)//' | grep -v '^event_crypto' | sort -u | sed 's/^/ /'
 } > "$DOC/copyright"
 cat > "$WORK/changelog" <<EOF
