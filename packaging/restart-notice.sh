@@ -13,7 +13,7 @@ restart_notice() {
     for maps in /proc/[0-9]*/maps; do
         pid=${maps#/proc/}
         pid=${pid%/maps}
-        if grep -qF "$lib (deleted)" "$maps" 2>/dev/null; then
+        if grep -qF " $lib (deleted)" "$maps" 2>/dev/null; then   # the whole path (maps pads it with spaces)
             dir=$(readlink "/proc/$pid/cwd" 2>/dev/null || echo "(unknown directory)")
             dirs="$dirs$dir
 "
