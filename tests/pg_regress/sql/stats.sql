@@ -19,13 +19,13 @@ SELECT * FROM event_crypto.stats_shreds;
 SELECT runs, runs_not_ok, last_ok, last_not_ok_actions, last_result FROM event_crypto.stats_maintenance;
 SELECT * FROM event_crypto.stats_audit;
 
--- Keys in every status: st:a used 7 times, st:b rotated (v1 retired) and v1 retired then disabled, st:c shredded,
--- st:d with v1 destroyed by a forced retirement.
+-- Keys in every status: st:a used 7 times, st:b rotated and its v1 retired (disabled), st:c rotated and shredded
+-- (two versions, one key id), st:d rotated and its v1 destroyed by a forced retirement.
 SELECT event_crypto.create_key('st:a'), event_crypto.create_key('st:b', 'chacha20-poly1305'),
        event_crypto.create_key('st:c'), event_crypto.create_key('st:d');
 SELECT count(event_crypto.encrypt_value(to_jsonb(i), 'st:a')) FROM generate_series(1, 7) i;
 SELECT event_crypto.encrypt_value('"old"', 'st:b') AS b_v1 \gset
-SELECT event_crypto.rotate_key('st:b'), event_crypto.rotate_key('st:d');
+SELECT event_crypto.rotate_key('st:b'), event_crypto.rotate_key('st:c'), event_crypto.rotate_key('st:d');
 SELECT event_crypto.retire_key_version('st:b', 1)->>'disabled' IS NOT NULL AS b_v1_disabled;
 SELECT event_crypto.retire_key_version('st:d', 1, force => true)->>'destroyed' AS d_v1_destroyed;
 SELECT event_crypto.decrypt_value(:'b_v1');                      -- null: v1 is disabled (the attempt is counted)
@@ -37,7 +37,7 @@ SELECT key_id, version, status, algorithm, encryptions, pending_encryptions, dis
        rotate_after_encryptions = current_setting('event_crypto.rotate_after_encryptions')::numeric::int8 AS limit_is_setting,
        nonce_budget_used_pct = round(100.0 * encryptions / rotate_after_encryptions, 3) AS pct_is_share
 FROM event_crypto.stats_key_versions ORDER BY key_id, version;
-SELECT shredded_key_ids, last_shred_at = (SELECT shredded_at FROM event_crypto.key_info WHERE key_id = 'st:c') AS last_shred_is_c,
+SELECT shredded_key_ids, last_shred_at = (SELECT max(shredded_at) FROM event_crypto.key_info WHERE key_id = 'st:c') AS last_shred_is_c,
        destroyed_versions, last_destroyed_at = (SELECT shredded_at FROM event_crypto.key_info WHERE key_id = 'st:d' AND version = 1) AS last_destroyed_is_d
 FROM event_crypto.stats_shreds;
 -- the audit chain head is the newest sealed row
@@ -59,6 +59,7 @@ SELECT runs, runs_not_ok, last_ok, last_not_ok_actions, last_run_by, last_run_vi
 FROM event_crypto.stats_maintenance;
 SELECT key_id, version, encryptions, pending_encryptions, disabled_decryptions
 FROM event_crypto.stats_key_versions WHERE encryptions > 0 OR disabled_decryptions > 0 ORDER BY key_id, version;
+SELECT status, key_versions, encryptions, pending_encryptions, disabled_decryptions FROM event_crypto.stats_keys;
 
 -- A run with an action that is not ok (retention: the role running it may not read a policy's table) counts as
 -- not ok and names the action; a later ok run keeps when that was, and the counters add up.
