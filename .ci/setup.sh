@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything event_crypto needs to build and test on a fresh Debian bookworm machine (as root):
-# PostgreSQL 15 server + headers, clang for bindgen, dpkg-dev for the Debian package, cargo-pgrx 0.18.1, and `cargo pgrx init` against the system
-# PostgreSQL. Idempotent: each step is skipped when already done.
+# PostgreSQL 15 server + headers, pg_partman and pg_cron (tests with them), python3-yaml (the test of
+# docs/postgres_exporter/queries.yaml reads it), clang for bindgen, dpkg-dev for the Debian package, cargo-pgrx
+# 0.18.1, and `cargo pgrx init` against the system PostgreSQL. Idempotent: each step is skipped when already done.
 set -euo pipefail
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export DEBIAN_FRONTEND=noninteractive
@@ -13,7 +14,7 @@ t0=$SECONDS
 step() { echo "=== [setup $((SECONDS - t0))s] $*"; }
 
 step "apt packages"
-PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman libclang-dev clang pkg-config libssl-dev sudo dpkg-dev"
+PKGS="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman postgresql-15-cron python3-yaml libclang-dev clang pkg-config libssl-dev sudo dpkg-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

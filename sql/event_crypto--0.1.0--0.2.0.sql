@@ -949,3 +949,158 @@ UPDATE pg_catalog.pg_proc SET proargnames = pg_catalog.array_replace(proargnames
 WHERE oid IN ('event_crypto.blind_index(text, text, text)'::pg_catalog.regprocedure,
               'event_crypto.add_blind_index(regclass, name, text, name, text, text)'::pg_catalog.regprocedure,
               'event_crypto.validate_normalize(text)'::pg_catalog.regprocedure);
+
+-- Issue 14 (operations): run_maintenance() is a Rust function that runs each action in its own subtransaction as
+-- before and records the run in event_crypto.maintenance_status (sql/maintenance.sql); the stats_* views
+-- (sql/stats.sql) give operators key versions by status, usage and nonce budget per key version, shreds, the last
+-- maintenance run and the audit chain head.
+CREATE OR REPLACE FUNCTION event_crypto."run_maintenance"() RETURNS TABLE (
+	"action" TEXT,
+	"ok" bool,
+	"detail" jsonb
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'run_maintenance_wrapper';
+ALTER FUNCTION event_crypto.run_maintenance() RESET ALL;
+
+-- The last maintenance run (whoever ran it: the background worker, pg_cron, a session), written by
+-- run_maintenance() as the extension's owner at the end of each run that could write: its result per action, when
+-- a run was last ok and last not ok, and how many runs there were. One row; not dumped (it describes this
+-- database's maintenance, not data). event_crypto.stats_maintenance shows it.
+CREATE TABLE event_crypto.maintenance_status (
+    one              boolean     PRIMARY KEY DEFAULT true CHECK (one),
+    runs             bigint      NOT NULL CHECK (runs >= 1),
+    -- runs with an action that failed or could not do everything
+    runs_not_ok      bigint      NOT NULL CHECK (runs_not_ok >= 0),
+    last_started_at  timestamptz NOT NULL,
+    last_finished_at timestamptz NOT NULL,
+    last_ok          boolean     NOT NULL,
+    -- the acting role, and the background worker's type or the session's application_name
+    last_run_by      name        NOT NULL,
+    last_run_via     text        NOT NULL,
+    -- [{"action": ..., "ok": ..., "detail": ...}, ...]: what run_maintenance() returned
+    last_result      jsonb       NOT NULL,
+    last_ok_at       timestamptz,
+    last_not_ok_at   timestamptz
+);
+COMMENT ON TABLE event_crypto.maintenance_status IS
+    'The last maintenance run and its result, with the number of runs (written by run_maintenance()).';
+
+-- Per key version: encryptions (flushed into key_usage plus those still pending in shared memory), attempts to
+-- decrypt under a disabled version, and the share of event_crypto.rotate_after_encryptions used: AES-GCM and
+-- ChaCha20-Poly1305 draw random 96-bit nonces, safe for about 2^32 encryptions per key; the maintenance run
+-- rotates a version that reaches the setting. The counts are joined to the key catalog from the usage side (key
+-- versions without counts have zeros), so that a scan of a large catalog hashes the counts, not the catalog.
+CREATE VIEW event_crypto.stats_key_versions AS
+    SELECT k.key_id, k.version, k.status, k.algorithm, k.created_at,
+           COALESCE(n.encryptions, 0) AS encryptions, COALESCE(n.pending_encryptions, 0) AS pending_encryptions,
+           COALESCE(n.disabled_decryptions, 0) AS disabled_decryptions, l.rotate_after_encryptions,
+           pg_catalog.round(100.0 OPERATOR(pg_catalog.*) COALESCE(n.encryptions, 0)
+                            OPERATOR(pg_catalog./) l.rotate_after_encryptions, 3) AS nonce_budget_used_pct
+    FROM event_crypto.keys k
+    LEFT JOIN (SELECT COALESCE(u.key_id, p.key_id) AS key_id, COALESCE(u.version, p.version) AS version,
+                      COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
+                      COALESCE(p.pending, 0) AS pending_encryptions,
+                      COALESCE(u.disabled_decryptions, 0) AS disabled_decryptions
+               FROM event_crypto.key_usage u
+               FULL JOIN event_crypto.usage_pending() p
+                      ON p.key_id OPERATOR(pg_catalog.=) u.key_id AND p.version OPERATOR(pg_catalog.=) u.version) n
+           ON n.key_id OPERATOR(pg_catalog.=) k.key_id AND n.version OPERATOR(pg_catalog.=) k.version
+    -- the setting as this session sees it (an integer; through numeric, as 0.1.0 showed it as 2.14748e+09); its default
+    -- when the library is not loaded in this session
+    CROSS JOIN (SELECT COALESCE(NULLIF(pg_catalog.current_setting('event_crypto.rotate_after_encryptions', true), '')
+                                    ::pg_catalog.numeric::pg_catalog.int8,
+                                2147483647) AS rotate_after_encryptions) l;
+COMMENT ON VIEW event_crypto.stats_key_versions IS
+    'Per key version: encryptions (flushed and pending), disabled decryption attempts, and the nonce budget used as a percentage of event_crypto.rotate_after_encryptions.';
+
+-- Key versions by status, always one row per status (zero when there is none; a live key id has exactly one active
+-- version, so the active row counts live key ids too), with the usage of its versions: encryptions (flushed and
+-- pending), attempts under disabled versions, the highest share of event_crypto.rotate_after_encryptions a
+-- version used, and how many used half of it or all of it (on the active row: due for rotation).
+CREATE VIEW event_crypto.stats_keys AS
+    SELECT s.status, COALESCE(v.key_versions, 0) AS key_versions, COALESCE(c.encryptions, 0) AS encryptions,
+           COALESCE(c.pending_encryptions, 0) AS pending_encryptions,
+           COALESCE(c.disabled_decryptions, 0) AS disabled_decryptions,
+           COALESCE(c.nonce_budget_max_used_pct, 0) AS nonce_budget_max_used_pct,
+           COALESCE(c.versions_over_half_budget, 0) AS versions_over_half_budget,
+           COALESCE(c.versions_at_limit, 0) AS versions_at_limit
+    FROM (VALUES (1, 'active'), (2, 'retired'), (3, 'disabled'), (4, 'shredded')) AS s(position, status)
+    LEFT JOIN (SELECT k.status, pg_catalog.count(*) AS key_versions FROM event_crypto.keys k GROUP BY k.status) v
+           ON v.status OPERATOR(pg_catalog.=) s.status
+    LEFT JOIN (SELECT k.status, pg_catalog.sum(n.encryptions)::pg_catalog.int8 AS encryptions,
+                      pg_catalog.sum(n.pending)::pg_catalog.int8 AS pending_encryptions,
+                      pg_catalog.sum(n.disabled)::pg_catalog.int8 AS disabled_decryptions,
+                      pg_catalog.round(100.0 OPERATOR(pg_catalog.*) pg_catalog.max(n.encryptions)
+                                       OPERATOR(pg_catalog./) l.rotate_after_encryptions, 3) AS nonce_budget_max_used_pct,
+                      pg_catalog.count(*) FILTER (WHERE n.encryptions OPERATOR(pg_catalog.*) 2
+                                                        OPERATOR(pg_catalog.>=) l.rotate_after_encryptions)
+                          AS versions_over_half_budget,
+                      pg_catalog.count(*) FILTER (WHERE n.encryptions OPERATOR(pg_catalog.>=) l.rotate_after_encryptions)
+                          AS versions_at_limit
+               FROM (SELECT COALESCE(u.key_id, p.key_id) AS key_id, COALESCE(u.version, p.version) AS version,
+                            COALESCE(u.encryptions, 0) OPERATOR(pg_catalog.+) COALESCE(p.pending, 0) AS encryptions,
+                            COALESCE(p.pending, 0) AS pending, COALESCE(u.disabled_decryptions, 0) AS disabled
+                     FROM event_crypto.key_usage u
+                     FULL JOIN event_crypto.usage_pending() p
+                            ON p.key_id OPERATOR(pg_catalog.=) u.key_id AND p.version OPERATOR(pg_catalog.=) u.version) n
+               JOIN event_crypto.keys k
+                 ON k.key_id OPERATOR(pg_catalog.=) n.key_id AND k.version OPERATOR(pg_catalog.=) n.version
+               CROSS JOIN (SELECT COALESCE(NULLIF(pg_catalog.current_setting('event_crypto.rotate_after_encryptions', true), '')
+                                               ::pg_catalog.numeric::pg_catalog.int8,
+                                           2147483647) AS rotate_after_encryptions) l
+               GROUP BY k.status, l.rotate_after_encryptions) c
+           ON c.status OPERATOR(pg_catalog.=) s.status
+    ORDER BY s.position;
+COMMENT ON VIEW event_crypto.stats_keys IS
+    'Key versions by status, with their encryptions, disabled decryption attempts and nonce budget (the highest share of event_crypto.rotate_after_encryptions used, versions past half of it and at it).';
+
+-- Shredding: key ids shredded whole (shred_key, forget_subject, retention: no version left) and when the last
+-- was; apart from them, single versions destroyed by retirement while their key id lives on.
+CREATE VIEW event_crypto.stats_shreds AS
+    WITH shredded AS MATERIALIZED (
+        SELECT k.key_id, k.shredded_at,
+               NOT EXISTS (SELECT 1 FROM event_crypto.keys l
+                           WHERE l.key_id OPERATOR(pg_catalog.=) k.key_id
+                             AND l.status OPERATOR(pg_catalog.<>) 'shredded') AS whole
+        FROM event_crypto.keys k WHERE k.status OPERATOR(pg_catalog.=) 'shredded')
+    SELECT pg_catalog.count(DISTINCT s.key_id) FILTER (WHERE s.whole) AS shredded_key_ids,
+           pg_catalog.max(s.shredded_at) FILTER (WHERE s.whole) AS last_shred_at,
+           pg_catalog.count(*) FILTER (WHERE NOT s.whole) AS destroyed_versions,
+           pg_catalog.max(s.shredded_at) FILTER (WHERE NOT s.whole) AS last_destroyed_at
+    FROM shredded s;
+COMMENT ON VIEW event_crypto.stats_shreds IS
+    'Key ids shredded whole and the time of the last shred; key versions destroyed by retirement.';
+
+-- The last maintenance run (one row, also before the first run: runs = 0 and the rest NULL).
+CREATE VIEW event_crypto.stats_maintenance AS
+    SELECT COALESCE(m.runs, 0) AS runs, COALESCE(m.runs_not_ok, 0) AS runs_not_ok,
+           m.last_started_at, m.last_finished_at,
+           pg_catalog.date_part('epoch', m.last_finished_at OPERATOR(pg_catalog.-) m.last_started_at) AS last_duration_seconds,
+           m.last_ok,
+           ARRAY(SELECT r.value OPERATOR(pg_catalog.->>) 'action'
+                 FROM pg_catalog.jsonb_array_elements(m.last_result) AS r(value)
+                 WHERE (r.value OPERATOR(pg_catalog.->>) 'ok') OPERATOR(pg_catalog.=) 'false') AS last_not_ok_actions,
+           m.last_run_by, m.last_run_via, m.last_result, m.last_ok_at, m.last_not_ok_at
+    FROM (VALUES (true)) AS o(one)
+    LEFT JOIN event_crypto.maintenance_status m ON m.one;
+COMMENT ON VIEW event_crypto.stats_maintenance IS
+    'The last maintenance run: when, how long, whether every action was ok (and which were not), who ran it and how; runs counted.';
+
+-- The head of the audit chain: the position and a prefix of the hash of the newest sealed row (verify_audit_log()
+-- gives the whole hash after walking the chain), and when it was sealed.
+CREATE VIEW event_crypto.stats_audit AS
+    SELECT h.seq AS head_seq, pg_catalog.left(pg_catalog.encode(h.row_hash, 'hex'), 16) AS head_hash_prefix,
+           h.sealed_at AS head_sealed_at
+    FROM (VALUES (true)) AS o(one)
+    LEFT JOIN LATERAL (SELECT a.seq, a.row_hash, a.sealed_at FROM event_crypto.audit_head a
+                       ORDER BY a.seq DESC LIMIT 1) h ON o.one;
+COMMENT ON VIEW event_crypto.stats_audit IS
+    'The audit chain head: position, hash prefix (16 hex digits) and when it was sealed.';
+
+REVOKE ALL ON event_crypto.maintenance_status, event_crypto.stats_keys, event_crypto.stats_key_versions,
+              event_crypto.stats_shreds, event_crypto.stats_maintenance, event_crypto.stats_audit FROM PUBLIC;
+GRANT SELECT ON event_crypto.maintenance_status, event_crypto.stats_keys, event_crypto.stats_key_versions,
+                event_crypto.stats_shreds, event_crypto.stats_maintenance, event_crypto.stats_audit
+    TO event_crypto_admin;

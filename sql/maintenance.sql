@@ -64,27 +64,34 @@ SELECT pg_catalog.pg_extension_config_dump('event_crypto.retention_policies_id_s
 -- (src/policies.rs).
 
 -- One maintenance run: flush usage counters, rotate key versions past the usage limit, rotate on schedule,
--- enforce retention, destroy the key versions retire_key_version() disabled once event_crypto.retire_wait passed. Each action (event_crypto.maintenance_action, src/policies.rs) runs in its own
--- subtransaction: a failure is reported in its row (and logged by the worker) and the other actions still run;
--- an action that could not do everything (a key that did not rotate, a retention policy it could not apply) is
--- reported with ok = false and says what it skipped. Rotations are capped at 1,000 key ids per action and run.
-CREATE FUNCTION event_crypto.run_maintenance()
-    RETURNS TABLE (action text, ok boolean, detail jsonb)
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    FOREACH action IN ARRAY ARRAY['flush_usage', 'usage_rotation', 'scheduled_rotation', 'retention', 'retire'] LOOP
-        BEGIN
-            detail := event_crypto.maintenance_action(action);
-            ok := NOT (detail ? 'failed' OR detail ? 'skipped');
-        EXCEPTION WHEN OTHERS THEN
-            ok := false;
-            detail := jsonb_build_object('sqlstate', SQLSTATE, 'error', SQLERRM);
-        END;
-        RETURN NEXT;
-    END LOOP;
-END
-$$;
+-- enforce retention, destroy the key versions retire_key_version() disabled once event_crypto.retire_wait passed.
+-- event_crypto.run_maintenance() (src/maintenance.rs) runs each action (event_crypto.maintenance_action,
+-- src/policies.rs) in its own subtransaction: a failure is reported in its row (and logged by the worker) and the
+-- other actions still run; an action that could not do everything (a key that did not rotate, a retention policy
+-- it could not apply) is reported with ok = false and says what it skipped. Rotations are capped at 1,000 key ids
+-- per action and run.
 COMMENT ON FUNCTION event_crypto.run_maintenance() IS
     'Flushes usage counters, rotates key versions past the usage limit or due by schedule, enforces retention, destroys retired key versions whose wait is over.';
+
+-- The last maintenance run (whoever ran it: the background worker, pg_cron, a session), written by
+-- run_maintenance() as the extension's owner at the end of each run that could write: its result per action, when
+-- a run was last ok and last not ok, and how many runs there were. One row; not dumped (it describes this
+-- database's maintenance, not data). event_crypto.stats_maintenance shows it.
+CREATE TABLE event_crypto.maintenance_status (
+    one              boolean     PRIMARY KEY DEFAULT true CHECK (one),
+    runs             bigint      NOT NULL CHECK (runs >= 1),
+    -- runs with an action that failed or could not do everything
+    runs_not_ok      bigint      NOT NULL CHECK (runs_not_ok >= 0),
+    last_started_at  timestamptz NOT NULL,
+    last_finished_at timestamptz NOT NULL,
+    last_ok          boolean     NOT NULL,
+    -- the acting role, and the background worker's type or the session's application_name
+    last_run_by      name        NOT NULL,
+    last_run_via     text        NOT NULL,
+    -- [{"action": ..., "ok": ..., "detail": ...}, ...]: what run_maintenance() returned
+    last_result      jsonb       NOT NULL,
+    last_ok_at       timestamptz,
+    last_not_ok_at   timestamptz
+);
+COMMENT ON TABLE event_crypto.maintenance_status IS
+    'The last maintenance run and its result, with the number of runs (written by run_maintenance()).';

@@ -53,7 +53,9 @@ GRANT USAGE ON SCHEMA event_crypto TO event_crypto_admin, event_crypto_encryptor
 GRANT SELECT ON event_crypto.key_info, event_crypto.audit_log, event_crypto.audit_head,
                 event_crypto.protected_columns, event_crypto.blind_indexes, event_crypto.legacy_subject_keys,
                 event_crypto.key_usage, event_crypto.rotation_policies, event_crypto.retention_policies,
-                event_crypto.reencrypt_progress
+                event_crypto.reencrypt_progress, event_crypto.maintenance_status,
+                event_crypto.stats_keys, event_crypto.stats_key_versions, event_crypto.stats_shreds,
+                event_crypto.stats_maintenance, event_crypto.stats_audit
     TO event_crypto_admin;
 
 -- Key lifecycle, configuration and maintenance: the admin role. protect_trigger: CREATE TRIGGER, which protect()

@@ -60,7 +60,17 @@ extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["cat
 extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
-    requires = ["catalog", "lifecycle", maintenance::usage_pending]
+    requires = [
+        "catalog",
+        "lifecycle",
+        maintenance::usage_pending,
+        maintenance::run_maintenance
+    ]
+);
+extension_sql_file!(
+    "../sql/stats.sql",
+    name = "stats",
+    requires = ["catalog", "audit", "maintenance", maintenance::usage_pending]
 );
 extension_sql_file!(
     "../sql/ddl.sql",

@@ -1,14 +1,19 @@
-//! Maintenance: moving the shared usage counters into the catalog and the audit log (`flush_usage`), and the
-//! background worker that runs `event_crypto.run_maintenance()` every `event_crypto.worker_interval` in
-//! `event_crypto.worker_database`. The policies themselves (usage rotation, scheduled rotation, retention) are SQL
-//! in `sql/maintenance.sql`, so pg_cron users can run the same work without the worker.
+//! Maintenance: moving the shared usage counters into the catalog and the audit log (`flush_usage`), one
+//! maintenance run (`run_maintenance()`: every action of `crate::policies`, each in its own subtransaction, then
+//! the run recorded in `event_crypto.maintenance_status`), and the background worker that calls it every
+//! `event_crypto.worker_interval` in `event_crypto.worker_database`. pg_cron (or any scheduler) can run the same
+//! SQL function without the worker (docs/operations.md).
 
 use crate::access::as_catalog_owner;
 use crate::error::spi_failed;
 use crate::usage::{self, Kind};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use serde_json::json;
+use std::ffi::CStr;
 use std::time::Duration;
 
 /// Moves the shared counters of this database into `event_crypto.key_usage` (encryptions per key version) and
@@ -138,6 +143,137 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
             }
         })
     });
+}
+
+/// One maintenance run: each action of [`crate::policies::ACTIONS`] in its own subtransaction. A failed action is
+/// a row with `ok = false` and the error (its work rolled back), and the others still run; an action that could
+/// not do everything (its result says `skipped` or `failed`) is not ok either. A cancel (`statement_timeout`)
+/// stops the whole run, as it stops any statement. The run is then recorded in `event_crypto.maintenance_status`
+/// (what `event_crypto.stats_maintenance` shows), unless this transaction cannot write (a hot standby, a
+/// read-only transaction: there every action failed with 25006 anyway).
+#[pg_extern(volatile, parallel_unsafe)]
+fn run_maintenance() -> TableIterator<'static, (name!(action, String), name!(ok, bool), name!(detail, pgrx::JsonB))> {
+    // SAFETY: reads the clock.
+    let started = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTimestamp() }).ok();
+    let rows: Vec<(String, bool, serde_json::Value)> = crate::policies::ACTIONS
+        .iter()
+        .map(|&action| {
+            match crate::access::in_subtransaction(|| fresh_snapshot(|| crate::policies::run_action(action))) {
+                Ok(detail) => {
+                    let ok = detail.get("failed").is_none() && detail.get("skipped").is_none();
+                    (action.to_string(), ok, detail)
+                }
+                Err(c) if c.sqlstate == "57014" => {
+                    // a cancel is not an action's failure: like PL/pgSQL's WHEN OTHERS, let it stop the run
+                    ErrorReport::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, c.message, "event_crypto")
+                        .report(PgLogLevel::ERROR);
+                    unreachable!("ereport(ERROR) does not return")
+                }
+                Err(c) => (
+                    action.to_string(),
+                    false,
+                    json!({"sqlstate": c.sqlstate, "error": c.message}),
+                ),
+            }
+        })
+        .collect();
+    if let Some(started) = started {
+        record_run(started, &rows);
+    }
+    TableIterator::new(rows.into_iter().map(|(a, ok, d)| (a, ok, pgrx::JsonB(d))))
+}
+
+/// Runs `f` as PL/pgSQL runs each statement of a VOLATILE function: after the work done so far in this
+/// transaction is made visible (CommandCounterIncrement) and with a new snapshot (in READ COMMITTED, one that also
+/// sees what others committed meanwhile). So an action sees what the actions before it wrote (the rotation, the
+/// counts the flush moved into `key_usage`), whatever its reads use.
+fn fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: inside a transaction; the snapshot pushed here is popped below, and an error unwinding through `f`
+    // aborts the (sub)transaction, which pops it.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = f();
+    // SAFETY: pops the snapshot pushed above (f leaves the active snapshot stack as it found it).
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
+}
+
+/// Records a maintenance run in `event_crypto.maintenance_status` (one row: the last run, its result, when a run
+/// was last ok and last not ok, and how many runs there were), as the catalog owner. Nothing is recorded where
+/// the transaction cannot write; a failure to record (a lock timeout behind another run that has not committed)
+/// is a WARNING and leaves the run's own work alone.
+fn record_run(started: TimestampWithTimeZone, rows: &[(String, bool, serde_json::Value)]) {
+    if crate::keys::require_writable("record the maintenance run").is_err() {
+        return;
+    }
+    let ok = rows.iter().all(|(_, ok, _)| *ok);
+    let result: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(action, ok, detail)| json!({"action": action, "ok": ok, "detail": detail}))
+        .collect();
+    let by = crate::access::acting_role();
+    let via = run_via();
+    let recorded = crate::access::in_subtransaction(|| {
+        as_catalog_owner(|| {
+            Spi::connect_mut(|client| {
+                client
+                    .update(
+                        "INSERT INTO event_crypto.maintenance_status AS s \
+                             (runs, runs_not_ok, last_started_at, last_finished_at, last_ok, last_run_by, last_run_via, \
+                              last_result, last_ok_at, last_not_ok_at) \
+                         SELECT 1, CASE WHEN $2 THEN 0 ELSE 1 END, $1, t.now, $2, $3, $4, $5, \
+                                CASE WHEN $2 THEN t.now END, CASE WHEN NOT $2 THEN t.now END \
+                         FROM (SELECT pg_catalog.clock_timestamp() AS now) t \
+                         ON CONFLICT (one) DO UPDATE \
+                         SET runs = s.runs OPERATOR(pg_catalog.+) 1, \
+                             runs_not_ok = s.runs_not_ok OPERATOR(pg_catalog.+) EXCLUDED.runs_not_ok, \
+                             last_started_at = EXCLUDED.last_started_at, last_finished_at = EXCLUDED.last_finished_at, \
+                             last_ok = EXCLUDED.last_ok, last_run_by = EXCLUDED.last_run_by, \
+                             last_run_via = EXCLUDED.last_run_via, last_result = EXCLUDED.last_result, \
+                             last_ok_at = COALESCE(EXCLUDED.last_ok_at, s.last_ok_at), \
+                             last_not_ok_at = COALESCE(EXCLUDED.last_not_ok_at, s.last_not_ok_at)",
+                        None,
+                        &[
+                            started.into(),
+                            ok.into(),
+                            by.as_str().into(),
+                            via.as_str().into(),
+                            pgrx::JsonB(json!(result)).into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| spi_failed(e));
+            })
+        })
+    });
+    if let Err(c) = recorded {
+        warning!(
+            "event_crypto: the maintenance run could not be recorded in event_crypto.maintenance_status ({}): {}",
+            c.sqlstate,
+            c.message
+        );
+    }
+}
+
+/// What ran the maintenance: the background worker's type (`event_crypto maintenance`, or pg_cron's worker when
+/// pg_cron runs jobs in background workers), otherwise the session's `application_name` (pg_cron's own
+/// connections say `pg_cron`).
+fn run_via() -> String {
+    // SAFETY: MyBgworkerEntry is set for the life of a background worker (NULL in other backends); its bgw_type and
+    // application_name are NUL-terminated strings owned by the backend.
+    unsafe {
+        let w = pg_sys::MyBgworkerEntry;
+        if !w.is_null() {
+            return CStr::from_ptr((*w).bgw_type.as_ptr()).to_string_lossy().into_owned();
+        }
+        let a = pg_sys::application_name;
+        if a.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(a).to_string_lossy().into_owned()
+        }
+    }
 }
 
 /// Encryptions counted in shared memory and not yet flushed, per key version of this database.

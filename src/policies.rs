@@ -1,5 +1,5 @@
 //! Rotation and retention policies, and the actions of a maintenance run (`run_maintenance()` in
-//! `sql/maintenance.sql` runs each in its own subtransaction).
+//! `crate::maintenance` runs each in its own subtransaction).
 //!
 //! The policies are set through `set_rotation`, `set_retention` and `drop_retention` only (no role may write
 //! their tables), each audited. Every action decides itself which keys it acts on and writes its own audit row:
@@ -563,10 +563,24 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn maintenance_action(action: Option<&str>) -> JsonB {
     let action = action.unwrap_or_else(|| raise(Error::null_argument("action")));
+    JsonB(run_action(action))
+}
+
+/// The actions of a maintenance run, in the order `run_maintenance()` takes them.
+pub const ACTIONS: [&str; 5] = [
+    "flush_usage",
+    "usage_rotation",
+    "scheduled_rotation",
+    "retention",
+    "retire",
+];
+
+/// Performs one maintenance action (one of [`ACTIONS`]) and returns what it did; raises for an unknown one.
+pub fn run_action(action: &str) -> Value {
     // every action writes the catalog: on a hot standby each is reported failed with 25006 (run_maintenance keeps
     // going and says so per action)
     crate::keys::require_writable(&format!("run the maintenance action \"{action}\"")).or_raise();
-    JsonB(match action {
+    match action {
         "flush_usage" => crate::maintenance::flush(),
         "retire" => crate::retire::destroy_due(),
         "usage_rotation" => {
@@ -596,7 +610,7 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
             Error::invalid_argument("unknown maintenance action")
                 .with_hint("One of flush_usage, usage_rotation, scheduled_rotation, retention, retire."),
         ),
-    })
+    }
 }
 
 /// Key ids rotated per action and run; a larger backlog is worked off over several runs.

@@ -33,3 +33,10 @@ SELECT event_crypto.maintenance_action('retire') AS retired;
 SELECT ok, problem FROM event_crypto.verify_audit_log();
 SELECT count(*) > 0 AS old_rows_kept FROM event_crypto.audit_log WHERE action = 'create_key' AND key_ids = '{up:aes}';
 SELECT max(seq) = (SELECT max(seq) FROM event_crypto.audit_head) AS head_current FROM event_crypto.audit_log;
+-- the operators' views read the upgraded catalog, and the maintenance run records itself (issue 14)
+SELECT status, key_versions FROM event_crypto.stats_keys;
+SELECT shredded_key_ids, last_shred_at IS NOT NULL AS shred_time, destroyed_versions FROM event_crypto.stats_shreds;
+SELECT runs FROM event_crypto.stats_maintenance;
+SELECT count(*) AS actions FROM event_crypto.run_maintenance();
+SELECT runs, last_ok, last_not_ok_actions FROM event_crypto.stats_maintenance;
+SELECT head_seq = (SELECT max(seq) FROM event_crypto.audit_log) AS head_is_newest FROM event_crypto.stats_audit;

@@ -3,7 +3,8 @@
 //! scheduled rotation and retention are each observed within two intervals of becoming due; a table owner's
 //! trigger that retention fires runs as the owner, powerless (issue 11, item 1: it used to run as the bootstrap
 //! superuser, and the owner became superuser within seconds); a failing action is logged and the others keep
-//! running; SIGTERM stops the worker cleanly; a superuser as worker_role is refused.
+//! running, and every run is recorded for operators (`stats_maintenance`); SIGTERM stops the worker cleanly; a
+//! superuser as worker_role is refused.
 
 use event_crypto_it::{connect, restart_cluster, scratch};
 use postgres::Client;
@@ -181,6 +182,18 @@ fn the_worker_rotates_enforces_retention_survives_errors_and_stops_cleanly() {
         .unwrap()
         .get(0);
     assert!(audited >= 3, "each maintenance action is audited");
+    // Operators see the worker's runs (event_crypto.stats_maintenance): by its role, through the worker, with the
+    // action that failed on the damaged key named.
+    let (runs, runs_not_ok, by, via, not_ok): (i64, i64, String, String, Vec<String>) = c
+        .query_one(
+            "SELECT runs, runs_not_ok, last_run_by::text, last_run_via, last_not_ok_actions FROM event_crypto.stats_maintenance",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .unwrap();
+    assert!(runs >= 3 && runs_not_ok >= 1, "runs {runs}, not ok {runs_not_ok}");
+    assert_eq!((by.as_str(), via.as_str()), ("ec_worker", "event_crypto maintenance"));
+    assert_eq!(not_ok, vec!["scheduled_rotation".to_string()]);
     let log = std::fs::read_to_string(log_path()).unwrap();
     for line in [
         "event_crypto worker: flush_usage:",
