@@ -182,3 +182,24 @@ pub fn restart_cluster(name: &str) {
         .unwrap();
     assert!(st.success(), "pg_ctl restart of cluster {name} failed");
 }
+
+/// Runs `program` with `args` as the OS user postgres (servers refuse to run as root), its output discarded;
+/// panics if it fails.
+pub fn as_postgres(program: &str, args: &[&str]) {
+    let st = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", program])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{program} {args:?} failed");
+}
+
+/// Gives `p` to the OS user postgres.
+pub fn chown_postgres(p: &std::path::Path) {
+    let st = std::process::Command::new("chown")
+        .args(["postgres:postgres", p.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

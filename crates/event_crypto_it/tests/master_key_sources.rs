@@ -7,7 +7,7 @@
 //! These servers are started by the test itself (a throwaway data directory under the clusters' scratch
 //! directory, Unix socket only, with the binaries of EC_IT_PG_BIN).
 
-use event_crypto_it::{dsn, pg_bin, scratch, sql_error};
+use event_crypto_it::{as_postgres, chown_postgres, dsn, pg_bin, scratch, sql_error};
 use postgres::NoTls;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,24 +141,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn as_postgres(program: &str, args: &[&str]) {
-    let st = Command::new("runuser")
-        .args(["-u", "postgres", "--", program])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{program} {args:?} failed");
-}
-
-fn chown_postgres(p: &Path) {
-    let st = Command::new("chown")
-        .args(["postgres:postgres", p.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 /// A key file owned by postgres, mode 600.

@@ -10,7 +10,7 @@
 //!   `event_crypto_admin`; the run is recorded (`stats_maintenance`), it rotated the key version past its usage
 //!   limit, and the re-encryption job advanced `reencrypt_progress` and rewrote rows under the new version.
 
-use event_crypto_it::{dsn, pg_bin, scratch};
+use event_crypto_it::{as_postgres, chown_postgres, dsn, pg_bin, scratch};
 use postgres::{Client, NoTls};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -111,24 +111,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn as_postgres(program: &str, args: &[&str]) {
-    let st = Command::new("runuser")
-        .args(["-u", "postgres", "--", program])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{program} {args:?} failed");
-}
-
-fn chown_postgres(p: &Path) {
-    let st = Command::new("chown")
-        .args(["postgres:postgres", p.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 fn repo_file(path: &str) -> PathBuf {
