@@ -9,9 +9,11 @@ CREATE TABLE event_crypto.key_usage (
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- attempts to decrypt under the version while retire_key_version had it disabled
     disabled_decryptions bigint NOT NULL DEFAULT 0 CHECK (disabled_decryptions >= 0),
+    -- fields decrypted under the version (on the primary; statistics: see docs/operations.md)
+    decryptions bigint NOT NULL DEFAULT 0 CHECK (decryptions >= 0),
     PRIMARY KEY (key_id, version)
 );
-COMMENT ON TABLE event_crypto.key_usage IS 'Encryptions per key version (flushed by the maintenance run).';
+COMMENT ON TABLE event_crypto.key_usage IS 'Encryptions and decryptions per key version (flushed by the maintenance run).';
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.key_usage', '');
 
 CREATE VIEW event_crypto.key_info AS

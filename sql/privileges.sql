@@ -79,7 +79,8 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.set_retention(text, regclass, interval, interval, name),
                           event_crypto.drop_retention(text, regclass), event_crypto.enforce_retention(boolean),
                           event_crypto.run_maintenance(), event_crypto.maintenance_action(text),
-                          event_crypto.flush_usage(), event_crypto.usage_tracking(), event_crypto.usage_pending()
+                          event_crypto.flush_usage(), event_crypto.usage_tracking(), event_crypto.usage_pending(),
+                          event_crypto.usage_pending_counts()
     TO event_crypto_admin;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint),
                            event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint)

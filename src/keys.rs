@@ -43,13 +43,14 @@ pub struct KeyEntry {
     pub shredded: bool,
     /// The newest active version, if any.
     active: Option<u32>,
-    /// Every version, in no particular order (a handful at most: a linear search beats hashing).
-    versions: Vec<(u32, VersionState)>,
+    /// Every version, in no particular order (a handful at most: a linear search beats hashing), with its counter
+    /// of this backend: fields decrypted under it, or for a disabled version, attempts (see `usage`).
+    versions: Vec<(u32, VersionState, Rc<Counter>)>,
     indexer: Option<std::result::Result<BlindIndexer, Error>>,
-    /// Encryptions under the active version, and fields decrypted, counted by this backend (see `usage`).
+    /// Encryptions under the active version, and fields decrypted when decryption auditing is on (per key id),
+    /// counted by this backend (see `usage`).
     encryptions: Rc<Counter>,
-    decryptions: Rc<Counter>,
-    disabled: Rc<Counter>,
+    audited: Rc<Counter>,
     /// Whose key this is, where the key id was made before subject ids were escaped and its name says otherwise
     /// (`event_crypto.legacy_subject_keys`, written by the upgrade from 0.1.0): (key prefix, subject, generation).
     pub legacy_owners: Vec<(String, String, u32)>,
@@ -57,7 +58,12 @@ pub struct KeyEntry {
 
 impl KeyEntry {
     fn version(&self, v: u32) -> Option<&VersionState> {
-        self.versions.iter().find(|(n, _)| *n == v).map(|(_, s)| s)
+        self.versions.iter().find(|(n, _, _)| *n == v).map(|(_, s, _)| s)
+    }
+
+    /// A version's state and its usage counter.
+    fn version_counted(&self, v: u32) -> Option<(&VersionState, &Rc<Counter>)> {
+        self.versions.iter().find(|(n, _, _)| *n == v).map(|(_, s, c)| (s, c))
     }
 
     /// The cipher and version that new encryptions use.
@@ -87,10 +93,12 @@ impl KeyEntry {
         usage::note(&self.encryptions, usage::Kind::Encrypt, &self.key_id, version, n as u64);
     }
 
-    /// Counts one field decrypted with this key id, when decryption auditing is on.
-    fn note_decrypted(&self) {
+    /// Counts one field decrypted under `version` (always), and with this key id for the audit log when
+    /// decryption auditing is on.
+    fn note_decrypted(&self, version: u32, counter: &Rc<Counter>) {
+        usage::note(counter, usage::Kind::Read, &self.key_id, version, 1);
         if crate::guc::audit_decrypt() {
-            usage::note(&self.decryptions, usage::Kind::Decrypt, &self.key_id, 0, 1);
+            usage::note(&self.audited, usage::Kind::Decrypt, &self.key_id, 0, 1);
         }
     }
 
@@ -98,8 +106,8 @@ impl KeyEntry {
     /// first time in a transaction for each key version, and a count per version in the usage counters (flushed
     /// into `event_crypto.key_usage.disabled_decryptions`), so that an application still reading data under a
     /// version scheduled for destruction shows up before the data is lost.
-    fn note_disabled(&self, version: u32) {
-        usage::note(&self.disabled, usage::Kind::Disabled, &self.key_id, version, 1);
+    fn note_disabled(&self, version: u32, counter: &Rc<Counter>) {
+        usage::note(counter, usage::Kind::Disabled, &self.key_id, version, 1);
         // SAFETY: MyProc is this backend's PGPROC, set for the life of a regular backend.
         let lxid = unsafe { pg_sys::MyProc.as_ref().map(|p| p.lxid).unwrap_or(0) };
         let first = DISABLED_SEEN.with(|seen| {
@@ -496,12 +504,12 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
     for row in rows {
         if row.status == "shredded" {
             if !shredded {
-                versions.push((row.version, VersionState::Destroyed));
+                versions.push((row.version, VersionState::Destroyed, Rc::default()));
             }
             continue;
         }
         if row.status == "disabled" {
-            versions.push((row.version, VersionState::Disabled));
+            versions.push((row.version, VersionState::Disabled, Rc::default()));
             continue;
         }
         let state = match unwrap_row(key_id, row, KeyPurpose::Data) {
@@ -511,7 +519,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
             },
             Err(e) => VersionState::Broken(e),
         };
-        versions.push((row.version, state));
+        versions.push((row.version, state, Rc::default()));
         if row.status == "active" {
             active = Some(row.version);
         }
@@ -529,8 +537,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         versions,
         indexer,
         encryptions: Rc::default(),
-        decryptions: Rc::default(),
-        disabled: Rc::default(),
+        audited: Rc::default(),
         legacy_owners: Vec::new(),
     }
 }
@@ -652,15 +659,15 @@ impl KeySource for CachedKeys {
         if entry.shredded {
             return Ok(KeyLookup::Shredded);
         }
-        match entry.version(version) {
-            Some(VersionState::Ready(c)) => {
-                entry.note_decrypted();
+        match entry.version_counted(version) {
+            Some((VersionState::Ready(c), counter)) => {
+                entry.note_decrypted(version, counter);
                 Ok(KeyLookup::Found(c.clone()))
             }
-            Some(VersionState::Broken(e)) => Err(e.clone()),
-            Some(VersionState::Destroyed) => Ok(KeyLookup::Shredded),
-            Some(VersionState::Disabled) => {
-                entry.note_disabled(version);
+            Some((VersionState::Broken(e), _)) => Err(e.clone()),
+            Some((VersionState::Destroyed, _)) => Ok(KeyLookup::Shredded),
+            Some((VersionState::Disabled, counter)) => {
+                entry.note_disabled(version, counter);
                 Ok(KeyLookup::Disabled)
             }
             None => Err(Error::unknown_key_version(key_id, version)),

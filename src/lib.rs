@@ -70,7 +70,13 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/stats.sql",
     name = "stats",
-    requires = ["catalog", "audit", "maintenance", maintenance::usage_pending]
+    requires = [
+        "catalog",
+        "audit",
+        "maintenance",
+        maintenance::usage_pending,
+        maintenance::usage_pending_counts
+    ]
 );
 extension_sql_file!(
     "../sql/ddl.sql",

@@ -16,9 +16,11 @@ use serde_json::json;
 use std::ffi::CStr;
 use std::time::Duration;
 
-/// Moves the shared counters of this database into `event_crypto.key_usage` (encryptions per key version) and
-/// `event_crypto.audit_log` (one `decrypt` row per session, role and key id), and records the counts that were lost
-/// (a `usage_lost` audit row). Returns what it wrote.
+/// Moves the shared counters of this database into `event_crypto.key_usage` (encryptions, decryptions and
+/// attempts under disabled versions, per key version) and `event_crypto.audit_log` (one `decrypt` row per session,
+/// role and key id, with `event_crypto.audit_decrypt`), and records the counts that were lost (a `usage_lost`
+/// audit row; decryptions the shared table had no room for are reported as `decryptions_not_counted`). Returns
+/// what it wrote.
 #[pg_extern(volatile, parallel_unsafe)]
 fn flush_usage() -> pgrx::JsonB {
     crate::keys::require_writable("call event_crypto.flush_usage()").unwrap_or_else(|e| crate::error::raise(e));
@@ -32,10 +34,14 @@ pub fn flush() -> serde_json::Value {
     // SAFETY: reading a backend-global.
     let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
     let taken = usage::take(database);
-    let lost = usage::take_lost(database);
+    let mut lost = usage::take_lost(database);
     write_counts(&taken);
+    // Decryption counts per version are statistics (crate::usage): those the shared table had no room for are
+    // reported apart, and do not make the run fail.
+    let uncounted_reads = std::mem::take(&mut lost[Kind::Read.index()]);
     let lost_json: serde_json::Map<String, serde_json::Value> = Kind::ALL
         .iter()
+        .filter(|k| **k != Kind::Read)
         .map(|k| (k.name().to_string(), json!(lost[k.index()])))
         .collect();
     let encryptions: u64 = taken
@@ -43,10 +49,18 @@ pub fn flush() -> serde_json::Value {
         .filter(|(k, _)| k.kind == Kind::Encrypt)
         .map(|(_, n)| n)
         .sum();
-    let key_versions = taken.iter().filter(|(k, _)| k.kind == Kind::Encrypt).count();
+    let decryptions: u64 = taken.iter().filter(|(k, _)| k.kind == Kind::Read).map(|(_, n)| n).sum();
+    let mut counted: Vec<(&str, u32)> = taken
+        .iter()
+        .filter(|(k, _)| matches!(k.kind, Kind::Encrypt | Kind::Read | Kind::Disabled))
+        .map(|(k, _)| (k.key_id.as_str(), k.version))
+        .collect();
+    counted.sort_unstable();
+    counted.dedup();
+    let key_versions = counted.len();
     let decrypt_rows = taken.iter().filter(|(k, _)| k.kind == Kind::Decrypt).count();
     let mut out = json!({"tracking": usage::available(), "key_versions": key_versions, "encryptions": encryptions,
-                         "decrypt_rows": decrypt_rows, "lost": lost_json});
+                         "decryptions": decryptions, "decrypt_rows": decrypt_rows, "lost": lost_json});
     let disabled: u64 = taken
         .iter()
         .filter(|(k, _)| k.kind == Kind::Disabled)
@@ -55,6 +69,9 @@ pub fn flush() -> serde_json::Value {
     if disabled > 0 {
         // an application still reads data under a version scheduled for destruction: say so in the run's report
         out["disabled_decryptions"] = json!(disabled);
+    }
+    if uncounted_reads > 0 {
+        out["decryptions_not_counted"] = json!(uncounted_reads);
     }
     if lost.iter().any(|n| *n > 0) {
         crate::audit::record("usage_lost", None, &[], json!(lost_json));
@@ -70,23 +87,27 @@ pub fn flush() -> serde_json::Value {
     out
 }
 
-/// Writes counts into the catalog, as the catalog owner: encryptions and attempts under disabled versions into
-/// `event_crypto.key_usage` (added to what is there), decryptions as `decrypt` audit rows. Used by the flush and by a transaction that writes its own
+/// Writes counts into the catalog, as the catalog owner: encryptions, decryptions and attempts under disabled
+/// versions into `event_crypto.key_usage` (added to what is there), audited decryptions as `decrypt` audit rows. Used by the flush and by a transaction that writes its own
 /// counts at commit (`crate::usage`). `counts` holds each counter once, sorted (so concurrent writers lock
 /// `key_usage` rows in the same order).
 pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
-    // per key version: encryptions and attempts under a disabled version, added to key_usage in one statement
-    let (mut ids, mut versions, mut encryptions, mut disabled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // per key version: encryptions, decryptions and attempts under a disabled version, added to key_usage in one
+    // statement
+    let (mut ids, mut versions, mut encryptions, mut decryptions, mut disabled) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut d_ids, mut d_roles, mut d_pids, mut d_starts, mut d_counts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, n) in counts {
         match k.kind {
-            Kind::Encrypt | Kind::Disabled => {
+            Kind::Encrypt | Kind::Read | Kind::Disabled => {
                 ids.push(k.key_id.clone());
                 versions.push(k.version as i32);
-                let (e, x) = if k.kind == Kind::Encrypt { (*n, 0) } else { (0, *n) };
-                encryptions.push(e as i64);
-                disabled.push(x as i64);
+                let n = i64::try_from(*n).unwrap_or(i64::MAX);
+                let of = |kind: Kind| if k.kind == kind { n } else { 0 };
+                encryptions.push(of(Kind::Encrypt));
+                decryptions.push(of(Kind::Read));
+                disabled.push(of(Kind::Disabled));
             }
             Kind::Decrypt => {
                 d_ids.push(k.key_id.clone());
@@ -110,17 +131,20 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
                 // grouped: a key version counted under both kinds is one row (ON CONFLICT touches a row once)
                 client
                     .update(
-                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, encryptions, disabled_decryptions) \
-                         SELECT r.k, r.v, pg_catalog.sum(r.e)::pg_catalog.int8, pg_catalog.sum(r.x)::pg_catalog.int8 \
+                        "INSERT INTO event_crypto.key_usage AS u (key_id, version, encryptions, decryptions, disabled_decryptions) \
+                         SELECT r.k, r.v, pg_catalog.sum(r.e)::pg_catalog.int8, pg_catalog.sum(r.d)::pg_catalog.int8, \
+                                pg_catalog.sum(r.x)::pg_catalog.int8 \
                          FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
-                                         pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[])) AS r(k, v, e, x) \
+                                         pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[]), \
+                                         pg_catalog.unnest($5::pg_catalog.int8[])) AS r(k, v, e, d, x) \
                          GROUP BY r.k, r.v ORDER BY r.k, r.v \
                          ON CONFLICT (key_id, version) DO UPDATE \
                          SET encryptions = u.encryptions OPERATOR(pg_catalog.+) EXCLUDED.encryptions, \
+                             decryptions = u.decryptions OPERATOR(pg_catalog.+) EXCLUDED.decryptions, \
                              disabled_decryptions = u.disabled_decryptions OPERATOR(pg_catalog.+) EXCLUDED.disabled_decryptions, \
                              updated_at = pg_catalog.now()",
                         None,
-                        &[ids.into(), versions.into(), encryptions.into(), disabled.into()],
+                        &[ids.into(), versions.into(), encryptions.into(), decryptions.into(), disabled.into()],
                     )
                     .unwrap_or_else(|e| spi_failed(e));
             }
@@ -276,7 +300,40 @@ fn run_via() -> String {
     }
 }
 
-/// Encryptions counted in shared memory and not yet flushed, per key version of this database.
+/// Counts in shared memory not yet flushed into `event_crypto.key_usage`, per key version of this database:
+/// encryptions, decryptions, and attempts under a disabled version (the stats views add them to the flushed ones).
+#[pg_extern(volatile, parallel_safe)]
+fn usage_pending_counts() -> TableIterator<
+    'static,
+    (
+        name!(key_id, String),
+        name!(version, i32),
+        name!(encryptions, i64),
+        name!(decryptions, i64),
+        name!(disabled_decryptions, i64),
+    ),
+> {
+    // SAFETY: reading a backend-global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let mut rows: std::collections::BTreeMap<(String, u32), [i64; 3]> = std::collections::BTreeMap::new();
+    for (k, n) in usage::snapshot(database) {
+        let column = match k.kind {
+            Kind::Encrypt => 0,
+            Kind::Read => 1,
+            Kind::Disabled => 2,
+            Kind::Decrypt => continue,
+        };
+        let cell = &mut rows.entry((k.key_id, k.version)).or_default()[column];
+        *cell = cell.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    TableIterator::new(
+        rows.into_iter()
+            .map(|((key_id, version), [e, d, x])| (key_id, version as i32, e, d, x)),
+    )
+}
+
+/// Encryptions counted in shared memory and not yet flushed, per key version of this database (0.1.0's function,
+/// which `key_info` reads; see [`usage_pending_counts`]).
 #[pg_extern(volatile, parallel_safe)]
 fn usage_pending() -> TableIterator<'static, (name!(key_id, String), name!(version, i32), name!(pending, i64))> {
     // SAFETY: reading a backend-global.

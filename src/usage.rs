@@ -1,6 +1,6 @@
 //! Counting key use without writing per row: how many values each key version encrypted (AES-GCM with random
-//! 96-bit nonces is safe for about 2^32 encryptions per key), and, with `event_crypto.audit_decrypt = on`, how
-//! many fields each session decrypted per key id.
+//! 96-bit nonces is safe for about 2^32 encryptions per key) and decrypted, and, with
+//! `event_crypto.audit_decrypt = on`, how many fields each session decrypted per key id.
 //!
 //! A backend adds to a counter cell of the cached key (no hashing on the hot path) and, when its transaction
 //! ends, moves what it counted into a table in shared memory (two lock acquisitions per transaction). The
@@ -27,6 +27,9 @@
 //!   database reports it (`"lost"`, which makes its maintenance action not ok) and records it in a `usage_lost`
 //!   audit row. Counts of a server that stops before a flush are lost (the flush interval bounds the loss; the
 //!   rotation threshold leaves a wide margin).
+//! - Decryptions per key version ([`Kind::Read`]) are statistics and follow their own rule (`place_reads`): never
+//!   written by the reading transaction, never held by a backend, at most half of the table; what does not fit is
+//!   counted apart and reported by the flush as not counted, without making it fail. A standby counts none.
 //!
 //! What is counted is a [`Kind`]: each has its own counters, its own lost count and its own way into the catalog
 //! (`crate::maintenance::write_counts`).
@@ -51,6 +54,8 @@ const EXIT_LIMIT: usize = SLOTS * 7 / 8;
 const DATABASES: usize = 64;
 /// A transaction that counted under more key (version)s than this writes its counts into the catalog itself.
 pub const BULK: usize = 512;
+/// Decryption counters ([`Kind::Read`]) may take this share of the table and of a database's part of it.
+const READ_SHARE: usize = 2;
 /// Counters a backend keeps while neither the shared table nor the catalog can take them; beyond it they are lost
 /// (counted).
 const HELD_MAX: usize = 100_000;
@@ -64,6 +69,8 @@ pub enum Kind {
     /// Attempts to decrypt under a key version `retire_key_version` disabled (counted per key version, whatever
     /// `audit_decrypt` says: an application still reading such data must show up before it is destroyed).
     Disabled = 3,
+    /// Fields decrypted per key version (always counted: `key_usage.decryptions`, the stats views).
+    Read = 4,
 }
 
 /// Number of kinds.
@@ -71,7 +78,7 @@ pub const KINDS: usize = Kind::ALL.len();
 
 impl Kind {
     /// Every kind, in the order of their codes (`ALL[k.index()] == k`).
-    pub const ALL: [Kind; 3] = [Kind::Encrypt, Kind::Decrypt, Kind::Disabled];
+    pub const ALL: [Kind; 4] = [Kind::Encrypt, Kind::Decrypt, Kind::Disabled, Kind::Read];
 
     /// Index into per-kind arrays.
     pub fn index(self) -> usize {
@@ -86,15 +93,16 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Encrypt => "encryptions",
-            Kind::Decrypt => "decryptions",
+            Kind::Decrypt => "audited_decryptions",
             Kind::Disabled => "disabled_decryptions",
+            Kind::Read => "decryptions",
         }
     }
 
     /// Whether a counter is kept per session (role, process, session start) rather than per key version only.
     fn per_session(self) -> bool {
         match self {
-            Kind::Encrypt | Kind::Disabled => false,
+            Kind::Encrypt | Kind::Disabled | Kind::Read => false,
             Kind::Decrypt => true,
         }
     }
@@ -372,15 +380,30 @@ unsafe fn claim(t: &Table, d: &Database, at: usize, k: &CounterKey, n: u64) {
     d.used.fetch_add(1, Ordering::Relaxed);
 }
 
+/// How far a new counter of kind `kind` may fill the table, and its database's share (`None`: no limit per
+/// database). Decryption counts are statistics and take at most half of what the others may ([`READ_SHARE`]), so
+/// that a read-heavy workload never takes the room encryption counts (the nonce budget) need.
+fn limits(kind: Kind, exiting: bool) -> (usize, Option<usize>) {
+    match kind {
+        Kind::Read => (LIMIT / READ_SHARE, Some(DB_LIMIT / READ_SHARE)),
+        _ if exiting => (EXIT_LIMIT, None),
+        _ => (LIMIT, Some(DB_LIMIT)),
+    }
+}
+
 /// Adds counts to the shared table: to counters that exist under the shared lock, then new counters under one
-/// exclusive lock, while the table and the counter's database have room (an exiting backend may go further, see
-/// [`EXIT_LIMIT`]). Returns what it could not take.
+/// exclusive lock, while the table and the counter's database have room for its kind (see [`limits`]; an exiting
+/// backend may go further, see [`EXIT_LIMIT`]). Returns what it could not take.
 fn add_shared(items: Vec<(CounterKey, u64)>, exiting: bool) -> Vec<(CounterKey, u64)> {
     let items: Vec<(CounterKey, u64)> = items.into_iter().filter(|(k, n)| *n > 0 && k.fits()).collect();
     if items.is_empty() {
         return items;
     }
-    let limit = if exiting { EXIT_LIMIT } else { LIMIT };
+    let has_room = |t: &Table, k: &CounterKey, d: Option<&Database>| {
+        let (table, db) = limits(k.kind, exiting);
+        (t.used.load(Ordering::Relaxed) as usize) < table
+            && db.is_none_or(|db| d.is_none_or(|d| (d.used.load(Ordering::Relaxed) as usize) < db))
+    };
     let (missing, room): (Vec<(CounterKey, u64)>, bool) = {
         let Some((_g, t)) = Guard::new(pg_sys::LWLockMode::LW_SHARED) else {
             return items;
@@ -396,12 +419,7 @@ fn add_shared(items: Vec<(CounterKey, u64)>, exiting: bool) -> Vec<(CounterKey, 
             })
             .collect();
         // No new counter can be had: do not take the exclusive lock (what is missing is tried again later).
-        let room = (t.used.load(Ordering::Relaxed) as usize) < limit
-            && (exiting
-                || missing.iter().any(|(k, _)| {
-                    t.database(k.database)
-                        .is_none_or(|d| (d.used.load(Ordering::Relaxed) as usize) < DB_LIMIT)
-                }));
+        let room = missing.iter().any(|(k, _)| has_room(t, k, t.database(k.database)));
         (missing, room)
     };
     if missing.is_empty() || !room {
@@ -412,31 +430,28 @@ fn add_shared(items: Vec<(CounterKey, u64)>, exiting: bool) -> Vec<(CounterKey, 
     };
     missing
         .into_iter()
-        .filter(|(k, n)| {
-            let room = (t.used.load(Ordering::Relaxed) as usize) < limit;
-            match find(t, k) {
-                Ok(at) => {
-                    t.slots[at].count.fetch_add(*n, Ordering::Relaxed);
-                    false
-                }
-                Err(Some(at)) if room => {
-                    // SAFETY: the exclusive lock is held.
-                    match unsafe { t.database_entry(k.database) } {
-                        Some(d) if exiting || (d.used.load(Ordering::Relaxed) as usize) < DB_LIMIT => {
-                            // SAFETY: the exclusive lock is held.
-                            unsafe { claim(t, d, at, k, *n) };
-                            false
-                        }
-                        _ => true,
-                    }
-                }
-                _ => true,
+        .filter(|(k, n)| match find(t, k) {
+            Ok(at) => {
+                t.slots[at].count.fetch_add(*n, Ordering::Relaxed);
+                false
             }
+            Err(Some(at)) if has_room(t, k, t.database(k.database)) => {
+                // SAFETY: the exclusive lock is held.
+                match unsafe { t.database_entry(k.database) } {
+                    Some(d) => {
+                        // SAFETY: the exclusive lock is held.
+                        unsafe { claim(t, d, at, k, *n) };
+                        false
+                    }
+                    None => true,
+                }
+            }
+            _ => true,
         })
         .collect()
 }
 
-/// Every non-zero counter of database `database`, left in place (`usage_pending()`, `key_info`).
+/// Every non-zero counter of database `database`, left in place (`usage_pending()`, `usage_pending_counts()`).
 pub fn snapshot(database: u32) -> Vec<(CounterKey, u64)> {
     let Some((_g, t)) = Guard::new(pg_sys::LWLockMode::LW_SHARED) else {
         return Vec::new();
@@ -698,7 +713,34 @@ fn collect() -> Vec<(CounterKey, u64)> {
             ));
         }
     });
-    merge(items)
+    let (reads, rest): (Vec<_>, Vec<_>) = merge(items).into_iter().partition(|(k, _)| k.kind == Kind::Read);
+    place_reads(reads);
+    rest
+}
+
+/// Decryption counts are statistics: they go to the shared table only, never into the catalog from the reading
+/// transaction (a read-only query must not write) and are never kept by the backend. What the table has no room
+/// for is counted as lost for its database (reported by the next flush as `lost.decryptions`). A standby counts
+/// none: nothing there can flush them (docs/operations.md says that the figures are the primary's).
+fn place_reads(reads: Vec<(CounterKey, u64)>) {
+    // SAFETY: reads shared recovery state.
+    if reads.is_empty() || unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let mut lost: Vec<(u32, [u64; KINDS])> = Vec::new();
+    for (k, n) in add_shared(reads, false) {
+        match lost.iter_mut().find(|(d, _)| *d == k.database) {
+            Some((_, l)) => l[k.kind.index()] += n,
+            None => {
+                let mut l = [0; KINDS];
+                l[k.kind.index()] = n;
+                lost.push((k.database, l));
+            }
+        }
+    }
+    for (database, lost) in lost {
+        add_lost(database, lost);
+    }
 }
 
 fn merge(mut items: Vec<(CounterKey, u64)>) -> Vec<(CounterKey, u64)> {

@@ -119,6 +119,13 @@ fn a_hot_standby_reads_follows_shreds_refuses_writes_and_carries_on_when_promote
         .unwrap()
         .get(0);
     assert!(env.starts_with("$ec1$"));
+    // decryptions are counted on the primary only: the reads above left nothing pending on the standby (nothing
+    // there could flush them into the catalog)
+    let pending: i64 = one(
+        &mut standby,
+        "SELECT coalesce(sum(decryptions), 0)::bigint FROM event_crypto.usage_pending_counts()",
+    );
+    assert_eq!(pending, 0, "a standby keeps no decryption counts");
     // a reading session that keeps alice's and carol's keys cached
     assert!(emails(&mut cached, "alice").iter().all(|v| v.is_string()));
     assert!(emails(&mut cached, "carol").iter().all(|v| v.is_string()));

@@ -59,6 +59,7 @@ INSERT INTO calls (call) VALUES
     ('SELECT event_crypto.flush_usage()'),
     ('SELECT event_crypto.usage_tracking()'),
     ('SELECT * FROM event_crypto.usage_pending()'),
+    ('SELECT * FROM event_crypto.usage_pending_counts()'),
     ('SELECT event_crypto.reencrypt_fields(payload) FROM r_t'),
     ('SELECT event_crypto.needs_reencryption(payload) FROM r_t'),
     ('SELECT event_crypto.uses_key_version(payload, ''r:k'', 1) FROM r_t'),

@@ -29,12 +29,17 @@ SELECT event_crypto.rotate_key('st:b'), event_crypto.rotate_key('st:c'), event_c
 SELECT event_crypto.retire_key_version('st:b', 1)->>'disabled' IS NOT NULL AS b_v1_disabled;
 SELECT event_crypto.retire_key_version('st:d', 1, force => true)->>'destroyed' AS d_v1_destroyed;
 SELECT event_crypto.decrypt_value(:'b_v1');                      -- null: v1 is disabled (the attempt is counted)
+-- decryptions are counted per version: 3 values of st:a read twice, 1 of st:b v2 once
+CREATE TEMP TABLE st_values AS SELECT event_crypto.encrypt_value(to_jsonb(i), 'st:a') AS v FROM generate_series(1, 3) i;
+SELECT count(event_crypto.decrypt_value(v)) FROM st_values, generate_series(1, 2);
+SELECT event_crypto.decrypt_value(event_crypto.encrypt_value('"new"', 'st:b'));
 SELECT event_crypto.shred_key('st:c');
 SELECT * FROM event_crypto.stats_keys;
--- usage per version: 7 encryptions of st:a still pending in shared memory, 1 of st:b v1 too; the budget is
+-- usage per version: 10 encryptions and 6 decryptions of st:a still pending in shared memory, 1 encryption of
+-- st:b v1 and the attempt under it, 1 encryption and 1 decryption of st:b v2; the budget is
 -- relative to event_crypto.rotate_after_encryptions
-SELECT key_id, version, status, algorithm, encryptions, pending_encryptions, disabled_decryptions,
-       rotate_after_encryptions = current_setting('event_crypto.rotate_after_encryptions')::numeric::int8 AS limit_is_setting,
+SELECT key_id, version, status, algorithm, encryptions, pending_encryptions, decryptions, pending_decryptions,
+       disabled_decryptions, rotate_after_encryptions = current_setting('event_crypto.rotate_after_encryptions')::numeric::int8 AS limit_is_setting,
        nonce_budget_used_pct = round(100.0 * encryptions / rotate_after_encryptions, 3) AS pct_is_share
 FROM event_crypto.stats_key_versions ORDER BY key_id, version;
 SELECT shredded_key_ids, last_shred_at = (SELECT max(shredded_at) FROM event_crypto.key_info WHERE key_id = 'st:c') AS last_shred_is_c,
@@ -55,11 +60,12 @@ SELECT runs, runs_not_ok, last_ok, last_not_ok_actions, last_run_by, last_run_vi
        last_started_at <= last_finished_at AS ordered, last_duration_seconds >= 0 AS duration,
        last_ok_at = last_finished_at AS ok_at_is_last, last_not_ok_at,
        jsonb_path_query_array(last_result, '$[*].action') AS actions,
-       last_result->0->'detail'->'encryptions' AS flushed
+       last_result->0->'detail'->'encryptions' AS flushed, last_result->0->'detail'->'decryptions' AS flushed_decryptions
 FROM event_crypto.stats_maintenance;
-SELECT key_id, version, encryptions, pending_encryptions, disabled_decryptions
-FROM event_crypto.stats_key_versions WHERE encryptions > 0 OR disabled_decryptions > 0 ORDER BY key_id, version;
-SELECT status, key_versions, encryptions, pending_encryptions, disabled_decryptions FROM event_crypto.stats_keys;
+SELECT key_id, version, encryptions, pending_encryptions, decryptions, pending_decryptions, disabled_decryptions
+FROM event_crypto.stats_key_versions WHERE encryptions > 0 OR decryptions > 0 OR disabled_decryptions > 0 ORDER BY key_id, version;
+SELECT key_id, version, encryptions, decryptions, disabled_decryptions FROM event_crypto.key_usage ORDER BY 1, 2;
+SELECT status, key_versions, encryptions, pending_encryptions, decryptions, disabled_decryptions FROM event_crypto.stats_keys;
 
 -- A run with an action that is not ok (retention: the role running it may not read a policy's table) counts as
 -- not ok and names the action; a later ok run keeps when that was, and the counters add up.
@@ -103,6 +109,27 @@ RESET ROLE;
 SET ROLE event_crypto_decryptor;
 SELECT count(*) FROM event_crypto.stats_key_versions;            -- 42501
 RESET ROLE;
+
+
+-- Decryption counts are statistics: a transaction that reads under more key versions than the shared table takes
+-- for reads (half of a database's share) writes nothing; the next flush reports what was not counted per version
+-- and stays ok. 2,100 subjects' keys, each read once in one read-only transaction.
+SELECT event_crypto.flush_usage() IS NOT NULL AS flushed;
+SELECT count(event_crypto.create_key('st:many:' || i)) FROM generate_series(1, 2100) i;
+CREATE TEMP TABLE st_many AS
+    SELECT i, event_crypto.encrypt_value(to_jsonb(i), 'st:many:' || i) AS v FROM generate_series(1, 2100) i;
+-- (a transaction that encrypted under more than 512 key versions wrote its counts into key_usage at commit)
+SELECT count(*) AS counted_versions FROM event_crypto.key_usage WHERE key_id LIKE 'st:many:%' AND encryptions = 1;
+BEGIN READ ONLY;
+SELECT count(event_crypto.decrypt_value(v)) FROM st_many;
+COMMIT;
+SELECT sum(pending_decryptions) < 2100 AS some_not_counted, sum(pending_decryptions) >= 1000 AS most_counted
+FROM event_crypto.stats_key_versions WHERE key_id LIKE 'st:many:%';
+SELECT f->'decryptions' IS NOT NULL AS has_decryptions,
+       (f->>'decryptions')::int + (f->>'decryptions_not_counted')::int AS read_total,
+       f ? 'skipped' AS skipped, f->'lost' AS lost
+FROM (SELECT event_crypto.flush_usage() AS f) r;
+SELECT count(*) AS audit_rows FROM event_crypto.audit_log WHERE action = 'usage_lost';
 
 \c event_crypto_regress
 DROP DATABASE ec_stats;
