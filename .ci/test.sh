@@ -5,7 +5,7 @@
 #   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
-#   6. the upgrade from the previous release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data the old build made)
+#   6. the upgrade from every release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data each release's build made)
 #   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, a hot standby, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
 #   8. the Debian package and the atomic install (tests/package.sh: build, metadata and files, install over a running
@@ -98,7 +98,7 @@ if ! runuser -u "$RUN_AS" -- "$PG_ISOLATION" --temp-instance="$ISO/tmp_check" --
   exit 1
 fi
 
-step "upgrade from the previous release"
+step "upgrade from every release"
 bash tests/upgrade.sh "$SCRATCH/upgrade"
 
 step "integration tests"

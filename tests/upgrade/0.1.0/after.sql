@@ -1,7 +1,8 @@
 -- After ALTER EXTENSION event_crypto UPDATE: what the new release adds works on the old data.
 \set ON_ERROR_STOP on
 \set VERBOSITY terse
-SELECT extversion FROM pg_extension WHERE extname = 'event_crypto';
+SELECT extversion = (SELECT default_version FROM pg_available_extensions WHERE name = 'event_crypto') AS current
+FROM pg_extension WHERE extname = 'event_crypto';
 -- the key ids 0.1.0 named ambiguously are recorded with their owners; "subject:dave#2" is dave's second generation
 SELECT key_id, key_prefix, subject, generation FROM event_crypto.legacy_subject_keys ORDER BY 1;
 -- the configuration: the tampered view name is no longer recorded; the real view is
