@@ -46,10 +46,11 @@ upgrade_from() {   # $1: release, $2: its commit, $3: a port of its own
         return 1
     fi
     install -d -o "$RUN_AS" -g "$RUN_AS" "$S"
-    # 1. the release, built from its own sources
+    # 1. the release, built from its own sources (a target directory per release: cargo would otherwise keep one
+    #    release's library as the other's output when both builds are up to date)
     mkdir -p "$S/src"
     git -C "$ROOT" archive "$PREV_COMMIT" | tar -x -C "$S/src"
-    (cd "$S/src" && CARGO_TARGET_DIR="$ROOT/target/upgrade" cargo pgrx package --debug --pg-config "$PG_CONFIG" \
+    (cd "$S/src" && CARGO_TARGET_DIR="$ROOT/target/upgrade-$PREV" cargo pgrx package --debug --pg-config "$PG_CONFIG" \
          --out-dir "$S/pkg" > "$S/build.log" 2>&1) || { tail -40 "$S/build.log"; return 1; }
     local old_sql="$S/pkg/usr/share/postgresql/15/extension/event_crypto--$PREV.sql"
     [ -f "$old_sql" ] || { echo "the build of $PREV has no $old_sql" >&2; return 1; }
