@@ -9,6 +9,7 @@
 //! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
 //! - [`blind`]: the blind index;
 //! - [`audit`]: the hash chain of the audit log;
+//! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
 //! - [`random`]: keys and nonces from the OS CSPRNG;
 //! - [`error`]: the one error type.
@@ -16,6 +17,7 @@
 pub mod aead;
 pub mod audit;
 pub mod blind;
+pub mod digest;
 pub mod document;
 pub mod envelope;
 pub mod error;

@@ -250,6 +250,75 @@ impl MasterKeyRing {
     }
 }
 
+/// Catalog secrets: random keys of the catalog itself that are not data keys (the digest secret of
+/// [`crate::digest`]), wrapped by the master key like data keys, with their own associated data
+/// (`"event_crypto/wrap-secret/v1" 0x00 name`), so a wrapped secret and a wrapped data key can never be taken for
+/// one another. Same layout as a wrapped data key.
+impl MasterKey {
+    fn secret_aad(name: &str) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(32 + name.len());
+        aad.extend_from_slice(b"event_crypto/wrap-secret/v1\0");
+        aad.extend_from_slice(name.as_bytes());
+        aad
+    }
+
+    /// Wraps the catalog secret `name`.
+    pub fn wrap_secret(&self, secret: &[u8; KEY_LEN], name: &str) -> Result<Vec<u8>> {
+        let nonce = crate::random::nonce()?;
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.push(WRAP_FORMAT);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(secret);
+        let tag = self
+            .wrap
+            .seal_in_place(&nonce, &Self::secret_aad(name), &mut out[1 + NONCE_LEN..]);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Unwraps the catalog secret `name` (into a zeroized buffer). A failure means the wrapped bytes were altered.
+    pub fn unwrap_secret(&self, wrapped: &[u8], name: &str) -> Result<SecretKey> {
+        let corrupt = |why: &str| {
+            Error::new(
+                ErrorKind::WrappedKeyCorrupt,
+                format!("the event_crypto catalog secret \"{name}\" does not unwrap"),
+            )
+            .with_detail(why.to_string())
+            .with_hint("The catalog row was altered or damaged; restore it from a backup.")
+        };
+        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_FORMAT {
+            return Err(corrupt("the wrapped secret has the wrong length or format byte"));
+        }
+        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
+        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..].try_into().expect("length checked");
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(&wrapped[1 + NONCE_LEN..1 + NONCE_LEN + KEY_LEN]);
+        if !self
+            .wrap
+            .open_in_place(&nonce, &Self::secret_aad(name), key.as_mut(), &tag)
+        {
+            return Err(corrupt("the authentication tag does not match"));
+        }
+        Ok(key)
+    }
+}
+
+impl MasterKeyRing {
+    /// Moves the wrapped catalog secret `name` from the master key `from` to the active one (as [`Self::rewrap`]
+    /// does for data keys).
+    pub fn rewrap_secret(&self, from: &str, wrapped: &[u8], name: &str) -> Result<Vec<u8>> {
+        let old = self.get(from).ok_or_else(|| {
+            Error::new(
+                ErrorKind::MasterKeyMismatch,
+                format!("master key {from} is not in this server's master key ring"),
+            )
+            .with_detail(format!("The ring holds {}.", self.describe()))
+        })?;
+        let secret = old.unwrap_secret(wrapped, name)?;
+        self.active().wrap_secret(&secret, name)
+    }
+}
+
 fn trim_ascii(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
@@ -398,5 +467,69 @@ mod tests {
             assert!(m.unwrap(&t, &ctx()).is_err());
         }
         assert!(m.unwrap(&w[..60], &ctx()).is_err());
+    }
+
+    #[test]
+    fn catalog_secrets_are_wrapped_apart_from_data_keys() {
+        let m = MasterKey::parse_text(HEX.as_bytes()).unwrap();
+        let secret = [3u8; 32];
+        let w = m.wrap_secret(&secret, "key-id-digest").unwrap();
+        assert_eq!(w.len(), WRAPPED_LEN);
+        assert_eq!(*m.unwrap_secret(&w, "key-id-digest").unwrap(), secret);
+        assert_ne!(
+            w,
+            m.wrap_secret(&secret, "key-id-digest").unwrap(),
+            "a fresh nonce per wrap"
+        );
+        assert_eq!(
+            m.unwrap_secret(&w, "other").unwrap_err().kind(),
+            ErrorKind::WrappedKeyCorrupt
+        );
+        // a wrapped secret is no wrapped data key, whatever its context, and the reverse
+        for purpose in [KeyPurpose::Data, KeyPurpose::BlindIndex] {
+            let ctx = WrapContext {
+                key_id: "key-id-digest",
+                version: 1,
+                algorithm: Algorithm::Aes256Gcm,
+                purpose,
+            };
+            assert!(m.unwrap(&w, &ctx).is_err());
+            let dk = m.wrap(&secret, &ctx).unwrap();
+            assert!(m.unwrap_secret(&dk, "key-id-digest").is_err());
+        }
+        assert!(MasterKey::from_bytes(&[5u8; 32])
+            .unwrap_secret(&w, "key-id-digest")
+            .is_err());
+        for i in 0..w.len() {
+            let mut t = w.clone();
+            t[i] ^= 1;
+            assert!(m.unwrap_secret(&t, "key-id-digest").is_err());
+        }
+        let e = m.unwrap_secret(&w[..60], "key-id-digest").unwrap_err();
+        assert!(!e.to_string().contains("030303"), "never key bytes in a message");
+    }
+
+    #[test]
+    fn rewrap_moves_a_catalog_secret_to_the_active_master_key() {
+        let old = MasterKey::from_bytes(&[1u8; 32]);
+        let old_id = old.id().to_string();
+        let w = old.wrap_secret(&[8u8; 32], "key-id-digest").unwrap();
+        let ring = MasterKeyRing::from_keys(vec![MasterKey::from_bytes(&[2u8; 32]), old]).unwrap();
+        let moved = ring.rewrap_secret(&old_id, &w, "key-id-digest").unwrap();
+        assert_eq!(
+            *ring.active().unwrap_secret(&moved, "key-id-digest").unwrap(),
+            [8u8; 32]
+        );
+        assert!(ring
+            .get(&old_id)
+            .unwrap()
+            .unwrap_secret(&moved, "key-id-digest")
+            .is_err());
+        assert_eq!(
+            ring.rewrap_secret("00000000deadbeef", &w, "key-id-digest")
+                .unwrap_err()
+                .kind(),
+            ErrorKind::MasterKeyMismatch
+        );
     }
 }
