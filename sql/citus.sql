@@ -27,7 +27,7 @@ BEGIN
             'ALTER TABLE event_crypto.blind_indexes DROP CONSTRAINT IF EXISTS blind_indexes_table_name_column_name_fkey');
     END IF;
     FOREACH t IN ARRAY ARRAY['event_crypto.keys', 'event_crypto.protected_columns', 'event_crypto.blind_indexes',
-                             'event_crypto.legacy_subject_keys']::regclass[] LOOP
+                             'event_crypto.legacy_subject_keys', 'event_crypto.catalog_secrets']::regclass[] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) t) THEN
             PERFORM pg_catalog.create_reference_table(t);
             made := made OPERATOR(pg_catalog.||) t::text;

@@ -2,3 +2,130 @@
 -- for an upgrade from every release); every row of earlier releases stays and decrypts. Changes to SQL objects
 -- after 0.2.0 go here, in the order they are made.
 \echo Use "ALTER EXTENSION event_crypto UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 15: no identifier of a forgotten subject stays in event_crypto's own tables (src/tombstones.rs,
+-- docs/security.md#what-remains-after-a-forget). Key ids shredded whole keep their catalog rows under a keyed
+-- digest of the key id (their tombstone); the audit log names key ids and subjects by the same digest.
+-- ---------------------------------------------------------------------------------------------------------------
+
+-- Secrets of the catalog itself (src/tombstones.rs): 'key-id-digest', the random key under which event_crypto names
+-- a key id by a keyed digest instead of the key id wherever the name would outlive a shred: the tombstone rows
+-- of key ids shredded whole in event_crypto.keys, and every key id and subject in the audit log. Made on first
+-- need, stored only wrapped by the master key (like a data key, with its own associated data), moved by
+-- rewrap_keys, dumped with the catalog (a restore keeps the digests computable). Superusers only.
+CREATE TABLE event_crypto.catalog_secrets (
+    name           text        PRIMARY KEY CHECK (name IN ('key-id-digest')),
+    wrapped_secret bytea       NOT NULL,
+    master_key_id  text        NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE event_crypto.catalog_secrets IS
+    'Secrets of the catalog, wrapped by the master key: key-id-digest names shredded key ids and the audit log''s key ids and subjects by keyed digest.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.catalog_secrets', '');
+-- The digest secret: every change (and the rollback of the transaction that made it) makes each backend derive the
+-- digest function again (src/tombstones.rs).
+CREATE TRIGGER catalog_secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.catalog_secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.catalog_secrets ENABLE ALWAYS TRIGGER catalog_secrets_changed;
+CREATE TRIGGER catalog_secrets_replicated AFTER INSERT OR UPDATE OR DELETE ON event_crypto.catalog_secrets
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.catalog_secrets ENABLE REPLICA TRIGGER catalog_secrets_replicated;
+REVOKE ALL ON event_crypto.catalog_secrets FROM PUBLIC;
+
+-- The functions (created as a fresh install creates them).
+CREATE FUNCTION event_crypto."key_id_digest"(
+	"key_id" TEXT
+) RETURNS TEXT
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'key_id_digest_wrapper';
+
+CREATE FUNCTION event_crypto."was_forgotten"(
+	"subject" TEXT,
+	"key_prefix" TEXT DEFAULT NULL
+) RETURNS bool
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'was_forgotten_wrapper';
+
+CREATE FUNCTION event_crypto."verify_forget_receipt"(
+	"subject" TEXT,
+	"receipt" jsonb
+) RETURNS bool
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'verify_forget_receipt_wrapper';
+
+REVOKE ALL ON FUNCTION event_crypto.key_id_digest(text), event_crypto.was_forgotten(text, text),
+                       event_crypto.verify_forget_receipt(text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_crypto.key_id_digest(text), event_crypto.was_forgotten(text, text),
+                          event_crypto.verify_forget_receipt(text, jsonb)
+    TO event_crypto_admin;
+
+-- Citus: the secrets table is a reference table too (a cluster set up before: call event_crypto.citus_setup() again
+-- after the update).
+CREATE OR REPLACE FUNCTION event_crypto.citus_setup() RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+    made text[] := '{}';
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000', HINT = 'CREATE EXTENSION citus, add the workers, then call event_crypto.citus_setup() again.';
+    END IF;
+    -- the catalog tables have cache-invalidation and validation triggers, which must run on every placement
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                   WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'event_crypto.protected_columns'::pg_catalog.regclass) THEN
+        -- Citus would turn blind_indexes, which references protected_columns, into a "Citus local table" by renaming
+        -- it, which the workers' copy of the extension's table prevents: the foreign key is taken off (on every
+        -- node) and put back once both are reference tables (Citus then puts it on every placement).
+        ALTER TABLE event_crypto.blind_indexes DROP CONSTRAINT IF EXISTS blind_indexes_table_name_column_name_fkey;
+        PERFORM pg_catalog.run_command_on_workers(
+            'ALTER TABLE event_crypto.blind_indexes DROP CONSTRAINT IF EXISTS blind_indexes_table_name_column_name_fkey');
+    END IF;
+    FOREACH t IN ARRAY ARRAY['event_crypto.keys', 'event_crypto.protected_columns', 'event_crypto.blind_indexes',
+                             'event_crypto.legacy_subject_keys', 'event_crypto.catalog_secrets']::regclass[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) t) THEN
+            PERFORM pg_catalog.create_reference_table(t);
+            made := made OPERATOR(pg_catalog.||) t::text;
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c
+                   WHERE c.conrelid OPERATOR(pg_catalog.=) 'event_crypto.blind_indexes'::pg_catalog.regclass
+                     AND c.conname OPERATOR(pg_catalog.=) 'blind_indexes_table_name_column_name_fkey') THEN
+        ALTER TABLE event_crypto.blind_indexes ADD CONSTRAINT blind_indexes_table_name_column_name_fkey
+            FOREIGN KEY (table_name, column_name) REFERENCES event_crypto.protected_columns ON DELETE CASCADE;
+    END IF;
+    RETURN made;
+END
+$$;
+
+-- The conversion, by the new library (it needs the master key ring when there is anything to convert): every key id
+-- shredded whole becomes its tombstone (rows, usage counts, legacy_subject_keys, the last maintenance result);
+-- every audit row names its key ids and subjects by digest; the chain is re-sealed from the first row that changed,
+-- and a 'digest_catalog' audit row records the old chain head (position and hash). The function is not part of the
+-- extension: it is dropped again.
+CREATE FUNCTION event_crypto.upgrade_to_digests() RETURNS jsonb
+    VOLATILE PARALLEL UNSAFE
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'upgrade_to_digests_wrapper';
+DO $digests$
+DECLARE
+    r jsonb := event_crypto.upgrade_to_digests();
+BEGIN
+    IF r OPERATOR(pg_catalog.?) 'resealed_from_seq' THEN
+        RAISE WARNING 'event_crypto: the audit chain was re-sealed from position %: its rows name key ids and subjects by digest now',
+            r OPERATOR(pg_catalog.->>) 'resealed_from_seq'
+            USING DETAIL = pg_catalog.format('%s key ids shredded whole are kept as tombstones, %s audit rows were rewritten; the old chain head (position %s, hash %s) is recorded in a digest_catalog audit row.',
+                                             r OPERATOR(pg_catalog.->>) 'tombstones', r OPERATOR(pg_catalog.->>) 'audit_rows_rewritten',
+                                             r OPERATOR(pg_catalog.->>) 'old_head_seq', r OPERATOR(pg_catalog.->>) 'old_head_hash'),
+                  HINT = 'A chain head recorded outside the database before the update is that old head: record the new one, SELECT head_hash FROM event_crypto.verify_audit_log().';
+    END IF;
+END
+$digests$;
+DROP FUNCTION event_crypto.upgrade_to_digests();

@@ -26,6 +26,14 @@ ALTER TABLE event_crypto.blind_indexes ENABLE REPLICA TRIGGER blind_indexes_repl
 CREATE TRIGGER legacy_subject_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.legacy_subject_keys
     FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
 ALTER TABLE event_crypto.legacy_subject_keys ENABLE ALWAYS TRIGGER legacy_subject_keys_changed;
+-- The digest secret: every change (and the rollback of the transaction that made it) makes each backend derive the
+-- digest function again (src/tombstones.rs).
+CREATE TRIGGER catalog_secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.catalog_secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.catalog_secrets ENABLE ALWAYS TRIGGER catalog_secrets_changed;
+CREATE TRIGGER catalog_secrets_replicated AFTER INSERT OR UPDATE OR DELETE ON event_crypto.catalog_secrets
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.catalog_changed();
+ALTER TABLE event_crypto.catalog_secrets ENABLE REPLICA TRIGGER catalog_secrets_replicated;
 
 -- Every row of the protection configuration is validated against its table, whoever writes it (protect() and
 -- friends, a superuser by hand, pg_restore, a logical replication subscriber).
@@ -80,7 +88,9 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.drop_retention(text, regclass), event_crypto.enforce_retention(boolean),
                           event_crypto.run_maintenance(), event_crypto.maintenance_action(text),
                           event_crypto.flush_usage(), event_crypto.usage_tracking(), event_crypto.usage_pending(),
-                          event_crypto.usage_pending_counts()
+                          event_crypto.usage_pending_counts(),
+                          event_crypto.key_id_digest(text), event_crypto.was_forgotten(text, text),
+                          event_crypto.verify_forget_receipt(text, jsonb)
     TO event_crypto_admin;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint),
                            event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint)

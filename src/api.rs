@@ -195,8 +195,15 @@ fn rewrap_keys_batch(
     if !(1..=100_000).contains(&batch_size) {
         raise(Error::invalid_argument("batch_size must be between 1 and 100000"));
     }
+    // the catalog's digest secret first (crate::tombstones), then the data keys
+    let (moved, left, unknown) = crate::tombstones::rewrap_secret().or_raise();
     let o = keys::rewrap_batch(batch_size as i64).or_raise();
-    TableIterator::once((o.rewrapped, o.remaining, o.unknown_master, o.damaged))
+    TableIterator::once((
+        o.rewrapped + moved,
+        o.remaining + left,
+        o.unknown_master + unknown,
+        o.damaged,
+    ))
 }
 
 /// The master keys of the ring and those the key catalog names, with the live key versions each wraps.
@@ -211,9 +218,22 @@ fn master_key_status() -> TableIterator<
         name!(removable, bool),
     ),
 > {
-    let rows = keys::master_key_status().or_raise();
-    TableIterator::new(rows.into_iter().map(|s| {
-        let removable = s.in_ring && !s.active && s.live_key_versions == 0;
+    let mut rows = keys::master_key_status().or_raise();
+    // the master key that wraps the catalog's digest secret is needed too (crate::tombstones)
+    let secret = crate::tombstones::secret_master_key();
+    if let Some(m) = &secret {
+        if !rows.iter().any(|s| &s.master_key_id == m) {
+            rows.push(keys::MasterKeyStatus {
+                master_key_id: m.clone(),
+                in_ring: false,
+                active: false,
+                live_key_versions: 0,
+            });
+        }
+    }
+    TableIterator::new(rows.into_iter().map(move |s| {
+        let removable =
+            s.in_ring && !s.active && s.live_key_versions == 0 && secret.as_deref() != Some(s.master_key_id.as_str());
         (s.master_key_id, s.in_ring, s.active, s.live_key_versions, removable)
     }))
 }

@@ -56,9 +56,12 @@ fn insert_row(
     session: &str,
     action: &str,
     subject: Option<&str>,
-    key_ids: Vec<String>,
-    details: Value,
+    mut key_ids: Vec<String>,
+    mut details: Value,
 ) -> i64 {
+    // Key ids, and subjects named in the details, are stored as their digests: an audit row outlives a forget
+    // (crate::tombstones). The `subject` column is given as a digest already.
+    crate::tombstones::audit_row_for_storage(&mut key_ids, &mut details, "subject:").or_raise();
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {
             client
@@ -83,7 +86,9 @@ fn insert_row(
 }
 
 /// Appends an audit row for the acting role (and the session's role); returns its id. The automatic key
-/// creations collected before it are written first, so the log keeps the order of events.
+/// creations collected before it are written first, so the log keeps the order of events. `subject` is the
+/// subject's digest (`crate::tombstones::subject_digest_for_write`); key ids, and key ids and subjects the
+/// details name, are replaced by their digests here.
 pub fn record(action: &str, subject: Option<&str>, key_ids: &[String], details: Value) -> i64 {
     write_created();
     insert_row(

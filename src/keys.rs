@@ -343,7 +343,24 @@ struct Row {
 const SELECT_ROWS: &str = "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id \
      FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version";
 
+/// The rows of `key_id`, or of its tombstone once it was shredded whole (`crate::tombstones`).
 fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
+    let rows = read_named_rows(client, query, key_id);
+    match tombstone_of(&rows, key_id) {
+        Some(t) => read_named_rows(client, query, &t),
+        None => rows,
+    }
+}
+
+/// The tombstone name to read instead when `key_id` has no rows of its own.
+fn tombstone_of(rows: &[Row], key_id: &str) -> Option<String> {
+    if !rows.is_empty() {
+        return None;
+    }
+    crate::tombstones::tombstone_id(key_id).unwrap_or_else(|e| raise(e))
+}
+
+fn read_named_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
     let table = client
         .select(query, None, &[key_id.into()])
         .unwrap_or_else(|e| spi_failed(e));
@@ -552,11 +569,16 @@ pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
     let generation = GENERATION.with(|g| g.get());
     let (rows, legacy_owners) = as_catalog_owner(|| {
         Spi::connect(|client| {
-            let rows = read_rows_latest(key_id);
+            let mut rows = read_rows_latest(key_id);
+            let mut stored = None;
+            if let Some(t) = tombstone_of(&rows, key_id) {
+                rows = read_rows_latest(&t);
+                stored = Some(t);
+            }
             let legacy = if rows.is_empty() {
                 Vec::new()
             } else {
-                read_legacy_owners(client, key_id)
+                read_legacy_owners(client, stored.as_deref().unwrap_or(key_id))
             };
             (rows, legacy)
         })
@@ -718,6 +740,8 @@ fn insert_first_version(
     check_key_id(key_id)?;
     require_writable(&format!("create encryption key \"{key_id}\""))?;
     let m = master::get()?.active();
+    // the catalog's digest secret exists from its first key on (the audit row names the key id by digest)
+    crate::tombstones::digest_key_for_write()?;
     let role = created_by.map_or_else(acting_role, str::to_string);
     let dk = random_key()?;
     let ik = random_key()?;
@@ -742,7 +766,22 @@ fn insert_first_version(
                 )
                 .unwrap_or_else(|e| spi_failed(e));
             if !t.is_empty() {
-                return None;
+                // A shred that moved this key id to its tombstone while this insert waited for it (the key id's
+                // rows were still there) leaves the tombstone, read here with the newest snapshot: the key id was
+                // shredded, and the row just inserted goes again.
+                match crate::tombstones::tombstone_id(key_id).unwrap_or_else(|e| raise(e)) {
+                    Some(tomb) if !read_rows_latest(&tomb).is_empty() => {
+                        client
+                            .update(
+                                "DELETE FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1",
+                                None,
+                                &[key_id.into()],
+                            )
+                            .unwrap_or_else(|e| spi_failed(e));
+                        return Some(true);
+                    }
+                    _ => return None,
+                }
             }
             let existing = read_rows(client, SELECT_ROWS, key_id);
             Some(existing.iter().all(|r| r.status == "shredded"))
@@ -892,8 +931,9 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
     })
 }
 
-/// Destroys every version of a key id: the wrapped bytes are overwritten with NULL and the rows marked shredded.
-/// Returns how many versions were destroyed by this call (0 when it was shredded already).
+/// Destroys every version of a key id: the wrapped bytes are overwritten with NULL and the rows marked shredded,
+/// then kept under the key id's digest instead of the key id (its tombstone). Returns how many versions were
+/// destroyed by this call (0 when it was shredded already).
 pub fn shred_key(key_id: &str) -> Result<i32> {
     check_key_id(key_id)?;
     require_writable(&format!("shred encryption key \"{key_id}\""))?;
@@ -919,6 +959,8 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
             Ok(n)
         })
     })?;
+    // Shredded whole: only the key id's tombstone (its digest) stays in the catalog (crate::tombstones).
+    crate::tombstones::entomb(key_id)?;
     // The UPDATE fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
     Ok(n)
 }

@@ -22,6 +22,7 @@ mod protect;
 mod reencrypt;
 mod retire;
 mod sqltypes;
+mod tombstones;
 mod triggers;
 mod usage;
 
@@ -37,6 +38,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     event_crypto_core::set_interrupt_check(check_interrupts);
     keys::register_invalidation();
+    tombstones::register_invalidation();
     // The audit log's callbacks first: PostgreSQL calls the ones registered last first, and the usage counters'
     // pre-commit step may write audit rows that the audit log's seals.
     audit::register_callback();
@@ -84,6 +86,7 @@ extension_sql_file!(
     requires = ["catalog", "lifecycle", "maintenance"]
 );
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
+extension_sql_file!("../sql/tombstones.sql", name = "tombstones", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

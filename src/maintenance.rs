@@ -124,6 +124,16 @@ pub fn write_counts(counts: &[(usage::CounterKey, u64)]) {
     if !d_ids.is_empty() {
         // keys created automatically before are recorded before these rows (crate::audit)
         crate::audit::write_created();
+        // the audit log names key ids by digest (crate::tombstones)
+        d_ids = d_ids
+            .iter()
+            .map(|k| crate::tombstones::stored_key_id(k))
+            .collect::<event_crypto_core::Result<Vec<_>>>()
+            .unwrap_or_else(|e| crate::error::raise(e));
+    }
+    if !ids.is_empty() {
+        // counts of a key id shredded whole since they were made go to its tombstone
+        ids = crate::tombstones::usage_key_ids(ids).unwrap_or_else(|e| crate::error::raise(e));
     }
     as_catalog_owner(|| {
         Spi::connect_mut(|client| {

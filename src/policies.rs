@@ -533,7 +533,9 @@ fn retention(dry_run: bool) -> Result<Vec<RetentionRow>> {
                     if !dry_run {
                         if let Err(why) = in_subtransaction(|| crate::protect::subjects::forget(s, prefix)) {
                             let reason = format!("forgetting subject failed ({}): {}", why.sqlstate, why.message);
-                            skipped.push(json!({"policy_id": p.id, "subject": s, "reason": reason}));
+                            // (the audit row names the subject by digest under its key prefix: crate::tombstones)
+                            skipped
+                                .push(json!({"policy_id": p.id, "key_prefix": prefix, "subject": s, "reason": reason}));
                             out.push((p.id, None, Some(s.clone()), format!("skipped: {reason}"), false));
                             continue;
                         }

@@ -164,8 +164,27 @@ fn subject_key_ids(prefix: &str, subject: &str) -> Vec<String> {
     .or_raise();
     out.retain(|k| key_belongs_to(prefix, subject, k));
     out.extend(legacy_key_ids(prefix, subject));
+    out.extend(tombstoned_generations(prefix, subject, &out));
     out.sort();
     out.dedup();
+    out
+}
+
+/// The subject's key generations that were shredded whole: only their tombstones (digests) are in the catalog, so
+/// they are found by computing each generation's key id in turn, up to the first that neither has a tombstone nor
+/// is among `named` (a generation is made only once the one before it is shredded).
+fn tombstoned_generations(prefix: &str, subject: &str, named: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in 1..=event_crypto_core::subject::MAX_GENERATION {
+        let Ok(k) = subject_key_id(prefix, subject, n) else {
+            break;
+        };
+        if crate::tombstones::is_tombstoned(&k).or_raise() {
+            out.push(k);
+        } else if !named.contains(&k) {
+            break;
+        }
+    }
     out
 }
 
@@ -260,6 +279,8 @@ pub fn forget(subject: &str, prefix: &str) -> Value {
         .unwrap_or_else(|_| "none".to_string());
     let tombstones: i64 = match subject_key_id(prefix, subject, 1) {
         Err(_) => 0,
+        // forgotten before: its tombstone refuses the key id already (the rows are under the key id's digest)
+        Ok(base) if crate::tombstones::is_tombstoned(&base).or_raise() => 0,
         Ok(base) => as_catalog_owner(|| {
             Spi::connect_mut(|client| {
                 client
@@ -307,7 +328,25 @@ pub fn forget(subject: &str, prefix: &str) -> Value {
         "complete": skips.is_empty(),
         "already_forgotten": already,
     });
-    let audit_id = crate::audit::record("forget_subject", Some(subject), &key_ids, details.clone());
+    // The audit row names the subject and its key ids by digest; a reason a table gave for being skipped (a table
+    // owner's trigger may quote the subject) is recorded without the subject id.
+    let named = crate::tombstones::subject_digest_for_write(prefix, subject).or_raise();
+    let mut recorded = details.clone();
+    if let (Some(d), Some(Value::Array(skips))) = (&named, recorded.get_mut("skipped")) {
+        for skip in skips {
+            if let Some(Value::String(reason)) = skip.get_mut("reason") {
+                if reason.contains(subject) {
+                    *reason = reason.replace(subject, d);
+                }
+            }
+        }
+    }
+    let audit_id = crate::audit::record(
+        "forget_subject",
+        Some(named.as_deref().unwrap_or(subject)),
+        &key_ids,
+        recorded,
+    );
     let mut receipt = json!({
         "subject": subject,
         "key_prefix": prefix,
@@ -424,9 +463,10 @@ fn export_subject(
             "event_crypto: export_subject under key prefix \"{prefix}\" on a hot standby ({rows_total} rows) is not recorded in the audit log"
         );
     } else {
+        let named = crate::tombstones::subject_digest_for_write(&prefix, subject).or_raise();
         crate::audit::record(
             "export_subject",
-            Some(subject),
+            Some(named.as_deref().unwrap_or(subject)),
             &[],
             json!({"key_prefix": prefix, "rows": rows_total, "tables": receipt["tables"].as_array().map_or(0, Vec::len), "skipped": receipt["skipped"]}),
         );

@@ -158,9 +158,13 @@ fn subject_key(
         return Ok((key_id, e));
     }
     if !cfg.new_key_when_forgotten {
+        // Neither the subject id nor its key id: once forgotten, they are not written anywhere, server log included.
         return Err(Error::new(
             ErrorKind::SubjectForgotten,
-            format!("subject \"{subject}\" has been forgotten: its key \"{key_id}\" was shredded"),
+            format!(
+                "the subject of this row has been forgotten: its key was shredded (key column \"{}\")",
+                col.name
+            ),
         )
         .with_detail(format!("New data for a forgotten subject is refused in {}.", cfg.table))
         .with_hint("To accept new events of forgotten subjects under a fresh key, call event_crypto.protect() with on_forgotten => 'new_key'."));
@@ -175,7 +179,10 @@ fn subject_key(
     }
     Err(Error::new(
         ErrorKind::SubjectForgotten,
-        format!("subject \"{subject}\" has no usable key generation left"),
+        format!(
+            "the subject of this row has no usable key generation left (key column \"{}\" of {})",
+            col.name, cfg.table
+        ),
     ))
 }
 

@@ -207,10 +207,11 @@ impl Error {
     }
     /// A key id that cannot be used to encrypt or index: unknown and shredded key ids give the same error, so a
     /// role that may encrypt cannot tell a subject that was forgotten from one that never existed.
-    pub fn key_unavailable(key_id: &str) -> Self {
+    pub fn key_unavailable(_key_id: &str) -> Self {
         Error::new(
             ErrorKind::UnknownKey,
-            format!("encryption key \"{key_id}\" does not exist or has been shredded"),
+            // no key id: a shredded one may name a forgotten subject (and the message is the same for both)
+            "encryption key does not exist or has been shredded".to_string(),
         )
         .with_hint("An administrator can see which key ids exist in event_crypto.key_info.")
     }
@@ -222,8 +223,9 @@ impl Error {
         .with_detail("retire_key_version() disabled it and scheduled its destruction: data encrypted under it cannot be read until the version is re-enabled, and after the destruction never.")
         .with_hint("If this data is still needed, re-enable the version with event_crypto.cancel_retire() and re-encrypt it (event_crypto.reencrypt_table) before retiring the version again.")
     }
-    pub fn key_shredded(key_id: &str) -> Self {
-        Error::new(ErrorKind::KeyShredded, format!("encryption key \"{key_id}\" has been shredded"))
+    pub fn key_shredded(_key_id: &str) -> Self {
+        // no key id: it may name a forgotten subject, which must not reach a message or the server log
+        Error::new(ErrorKind::KeyShredded, "encryption key has been shredded")
             .with_detail("A shredded key is destroyed for good; data encrypted under it cannot be read and no new data can be encrypted under its id.")
     }
     pub fn malformed(path: &str, reason: &str) -> Self {

@@ -11,7 +11,8 @@ SELECT event_crypto.rotate_key('audit:a');
 SELECT event_crypto.shred_key('audit:b');
 SELECT event_crypto.shred_key('audit:b');                   -- destroys nothing: not recorded
 SELECT * FROM event_crypto.rewrap_keys_batch();             -- nothing to rewrap: not recorded
-SELECT seq, action, key_ids, details - 'master_key_id' AS details,
+-- (key ids by digest: issue 15)
+SELECT seq, action, named_keys(key_ids, 'audit:a', 'audit:b') AS key_ids, details - 'master_key_id' AS details,
        details->>'master_key_id' IS NOT DISTINCT FROM
            CASE WHEN action IN ('create_key', 'rotate_key') THEN event_crypto.master_key_id() END AS master_recorded,
        actor = current_user AS actor_ok, session_actor = session_user AS session_ok,
@@ -30,11 +31,11 @@ SELECT seq, length(row_hash) FROM event_crypto.audit_head ORDER BY seq;
 BEGIN;
 SET CONSTRAINTS ALL IMMEDIATE;
 SELECT event_crypto.create_key('audit:c');
-SELECT seq IS NULL AS unsealed_until_commit FROM event_crypto.audit_log WHERE key_ids = '{audit:c}';
+SELECT seq IS NULL AS unsealed_until_commit FROM event_crypto.audit_log WHERE key_ids = ARRAY[event_crypto.key_id_digest('audit:c')];
 SELECT count(*) AS chain_locks FROM pg_locks
 WHERE pid = pg_backend_pid() AND relation = 'event_crypto.audit_head'::regclass AND mode <> 'AccessShareLock';
 COMMIT;
-SELECT seq IS NOT NULL AS sealed_at_commit FROM event_crypto.audit_log WHERE key_ids = '{audit:c}';
+SELECT seq IS NOT NULL AS sealed_at_commit FROM event_crypto.audit_log WHERE key_ids = ARRAY[event_crypto.key_id_digest('audit:c')];
 -- a REPEATABLE READ transaction seals after others have (it reads the chain head with the newest snapshot)
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT count(*) > 0 AS snapshot_taken FROM event_crypto.audit_log;
@@ -47,7 +48,7 @@ SELECT ok, rows_checked FROM event_crypto.verify_audit_log();
 BEGIN;
 SELECT event_crypto.create_key('audit:e');
 PREPARE TRANSACTION 'audit_e';                               -- 0A000
-SELECT count(*) AS audit_e_rows FROM event_crypto.audit_log WHERE key_ids = '{audit:e}';
+SELECT count(*) AS audit_e_rows FROM event_crypto.audit_log WHERE key_ids = ARRAY[event_crypto.key_id_digest('audit:e')];
 
 -- Keys a protect trigger creates for new subjects are recorded in create_key rows of up to 10,000 key ids each,
 -- written when the transaction records its next audit row or commits (issue 12, item 6: one row per key made an
@@ -57,8 +58,8 @@ SELECT count(*) FROM event_crypto.protect('audit_bulk', 'payload', fields => ARR
 SELECT max(seq) AS head_before FROM event_crypto.audit_head \gset
 INSERT INTO audit_bulk (subject, payload) SELECT 's' || g, '{"email": "x@y.io"}' FROM generate_series(1, 12000) g;
 SELECT max(seq) - :head_before AS rows_sealed_by_the_insert FROM event_crypto.audit_head;
-SELECT seq - :head_before AS seq, action, cardinality(key_ids) AS keys, key_ids[1] AS first_key,
-       key_ids[cardinality(key_ids)] AS last_key, details - 'master_key_id' AS details, actor = current_user AS actor_ok
+SELECT seq - :head_before AS seq, action, cardinality(key_ids) AS keys, named_key(key_ids[1], 'bulk:s1', 'bulk:s10001') AS first_key,
+       named_key(key_ids[cardinality(key_ids)], 'bulk:s10000', 'bulk:s12000') AS last_key, details - 'master_key_id' AS details, actor = current_user AS actor_ok
 FROM event_crypto.audit_log WHERE seq > :head_before ORDER BY seq;
 SELECT count(DISTINCT k) AS keys_recorded, (SELECT count(*) FROM event_crypto.keys WHERE key_id LIKE 'bulk:%') AS keys_made
 FROM event_crypto.audit_log, unnest(key_ids) AS k WHERE seq > :head_before;
@@ -73,11 +74,14 @@ SAVEPOINT b;
 SELECT event_crypto.create_key('audit:in-savepoint');
 ROLLBACK TO b;
 INSERT INTO audit_bulk (subject, payload) VALUES ('t3', '{"email": "x@y.io"}');
-SELECT count(*) AS not_written_yet FROM event_crypto.audit_log WHERE 'bulk:t3' = ANY (key_ids);
+SELECT count(*) AS not_written_yet FROM event_crypto.audit_log WHERE event_crypto.key_id_digest('bulk:t3') = ANY (key_ids);
 SELECT event_crypto.shred_key('bulk:t3');
 COMMIT;
-SELECT seq - :head_before AS seq, action, key_ids FROM event_crypto.audit_log WHERE seq > :head_before + 2 ORDER BY seq;
-SELECT key_id FROM event_crypto.keys WHERE key_id IN ('bulk:t1', 'bulk:t2', 'bulk:t3', 'audit:in-savepoint') ORDER BY 1;
+SELECT seq - :head_before AS seq, action, named_keys(key_ids, 'bulk:t1', 'bulk:t2', 'bulk:t3') AS key_ids
+FROM event_crypto.audit_log WHERE seq > :head_before + 2 ORDER BY seq;
+-- (bulk:t3, shredded, is kept as its tombstone: issue 15)
+SELECT named_key(key_id, 'bulk:t3') AS key_id FROM event_crypto.keys
+WHERE key_id IN ('bulk:t1', 'bulk:t2', 'bulk:t3', 'audit:in-savepoint', event_crypto.key_id_digest('bulk:t3')) ORDER BY 1;
 -- a transaction that created keys automatically cannot be prepared either
 BEGIN;
 INSERT INTO audit_bulk (subject, payload) VALUES ('t4', '{"email": "x@y.io"}');
@@ -93,14 +97,15 @@ SELECT count(*) FROM event_crypto.protect('audit_events', 'payload', fields => A
 INSERT INTO audit_events (subject, payload) VALUES ('zed', '{"email": "z@x.io"}');
 -- forget_subject records its own row besides the shred of each key (the automatic creation is written before them)
 SELECT (event_crypto.forget_subject('zed'))->>'subject' AS forgotten;
-SELECT action, key_ids, subject, details->'automatic' AS automatic FROM event_crypto.audit_log ORDER BY id DESC LIMIT 3;
+SELECT action, named_keys(key_ids, 'subject:zed') AS key_ids, named_key(subject, 'subject:zed') AS subject, details->'automatic' AS automatic
+FROM event_crypto.audit_log ORDER BY id DESC LIMIT 3;
 SELECT ok, rows_checked FROM event_crypto.verify_audit_log();
 -- the acting role and the session role are recorded, also under SET ROLE (issue 11, item 10)
 CREATE ROLE audit_actor IN ROLE event_crypto_admin;
 SET ROLE audit_actor;
 SELECT event_crypto.create_key('audit:by-role');
 RESET ROLE;
-SELECT actor, session_actor = session_user AS session_ok FROM event_crypto.audit_log WHERE key_ids = '{audit:by-role}';
+SELECT actor, session_actor = session_user AS session_ok FROM event_crypto.audit_log WHERE key_ids = ARRAY[event_crypto.key_id_digest('audit:by-role')];
 SELECT created_by FROM event_crypto.key_info WHERE key_id = 'audit:by-role';
 
 -- Append-only: a role with event_crypto_admin can read the log but not change it, and even a granted UPDATE or
@@ -167,4 +172,5 @@ WHERE e.extname = 'event_crypto' AND c.relname LIKE 'audit%' ORDER BY 1;
 
 -- (the keys this file committed go again, so that later files start from the keys they make; their audit rows
 -- stay, as audit rows do)
-DELETE FROM event_crypto.keys WHERE key_id LIKE 'audit:%' OR key_id LIKE 'bulk:%';
+DELETE FROM event_crypto.keys WHERE key_id LIKE 'audit:%' OR key_id LIKE 'bulk:%'
+                              OR key_id IN (event_crypto.key_id_digest('audit:b'), event_crypto.key_id_digest('bulk:t3'));

@@ -159,7 +159,8 @@ UPDATE event_crypto.keys SET created_at = now() - interval '2 days' WHERE key_id
 SELECT count(*) FROM event_crypto.set_retention("table" => 'dl_logins', older_than => '1 day');
 SELECT key_id, subject, shredded FROM event_crypto.enforce_retention() WHERE key_id LIKE 'dl%' ORDER BY 1;
 SELECT key_id, subject, shredded FROM event_crypto.enforce_retention(dry_run => false) WHERE key_id LIKE 'dl%' ORDER BY 1;
-SELECT key_id, status FROM event_crypto.key_info WHERE key_id IN ('dllogin:zoe', :'user_zoe') ORDER BY 1;
+SELECT named_key(key_id, 'dllogin:zoe') AS key_id, status FROM event_crypto.key_info
+WHERE key_id IN ('dllogin:zoe', :'user_zoe', event_crypto.key_id_digest('dllogin:zoe')) ORDER BY 1;
 
 -- 4. fields_by_type fails closed: a type it does not name (case counts) or a NULL type is refused, never stored in
 --    plaintext; a "*" entry says what other types get.

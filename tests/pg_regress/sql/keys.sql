@@ -19,9 +19,10 @@ SELECT key_id, version, algorithm, status FROM event_crypto.key_info WHERE key_i
 
 SELECT event_crypto.shred_key('tenant-42');
 SELECT event_crypto.shred_key('tenant-42');  -- again: nothing left to destroy
-SELECT key_id, version, status, shredded_at IS NOT NULL AS when_recorded,
+-- its rows stay (they refuse the key id's re-creation), under the key id's digest instead of the key id (issue 15)
+SELECT named_key(key_id, 'tenant-42') AS key_id, version, status, shredded_at IS NOT NULL AS when_recorded,
        wrapped_key IS NULL AND wrapped_index_key IS NULL AS bytes_overwritten
-FROM event_crypto.keys WHERE key_id = 'tenant-42' ORDER BY version;
+FROM event_crypto.keys WHERE key_id IN ('tenant-42', event_crypto.key_id_digest('tenant-42')) ORDER BY version;
 
 -- errors
 SELECT event_crypto.create_key('subject:alice');            -- 42710 exists

@@ -55,9 +55,9 @@ SELECT count(event_crypto.decrypt_fields(p)) FROM mt_read;               -- 3 ro
 SELECT count(event_crypto.decrypt_fields(p)) FROM mt_read WHERE i = 1;   -- 2 more under a
 RESET event_crypto.audit_decrypt;
 SELECT ((event_crypto.flush_usage())->>'decrypt_rows')::int AS decrypt_rows;
-SELECT action, key_ids, details->'fields' AS fields, (details->>'pid')::int = pg_backend_pid() AS this_session,
+SELECT action, named_keys(key_ids, 'mt:read:a', 'mt:read:b') AS key_ids, details->'fields' AS fields, (details->>'pid')::int = pg_backend_pid() AS this_session,
        details ? 'session_start' AS has_start, actor = current_user AS actor_ok
-FROM event_crypto.audit_log WHERE action = 'decrypt' ORDER BY key_ids;
+FROM event_crypto.audit_log WHERE action = 'decrypt' ORDER BY 2;
 CREATE ROLE mt_nobody;
 SET ROLE mt_nobody;
 SET event_crypto.audit_decrypt = off;                                   -- 42501 superuser only
@@ -79,7 +79,7 @@ SELECT event_crypto.create_key('mt:other');
 UPDATE event_crypto.keys SET created_at = now() - interval '3 days' WHERE key_id IN ('mt:sched:1', 'mt:sched:2', 'mt:other');
 SELECT action, ok, CASE action WHEN 'flush_usage' THEN NULL ELSE detail - 'limit' END AS detail FROM event_crypto.run_maintenance();
 SELECT key_id, version, status FROM event_crypto.key_info WHERE key_id LIKE 'mt:sched:%' OR key_id = 'mt:other' ORDER BY 1, 2;
-SELECT action, key_ids FROM event_crypto.audit_log WHERE action = 'scheduled_rotation' ORDER BY id DESC LIMIT 1;
+SELECT action, named_keys(key_ids, 'mt:sched:1', 'mt:sched:2') AS key_ids FROM event_crypto.audit_log WHERE action = 'scheduled_rotation' ORDER BY id DESC LIMIT 1;
 SELECT action, ok, CASE action WHEN 'flush_usage' THEN NULL ELSE detail - 'limit' END AS detail
 FROM event_crypto.run_maintenance();                                 -- nothing due any more
 SELECT event_crypto.set_rotation('mt:sched:%', NULL) IS NULL AS removed;
@@ -93,9 +93,11 @@ SELECT policy_id IS NOT NULL AS has_policy, key_id, subject, reason LIKE 'key cr
 FROM event_crypto.enforce_retention();                                -- dry run: nothing shredded
 SELECT key_id, status FROM event_crypto.key_info WHERE key_id LIKE 'mt:old:%' ORDER BY 1;
 SELECT key_id, shredded FROM event_crypto.enforce_retention(dry_run => false);
-SELECT key_id, status FROM event_crypto.key_info WHERE key_id LIKE 'mt:old:%' ORDER BY 1;
+-- (shredded key ids are kept as their tombstones: issue 15)
+SELECT named_key(key_id, 'mt:old:1', 'mt:old:2', 'mt:old:3') AS key_id, status FROM event_crypto.key_info
+WHERE key_id LIKE 'mt:old:%' OR key_id IN (SELECT event_crypto.key_id_digest('mt:old:' || n) FROM generate_series(1, 3) n) ORDER BY 1;
 SELECT count(*) FROM event_crypto.enforce_retention(false);            -- nothing left
-SELECT action, key_ids, details FROM event_crypto.audit_log WHERE action = 'enforce_retention' ORDER BY id DESC LIMIT 1;
+SELECT action, named_keys(key_ids, 'mt:old:1', 'mt:old:3') AS key_ids, details FROM event_crypto.audit_log WHERE action = 'enforce_retention' ORDER BY id DESC LIMIT 1;
 
 -- Retention per protected table: subjects without events for 90 days are forgotten
 CREATE TABLE mt_events (id serial PRIMARY KEY, subject text, at timestamptz NOT NULL DEFAULT now(), payload jsonb,
@@ -112,7 +114,7 @@ SELECT key_id, subject, reason LIKE 'no event since %' AS reason_ok, shredded FR
 SELECT action, ok, detail FROM event_crypto.run_maintenance() WHERE action = 'retention';
 SELECT subject, event_crypto.decrypt_fields(payload)->>'email' AS email, email_idx IS NULL AS index_cleared
 FROM mt_events ORDER BY id;
-SELECT action, subject FROM event_crypto.audit_log WHERE action IN ('forget_subject', 'enforce_retention') ORDER BY id DESC LIMIT 2;
+SELECT action, named_key(subject, 'subject:ann') AS subject FROM event_crypto.audit_log WHERE action IN ('forget_subject', 'enforce_retention') ORDER BY id DESC LIMIT 2;
 SELECT event_crypto.drop_retention("table" => 'mt_events');
 SELECT event_crypto.drop_retention("table" => 'mt_events');          -- already gone
 -- bad policies

@@ -91,7 +91,9 @@ INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-
 -- a live key (found by the load test: a subject forgotten before its first event was readable again)
 SELECT (event_crypto.forget_subject('zoe'))->'tombstones' AS tombstones;
 INSERT INTO events (stream_id, subject_id, payload) VALUES ('00000000-0000-0000-0000-00000000000b', 'zoe', '{"email":"z@x.io"}');  -- 23514
-SELECT key_id, version, status, has_key_material FROM event_crypto.key_info WHERE key_id = 'subject:zoe';
+-- (kept as the key id's tombstone: its digest, issue 15)
+SELECT named_key(key_id, 'subject:zoe') AS key_id, version, status, has_key_material FROM event_crypto.key_info
+WHERE key_id = event_crypto.key_id_digest('subject:zoe');
 SELECT (event_crypto.forget_subject('zoe'))->'already_forgotten' AS again;
 -- unless the configuration says so: a fresh key generation, itself forgotten by forget_subject
 SELECT on_forgotten FROM event_crypto.protect('events', 'payload', fields => ARRAY['email','phone','address.street','cards[*].number'],
@@ -102,7 +104,8 @@ SELECT (event_crypto.forget_subject('alice') - 'audit_id') -> 'key_ids' AS gener
 SELECT count(*) FILTER (WHERE payload->>'email' IS NOT NULL) AS readable FROM events_decrypted WHERE subject_id = 'alice';
 -- export: every event of a subject, decrypted
 SELECT jsonb_path_query(event_crypto.export_subject('bob'), '$.tables[*].rows[*].payload') AS bob_export;
-SELECT action, subject, key_ids, actor = current_user AS by_me FROM event_crypto.audit_log
+SELECT action, named_key(subject, 'tenant-42', 'subject:alice', 'subject:alice#2', 'subject:bob', 'subject:carol', 'subject:dave', 'subject:erin', 'subject:frank', 'subject:zoe') AS subject,
+       named_keys(key_ids, 'tenant-42', 'subject:alice', 'subject:alice#2', 'subject:bob', 'subject:carol', 'subject:dave', 'subject:erin', 'subject:frank', 'subject:zoe') AS key_ids, actor = current_user AS by_me FROM event_crypto.audit_log
 WHERE xact_id = pg_current_xact_id() ORDER BY id;   -- (earlier test files committed rows of their own)
 
 -- event types with their own fields

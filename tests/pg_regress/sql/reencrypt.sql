@@ -114,7 +114,9 @@ ORDER BY 1, 2;
 -- the key id itself is live: new events and lookups work
 INSERT INTO re_events (subject, stream, payload) VALUES ('u0', 'stream-x', '{"email": "new@x.io"}');
 SELECT event_crypto.decrypt_fields(payload, stream)->>'email' FROM re_events WHERE stream = 'stream-x';
-SELECT action, key_ids, details - 'destroy_after' - 'columns_checked' AS details FROM event_crypto.audit_log
+SELECT action, named_keys(key_ids, 'subject:u0', 'subject:u1') AS key_ids,
+       named_key(details #>> '{destroyed,0,key_id}', 'subject:u1') AS destroyed_key,
+       details - 'destroy_after' - 'columns_checked' #- '{destroyed,0,key_id}' AS details FROM event_crypto.audit_log
 WHERE action IN ('retire_key_version', 'disable_key_version') ORDER BY id;
 -- a non-superuser with the admin and encryptor roles and UPDATE on the table can run a pass; without UPDATE not
 SELECT event_crypto.rotate_key('subject:u2');

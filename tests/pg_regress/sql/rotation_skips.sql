@@ -31,7 +31,7 @@ FROM event_crypto.maintenance_action('scheduled_rotation') d, jsonb_each_text(d-
 SELECT min(key) AS first, max(key) AS last, count(*), min(value) AS reason
 FROM event_crypto.maintenance_action('usage_rotation') d, jsonb_each_text(d->'skipped_keys');
 -- the audit row says what was rotated, and counts what was skipped
-SELECT action, key_ids, details->'rotated' AS rotated, details->'skipped' AS skipped
+SELECT action, named_keys(key_ids, 'rs:z:used', 'rs:z:old') AS key_ids, details->'rotated' AS rotated, details->'skipped' AS skipped
 FROM event_crypto.audit_log WHERE action IN ('usage_rotation', 'scheduled_rotation') AND xact_id = pg_current_xact_id()
 ORDER BY id LIMIT 2;
 ROLLBACK;

@@ -38,11 +38,12 @@ SELECT * FROM event_crypto.stats_keys;
 -- usage per version: 10 encryptions and 6 decryptions of st:a still pending in shared memory, 1 encryption of
 -- st:b v1 and the attempt under it, 1 encryption and 1 decryption of st:b v2; the budget is
 -- relative to event_crypto.rotate_after_encryptions
-SELECT key_id, version, status, algorithm, encryptions, pending_encryptions, decryptions, pending_decryptions,
+-- (st:c, shredded whole, is kept under its digest: issue 15)
+SELECT CASE WHEN key_id = event_crypto.key_id_digest('st:c') THEN 'digest(st:c)' ELSE key_id END AS key_id, version, status, algorithm, encryptions, pending_encryptions, decryptions, pending_decryptions,
        disabled_decryptions, rotate_after_encryptions = current_setting('event_crypto.rotate_after_encryptions')::numeric::int8 AS limit_is_setting,
        nonce_budget_used_pct = round(100.0 * encryptions / rotate_after_encryptions, 3) AS pct_is_share
 FROM event_crypto.stats_key_versions ORDER BY key_id, version;
-SELECT shredded_key_ids, last_shred_at = (SELECT max(shredded_at) FROM event_crypto.key_info WHERE key_id = 'st:c') AS last_shred_is_c,
+SELECT shredded_key_ids, last_shred_at = (SELECT max(shredded_at) FROM event_crypto.key_info WHERE key_id = event_crypto.key_id_digest('st:c')) AS last_shred_is_c,
        destroyed_versions, last_destroyed_at = (SELECT shredded_at FROM event_crypto.key_info WHERE key_id = 'st:d' AND version = 1) AS last_destroyed_is_d
 FROM event_crypto.stats_shreds;
 -- the audit chain head is the newest sealed row

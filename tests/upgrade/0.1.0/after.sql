@@ -32,7 +32,8 @@ UPDATE event_crypto.keys SET destroy_after = now() WHERE key_id = 'up:aes' AND s
 SELECT event_crypto.maintenance_action('retire') AS retired;
 -- the chain goes on from the 0.1.0 rows, sealed by the new code
 SELECT ok, problem FROM event_crypto.verify_audit_log();
-SELECT count(*) > 0 AS old_rows_kept FROM event_crypto.audit_log WHERE action = 'create_key' AND key_ids = '{up:aes}';
+-- (0.3.0 names the key ids of the old rows by digest: issue 15)
+SELECT count(*) > 0 AS old_rows_kept FROM event_crypto.audit_log WHERE action = 'create_key' AND key_ids = ARRAY[event_crypto.key_id_digest('up:aes')];
 SELECT max(seq) = (SELECT max(seq) FROM event_crypto.audit_head) AS head_current FROM event_crypto.audit_log;
 -- the operators' views read the upgraded catalog, and the maintenance run records itself (issue 14)
 SELECT status, key_versions FROM event_crypto.stats_keys;
@@ -41,3 +42,14 @@ SELECT runs FROM event_crypto.stats_maintenance;
 SELECT count(*) AS actions FROM event_crypto.run_maintenance();
 SELECT runs, last_ok, last_not_ok_actions FROM event_crypto.stats_maintenance;
 SELECT head_seq = (SELECT max(seq) FROM event_crypto.audit_log) AS head_is_newest FROM event_crypto.stats_audit;
+-- 0.3.0 (issue 15): the update kept the key ids 0.1.0 shredded whole as tombstones (under their keyed digests) and
+-- named every key id and subject of the audit log by digest, re-sealing the chain (a digest_catalog row records the
+-- old head)
+SELECT count(*) AS clear_shredded FROM event_crypto.keys WHERE key_id IN ('up:gone', 'subject:dave');
+SELECT count(*) AS tombstones FROM event_crypto.keys
+WHERE key_id IN (event_crypto.key_id_digest('up:gone'), event_crypto.key_id_digest('subject:dave')) AND status = 'shredded';
+SELECT event_crypto.was_forgotten('dave') AS dave, event_crypto.was_forgotten('bob') AS bob;
+SELECT count(*) AS rows_naming_dave FROM event_crypto.audit_log
+WHERE subject = 'dave' OR key_ids && '{subject:dave,up:gone}' OR details::text ~ '"(dave|subject:dave|up:gone)"';
+SELECT count(*) AS rows_with_clear_key_ids FROM event_crypto.audit_log, unnest(key_ids) k WHERE left(k, 1) <> E'\x1A';
+SELECT count(*) AS digest_catalog_rows FROM event_crypto.audit_log WHERE action = 'digest_catalog';

@@ -34,3 +34,18 @@ SELECT status, key_versions FROM event_crypto.stats_keys;
 -- the chain goes on from 0.2.0's rows
 SELECT ok, problem FROM event_crypto.verify_audit_log();
 SELECT head_seq = (SELECT max(seq) FROM event_crypto.audit_log) AS head_is_newest FROM event_crypto.stats_audit;
+-- 0.3.0 (issue 15): the update kept the key ids 0.2.0 shredded whole as tombstones (under their keyed digests), named
+-- every key id and subject of the audit log by digest, and re-sealed the chain, saying so in a digest_catalog row
+-- with the old head; dave stays forgotten (his second generation, made when he came back, is live and named)
+SELECT count(*) AS clear_shredded FROM event_crypto.keys WHERE key_id IN ('u2:gone', 'u2:user:dave');
+SELECT count(*) AS tombstones FROM event_crypto.keys
+WHERE key_id IN (event_crypto.key_id_digest('u2:gone'), event_crypto.key_id_digest('u2:user:dave')) AND status = 'shredded';
+SELECT event_crypto.was_forgotten('dave', 'u2:user:') AS dave, event_crypto.was_forgotten('bob', 'u2:user:') AS bob;
+SELECT count(*) AS rows_naming_dave FROM event_crypto.audit_log
+WHERE subject = 'dave' OR key_ids && '{u2:user:dave,u2:gone}' OR details::text ~ '"(dave|u2:user:dave|u2:gone)"';
+SELECT count(*) AS rows_with_clear_key_ids FROM event_crypto.audit_log, unnest(key_ids) k WHERE left(k, 1) <> E'\x1A';
+SELECT action, count(*) FROM event_crypto.audit_log WHERE subject = event_crypto.key_id_digest('u2:user:dave') GROUP BY 1 ORDER BY 1;
+SELECT details->'old_head_seq' AS old_head_seq, length(details->>'old_head_hash') AS old_hash_length, details->'tombstones' AS tombstones,
+       (details->>'audit_rows_rewritten')::int > 0 AS rewritten, details->'resealed_from_seq' AS from_seq
+FROM event_crypto.audit_log WHERE action = 'digest_catalog';
+SELECT count(*) AS clear_usage FROM event_crypto.key_usage WHERE key_id = 'u2:user:dave';
