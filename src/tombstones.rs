@@ -784,27 +784,31 @@ fn reseal_from(from: i64) -> Result<(i64, Vec<u8>)> {
     })
 }
 
-/// Moves the catalog's digest secret to the active master key when an older key of the ring wrapped it (part of
-/// `rewrap_keys_batch`); returns (moved, still under an older key of the ring, under a master key not in the ring).
-pub fn rewrap_secret() -> Result<(i64, i64, i64)> {
+/// Moves the catalog's digest secret to the active master key when an older key of the ring wrapped it (the first
+/// step of every `rewrap_keys_batch`; audited as a `rewrap_keys` row naming the secret). It is not a key version and
+/// is not counted among them: `master_key_status()` keeps its master key from being called removable until it has
+/// moved. Returns whether it moved. A secret that does not unwrap is left as it is, with a WARNING.
+pub fn rewrap_secret() -> Result<bool> {
     if secrets_table().is_none() {
-        return Ok((0, 0, 0));
+        return Ok(false);
     }
     let ring = crate::master::get()?;
     let active = ring.active().id().to_string();
     let Some((wrapped, from)) = read_secret()? else {
-        return Ok((0, 0, 0));
+        return Ok(false);
     };
-    if from == active {
-        return Ok((0, 0, 0));
-    }
-    if ring.get(&from).is_none() {
-        return Ok((0, 0, 1));
+    if from == active || ring.get(&from).is_none() {
+        // (wrapped by a master key that is not in the ring: master_key_status() lists it, not removable)
+        return Ok(false);
     }
     let moved = match ring.rewrap_secret(&from, &wrapped, SECRET_NAME) {
         Ok(w) => w,
-        // damaged: left as it is and counted as remaining (the digest functions report it when they need it)
-        Err(_) => return Ok((0, 1, 0)),
+        Err(e) => {
+            crate::error::warn(&e.with_hint(
+                "The catalog's digest secret stays under its old master key: restore event_crypto.catalog_secrets from a backup before removing that key.",
+            ));
+            return Ok(false);
+        }
     };
     let n = as_catalog_owner(|| {
         crate::catalog::modify(
@@ -821,7 +825,7 @@ pub fn rewrap_secret() -> Result<(i64, i64, i64)> {
             json!({"catalog_secret": SECRET_NAME, "to_master_key_id": active, "from_master_key_ids": [from]}),
         );
     }
-    Ok((n as i64, 0, 0))
+    Ok(n > 0)
 }
 
 /// The master key that wraps the catalog's digest secret, if there is one (`master_key_status`: that master key
