@@ -107,6 +107,9 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
     .unwrap();
     let before = texts(&mut c, DECRYPTED);
     assert!(before[0].contains("user1@x.io"), "{}", before[0]);
+    // s7's key id is kept under its keyed digest (issue 15); the catalog secret behind it is wrapped by the old key
+    let s7_digest = "SELECT event_crypto.key_id_digest('subject:s7')";
+    let digest_before: String = c.query_one(s7_digest, &[]).unwrap().get(0);
     let old_id: String = c.query_one("SELECT event_crypto.master_key_id()", &[]).unwrap().get(0);
     let live: i64 = c
         .query_one("SELECT count(*) FROM event_crypto.key_info WHERE has_key_material", &[])
@@ -177,8 +180,16 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
     assert_eq!(unwrap_every_key(&mut c), 2 * (299 + 700 + 1) + 700);
     assert_eq!(texts(&mut c, DECRYPTED), before);
 
-    // 4. Resume to the end.
+    // 4. Resume to the end (the catalog's digest secret moved with the first committed batch).
     c.batch_execute("DROP TRIGGER slow_down ON event_crypto.keys").unwrap();
+    let secret_moved: bool = c
+        .query_one(
+            "SELECT master_key_id = event_crypto.master_key_id() FROM event_crypto.catalog_secrets",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(secret_moved, "the digest secret is rewrapped with the first batch");
     assert_eq!(call_rewrap(&mut c, 100), (left, 0, 0));
     assert_eq!(
         call_rewrap(&mut c, 100),
@@ -222,6 +233,20 @@ fn rewrap_survives_a_crash_then_the_old_master_key_can_be_removed() {
         "s7 stays forgotten"
     );
     assert_eq!(unwrap_every_key(&mut c), 2 * (299 + 700 + 1) + 700);
+    // the digests did not change with the master key: s7 is still found by its digest, and refused
+    let digest_after: String = c.query_one(s7_digest, &[]).unwrap().get(0);
+    assert_eq!(digest_after, digest_before, "the same catalog secret, only rewrapped");
+    let forgotten: bool = c
+        .query_one("SELECT event_crypto.was_forgotten('s7')", &[])
+        .unwrap()
+        .get(0);
+    assert!(forgotten);
+    let e = c
+        .batch_execute(
+            "INSERT INTO events (subject, stream, payload) VALUES ('s7', 'x', '{\"email\": \"again@x.io\"}')",
+        )
+        .unwrap_err();
+    assert_eq!(sql_error(&e).0, "23514");
 
     // 6. The dump taken before the rewrap needs the destroyed master key: it no longer opens.
     let restored = format!("ec_ring_old_{}", std::process::id());

@@ -98,7 +98,7 @@ fn another_database_filling_the_shared_table_does_not_lose_this_databases_counts
     let fields: i64 = cy
         .query_one(
             "SELECT coalesce(sum((details->>'fields')::bigint), 0)::bigint FROM event_crypto.audit_log
-             WHERE action = 'decrypt' AND key_ids = '{y:d}'",
+             WHERE action = 'decrypt' AND key_ids = ARRAY[event_crypto.key_id_digest('y:d')]",
             &[],
         )
         .unwrap()
@@ -161,7 +161,7 @@ fn counts_that_cannot_be_kept_anywhere_are_counted_as_lost_reported_and_audited(
     let r = cy
         .query_one(
             "SELECT count(*), coalesce(sum((details->>'fields')::bigint), 0)::bigint FROM event_crypto.audit_log
-             WHERE action = 'decrypt' AND key_ids = '{y:1}' AND seq IS NOT NULL",
+             WHERE action = 'decrypt' AND key_ids = ARRAY[event_crypto.key_id_digest('y:1')] AND seq IS NOT NULL",
             &[],
         )
         .unwrap();
