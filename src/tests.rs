@@ -122,6 +122,48 @@ mod tests {
     }
 
     #[pg_test]
+    fn audit_rows_name_every_key_id_and_subject_by_digest() {
+        let mut ids = vec!["tenant:1".to_string(), "subject:alice@x.io".to_string()];
+        let mut details = serde_json::json!({
+            "skipped_keys": {"tenant:7": "master key 41aa… that wrapped it is not in this server's master key ring"},
+            "damaged_keys": ["\"tenant:8\" version 2", "\"tenant:9\" version 1 and 3 more"],
+            "destroyed": [{"key_id": "tenant:1", "version": 1}],
+            "failed": [{"key_id": "tenant:10", "version": 2, "error": "encryption key \"tenant:10\" version 2 failed"}],
+            "skipped_policies": [{"policy_id": 3, "key_prefix": "user:", "subject": "bob@x.io", "reason": "r"}],
+            "note": "a \"quoted\" word and an unmatched \" quote",
+            "count": 2,
+        });
+        let changed = crate::tombstones::audit_row_for_storage(&mut ids, &mut details, "subject:").unwrap();
+        assert!(changed);
+        let d = |k: &str| crate::tombstones::key_id_digest_of(k);
+        assert_eq!(ids, vec![d("tenant:1"), d("subject:alice@x.io")]);
+        let text = details.to_string();
+        for clear in [
+            "tenant:1\"",
+            "tenant:7",
+            "tenant:8",
+            "tenant:9",
+            "tenant:10",
+            "alice",
+            "bob",
+        ] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        assert!(details["skipped_keys"].get(d("tenant:7")).is_some());
+        assert_eq!(details["damaged_keys"][0], format!("\"{}\" version 2", d("tenant:8")));
+        assert_eq!(details["destroyed"][0]["key_id"], d("tenant:1"));
+        assert_eq!(
+            details["failed"][0]["error"],
+            format!("encryption key \"{}\" version 2 failed", d("tenant:10"))
+        );
+        assert_eq!(details["skipped_policies"][0]["subject"], d("user:bob@x.io"));
+        assert_eq!(details["note"], "a \"quoted\" word and an unmatched \" quote");
+        assert_eq!(details["count"], 2);
+        // again: nothing left to change
+        assert!(!crate::tombstones::audit_row_for_storage(&mut ids, &mut details, "subject:").unwrap());
+    }
+
+    #[pg_test]
     fn nonces_never_repeat_within_one_insert_select() {
         Spi::run("SELECT event_crypto.create_key('nonce')").unwrap();
         let distinct = Spi::get_one::<i64>(

@@ -280,7 +280,7 @@ pub fn entomb(key_id: &str) -> Result<bool> {
                 )?;
             }
         }
-        scrub_maintenance_record(&[(key_id.to_string(), t.clone())])?;
+        scrub_maintenance_record(&Mentions::from([(key_id.to_string(), t.clone())]))?;
         Ok(true)
     })?;
     Ok(moved)
@@ -288,7 +288,7 @@ pub fn entomb(key_id: &str) -> Result<bool> {
 
 /// Replaces mentions of shredded key ids in the last maintenance run's result (a key that could not be rotated,
 /// a version that failed to be destroyed), which is kept until the next run.
-fn scrub_maintenance_record(mentions: &[(String, String)]) -> Result<()> {
+fn scrub_maintenance_record(mentions: &Mentions) -> Result<()> {
     let Some(JsonB(mut v)) =
         crate::catalog::one::<JsonB>("SELECT last_result FROM event_crypto.maintenance_status", &[])?
     else {
@@ -303,40 +303,30 @@ fn scrub_maintenance_record(mentions: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
+/// Key ids and their digests, by key id.
+pub type Mentions = std::collections::HashMap<String, String>;
+
 /// Replaces, in a JSON value, every string equal to a key id of `mentions`, every object member named by one, and
 /// every quoted mention of one inside a longer string (messages name key ids in double quotes), by its digest.
-/// Returns whether anything changed.
-pub fn scrub(v: &mut Value, mentions: &[(String, String)]) -> bool {
+/// Returns whether anything changed. Linear in the size of the value (each quoted part is looked up).
+pub fn scrub(v: &mut Value, mentions: &Mentions) -> bool {
     if mentions.is_empty() {
         return false;
     }
     match v {
         Value::String(s) => {
-            if let Some((_, d)) = mentions.iter().find(|(k, _)| k == s) {
+            if let Some(d) = mentions.get(s.as_str()) {
                 *s = d.clone();
                 return true;
             }
-            let mut changed = false;
-            for (k, d) in mentions {
-                let quoted = format!("\"{k}\"");
-                if s.contains(&quoted) {
-                    *s = s.replace(&quoted, &format!("\"{d}\""));
-                    changed = true;
-                }
-            }
-            changed
+            scrub_quoted(s, mentions)
         }
         Value::Array(a) => a.iter_mut().fold(false, |acc, x| scrub(x, mentions) | acc),
         Value::Object(m) => {
             let mut changed = false;
             let renamed: Vec<(String, String)> = m
                 .keys()
-                .filter_map(|name| {
-                    mentions
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, d)| (name.clone(), d.clone()))
-                })
+                .filter_map(|name| mentions.get(name).map(|d| (name.clone(), d.clone())))
                 .collect();
             for (from, to) in renamed {
                 if let Some(x) = m.remove(&from) {
@@ -351,6 +341,43 @@ pub fn scrub(v: &mut Value, mentions: &[(String, String)]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Replaces every `"<key id>"` of `mentions` inside `s` by `"<digest>"`.
+fn scrub_quoted(s: &mut String, mentions: &Mentions) -> bool {
+    if !s.contains('"') {
+        return false;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    let mut rest = s.as_str();
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        match after.find('"') {
+            Some(close) => {
+                let inner = &after[..close];
+                match mentions.get(inner) {
+                    Some(d) => {
+                        out.push_str(d);
+                        changed = true;
+                    }
+                    None => out.push_str(inner),
+                }
+                out.push('"');
+                rest = &after[close + 1..];
+            }
+            None => {
+                rest = after;
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    if changed {
+        *s = out;
+    }
+    changed
 }
 
 /// Key ids an audit row's details name besides its `key_ids`: members `key_id`, the keys of `skipped_keys`, and
@@ -421,18 +448,13 @@ pub fn audit_row_for_storage(key_ids: &mut [String], details: &mut Value, defaul
     let Some(dk) = digest_key_for_write()? else {
         return Ok(false);
     };
-    mentions.sort();
-    mentions.dedup();
-    let pairs: Vec<(String, String)> = mentions
-        .into_iter()
-        .map(|k| {
-            let d = dk.digest(&k);
-            (k, d)
-        })
-        .collect();
+    let mut pairs = Mentions::with_capacity(mentions.len());
+    for k in mentions {
+        pairs.entry(k).or_insert_with_key(|k| dk.digest(k));
+    }
     let mut changed = false;
     for k in key_ids.iter_mut() {
-        if let Some((_, d)) = pairs.iter().find(|(c, _)| c == k) {
+        if let Some(d) = pairs.get(k.as_str()) {
             *k = d.clone();
             changed = true;
         }
@@ -468,6 +490,12 @@ pub fn usage_key_ids(ids: Vec<String>) -> Result<Vec<String>> {
         .into_iter()
         .map(|k| if named.contains(&k) { k } else { dk.digest(&k) })
         .collect())
+}
+
+/// The digest of `key_id` (the catalog has a digest secret; for tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn key_id_digest_of(key_id: &str) -> String {
+    digest_key().unwrap().expect("a digest secret").digest(key_id)
 }
 
 /// The digest of a key id as the audit log and the key catalog's tombstones hold it, to search them:
