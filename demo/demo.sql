@@ -34,7 +34,9 @@ SELECT event_crypto.decrypt_fields(payload) -> 'cards' AS bob_cards FROM events 
 \echo '--- forget alice: shred her key'
 SELECT event_crypto.shred_key('subject:alice');
 SELECT id, subject, event_crypto.decrypt_fields(payload) AS after_shred FROM events;
-SELECT key_id, version, algorithm, status, has_key_material FROM event_crypto.key_info ORDER BY key_id, version;
+-- (a key id shredded whole is kept under its keyed digest: its tombstone, which no key id can be)
+SELECT CASE WHEN key_id = event_crypto.key_id_digest('subject:alice') THEN 'digest of subject:alice' ELSE key_id END AS key_id,
+       version, algorithm, status, has_key_material FROM event_crypto.key_info ORDER BY key_id, version;
 
 \echo '--- a forgotten subject cannot silently get new data (error expected)'
 \set ON_ERROR_STOP 0
@@ -57,7 +59,10 @@ SELECT key_id FROM event_crypto.key_info WHERE key_id IN ('subject:carol', 'subj
 SELECT id, subject_id, payload FROM stream_events_decrypted;
 SELECT id FROM stream_events WHERE email_idx = event_crypto.blind_index('carol@example.io', 'tenant-42', 'lower');
 
-\echo '--- forget carol: key shredded, index values cleared, audited'
-SELECT jsonb_pretty(event_crypto.forget_subject('carol'));
+\echo '--- forget carol: key shredded, index values cleared, audited (by digest: no table of event_crypto names her now)'
+SELECT event_crypto.forget_subject('carol') AS receipt \gset
+SELECT jsonb_pretty(:'receipt');
 SELECT id, subject_id, payload, email_idx FROM stream_events_decrypted;
-SELECT action, subject, key_ids FROM event_crypto.audit_log;
+SELECT action, subject = event_crypto.key_id_digest('subject:carol') AS about_carol, cardinality(key_ids) AS key_ids
+FROM event_crypto.audit_log ORDER BY id;
+SELECT event_crypto.verify_forget_receipt('carol', :'receipt') AS receipt_verifies, event_crypto.was_forgotten('carol') AS carol_forgotten;
