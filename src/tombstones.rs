@@ -144,7 +144,8 @@ pub fn digest_key() -> Result<Option<Rc<DigestKey>>> {
     let m = ring.get(&master_id).ok_or_else(|| mismatch(&master_id, ring))?;
     let secret = m.unwrap_secret(&wrapped, SECRET_NAME)?;
     let key = Rc::new(DigestKey::new(&secret));
-    drop(secret); // zeroized
+    // (the secret's buffer is zeroized when dropped; the HMAC state derived from it is wiped with the DigestKey)
+    drop(secret);
     CACHED.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             *c = Some(Cached {
@@ -168,9 +169,10 @@ pub fn digest_key_for_write() -> Result<Option<Rc<DigestKey>>> {
     let m = crate::master::get()?.active();
     let secret = random_key()?;
     let wrapped = m.wrap_secret(&secret, SECRET_NAME)?;
-    drop(secret); // zeroized
-                  // Two sessions making the first secret at once: the primary key makes one wait for the other, and both use
-                  // the one that was stored.
+    // (the secret's buffer is zeroized when dropped)
+    drop(secret);
+    // Two sessions making the first secret at once: the primary key makes one wait for the other, and both use the
+    // one that was stored.
     as_catalog_owner(|| {
         crate::catalog::modify(
             "INSERT INTO event_crypto.catalog_secrets (name, wrapped_secret, master_key_id) \

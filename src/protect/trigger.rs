@@ -152,7 +152,7 @@ fn subject_key(
     let key_id = subject_key_id(prefix, subject, 1)?;
     let e = keys::ensure_key(&key_id, user)?;
     if !e.belongs_to(prefix, subject) {
-        return Err(taken(&key_id, subject));
+        return Err(taken(&key_id, subject, e.shredded));
     }
     if !e.shredded {
         return Ok((key_id, e));
@@ -186,11 +186,14 @@ fn subject_key(
     ))
 }
 
-fn taken(key_id: &str, subject: &str) -> Error {
-    Error::new(
-        ErrorKind::NotReady,
-        format!("key id \"{key_id}\" of subject \"{subject}\" belongs to another subject"),
-    )
+fn taken(key_id: &str, subject: &str, shredded: bool) -> Error {
+    // a shredded key id is another subject's that was forgotten: named neither by key id nor by subject
+    let what = if shredded {
+        "the key id of this row's subject belongs to another subject, and was shredded".to_string()
+    } else {
+        format!("key id \"{key_id}\" of subject \"{subject}\" belongs to another subject")
+    };
+    Error::new(ErrorKind::NotReady, what)
     .with_detail("It was made by event_crypto 0.1.0, whose key ids were ambiguous, for another subject (event_crypto.legacy_subject_keys).")
     .with_hint("Events of this subject cannot be encrypted until that key id is free; see docs/security.md.")
 }

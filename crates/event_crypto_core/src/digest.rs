@@ -51,10 +51,11 @@ impl DigestKey {
     /// The digest function of the catalog secret `secret` (the caller zeroizes the secret; the key derived from it
     /// here lives only in a zeroized buffer and in the HMAC state, which is wiped on drop).
     pub fn new(secret: &[u8; KEY_LEN]) -> DigestKey {
-        let hk = Hkdf::<Sha256>::new(Some(b"event_crypto/catalog-digest/v1"), secret);
+        let mut hk = Hkdf::<Sha256>::new(Some(b"event_crypto/catalog-digest/v1"), secret);
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         hk.expand(b"key id digest", k.as_mut())
             .expect("32 bytes is a valid HKDF output length");
+        crate::wipe(&mut hk);
         DigestKey {
             mac: <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref()).expect("HMAC takes any key length"),
         }
