@@ -924,24 +924,30 @@ pub fn check_handle_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapT
     }
     as_catalog_owner(|| {
         Spi::connect(|client| -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>> {
-            // the handle the key id's other rows have
-            let own = client
+            // the handle the key id's rows have, and whether this row's (key id, version) exists already: then
+            // the insert conflicts (ON CONFLICT DO NOTHING discards the row, a plain INSERT fails on the primary
+            // key), and only the NOT NULL check, which comes first, needs a handle
+            let mut own = None;
+            let mut exists = false;
+            for r in client
                 .select(
-                    "SELECT handle FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 \
-                       AND version OPERATOR(pg_catalog.<>) $2 AND handle IS NOT NULL LIMIT 1",
-                    Some(1),
+                    "SELECT handle, version OPERATOR(pg_catalog.=) $2 FROM event_crypto.keys \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1",
+                    None,
                     &[key_id.as_str().into(), version.into()],
                 )
                 .map_err(crate::error::spi_error)?
-                .next()
-                .map(|r| crate::catalog::get::<i64>(&r, 1, "handle"))
-                .transpose()?;
+            {
+                own = own.or(crate::catalog::get_opt::<i64>(&r, 1, "handle")?);
+                exists |= crate::catalog::get::<bool>(&r, 2, "version")?;
+            }
             let handle = match (handle, own) {
                 (None, Some(h)) => h,
                 (None, None) => match new_key_handle(client)? {
                     Some(h) => h,
                     None => return Ok(Some(new.into_owned())),
                 },
+                (Some(_), _) if exists => return Ok(Some(new.into_owned())),
                 (Some(h), Some(o)) if h != o => {
                     return Err(Error::new(
                         ErrorKind::KeyHandleConflict,
@@ -957,17 +963,21 @@ pub fn check_handle_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapT
                 (Some(h), _) => h,
             };
             // no other key id has it
-            let other = client
-                .select(
-                    "SELECT key_id FROM event_crypto.keys WHERE handle OPERATOR(pg_catalog.=) $1 \
+            let other = if exists {
+                None
+            } else {
+                client
+                    .select(
+                        "SELECT key_id FROM event_crypto.keys WHERE handle OPERATOR(pg_catalog.=) $1 \
                        AND version OPERATOR(pg_catalog.=) 1 AND key_id OPERATOR(pg_catalog.<>) $2 LIMIT 1",
-                    Some(1),
-                    &[handle.into(), key_id.as_str().into()],
-                )
-                .map_err(crate::error::spi_error)?
-                .next()
-                .map(|r| crate::catalog::get::<String>(&r, 1, "key_id"))
-                .transpose()?;
+                        Some(1),
+                        &[handle.into(), key_id.as_str().into()],
+                    )
+                    .map_err(crate::error::spi_error)?
+                    .next()
+                    .map(|r| crate::catalog::get::<String>(&r, 1, "key_id"))
+                    .transpose()?
+            };
             if let Some(other) = other {
                 return Err(Error::new(
                     ErrorKind::KeyHandleConflict,
