@@ -14,29 +14,30 @@
 -- id. A key id that draws a handle another one drew (about n^2 / 2^65 for n key ids) or 0 draws again.
 ALTER TABLE event_crypto.keys ADD COLUMN handle bigint CONSTRAINT keys_handle_check CHECK (handle <> 0);
 DO $handles$
+DECLARE
+    ids text[];
+    handles bigint[];
 BEGIN
-    UPDATE event_crypto.keys k SET handle = n.handle
-      FROM (SELECT d.key_id,
-                   ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(
-                        pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4)
-                        OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4),
-                        'hex'))::pg_catalog.bit(64)::pg_catalog.int8 AS handle
-              FROM (SELECT DISTINCT key_id FROM event_crypto.keys) d) n
-     WHERE k.key_id OPERATOR(pg_catalog.=) n.key_id;
     LOOP
-        UPDATE event_crypto.keys k SET handle = n.handle
-          FROM (SELECT d.key_id,
-                       ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(
-                            pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4)
-                            OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4),
-                            'hex'))::pg_catalog.bit(64)::pg_catalog.int8 AS handle
-                  FROM (SELECT DISTINCT x.key_id FROM event_crypto.keys x
-                         WHERE x.handle OPERATOR(pg_catalog.=) 0
-                            OR x.handle OPERATOR(pg_catalog.=) ANY (ARRAY(
-                                   SELECT y.handle FROM event_crypto.keys y GROUP BY y.handle
-                                   HAVING pg_catalog.count(DISTINCT y.key_id) OPERATOR(pg_catalog.>) 1))) d) n
-         WHERE k.key_id OPERATOR(pg_catalog.=) n.key_id;
-        EXIT WHEN NOT FOUND;
+        -- the key ids without a handle, and those whose handle another key id drew too: a random one each (0, which
+        -- is never a handle, stays NULL and draws again)
+        SELECT pg_catalog.array_agg(d.key_id),
+               pg_catalog.array_agg(NULLIF(('x' OPERATOR(pg_catalog.||) pg_catalog.encode(
+                   pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4)
+                   OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 1, 4),
+                   'hex'))::pg_catalog.bit(64)::pg_catalog.int8, 0))
+          INTO ids, handles
+          FROM (SELECT DISTINCT x.key_id FROM event_crypto.keys x
+                 WHERE x.handle IS NULL
+                    OR x.handle OPERATOR(pg_catalog.=) ANY (ARRAY(
+                           SELECT y.handle FROM event_crypto.keys y WHERE y.handle IS NOT NULL GROUP BY y.handle
+                           HAVING pg_catalog.count(DISTINCT y.key_id) OPERATOR(pg_catalog.>) 1))) d;
+        EXIT WHEN ids IS NULL;
+        -- (the values are parameters of the UPDATE, not volatile calls in it: the same on every placement of a
+        -- Citus reference table)
+        UPDATE event_crypto.keys k SET handle = u.handle
+          FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(handles)) AS u(key_id, handle)
+         WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id;
     END LOOP;
 END
 $handles$;

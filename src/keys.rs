@@ -311,6 +311,24 @@ pub fn invalidate_keys() {
     });
 }
 
+thread_local! {
+    /// Catalog queries the key cache made in this backend (for tests: a format 2 envelope must cost no more of
+    /// them than a format 1 one).
+    #[cfg(any(test, feature = "pg_test"))]
+    static CATALOG_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_catalog_read() {
+    #[cfg(any(test, feature = "pg_test"))]
+    CATALOG_READS.with(|c| c.set(c.get() + 1));
+}
+
+/// Catalog queries the key cache made in this backend so far (for tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn catalog_reads() -> u64 {
+    CATALOG_READS.with(|c| c.get())
+}
+
 /// Number of key ids cached in this backend (for tests).
 #[cfg(any(test, feature = "pg_test"))]
 pub fn cached_count() -> usize {
@@ -671,6 +689,7 @@ pub fn lookup_handle(handle: KeyHandle) -> Result<Rc<KeyEntry>> {
 /// Reads a key id's rows (by key id or by handle) with the newest snapshot, unwraps them and caches the entry
 /// (unless an invalidation came in between). `None`: no such key.
 fn load(by: By<'_>) -> Result<Option<Rc<KeyEntry>>> {
+    count_catalog_read();
     let generation = GENERATION.with(|g| g.get());
     let (rows, legacy_owners, key_id) = as_catalog_owner(|| {
         Spi::connect(|client| {
@@ -727,6 +746,7 @@ pub fn key_id_of_handle(handle: KeyHandle) -> Option<String> {
     if !catalog().handles {
         return None;
     }
+    count_catalog_read();
     let key_id = as_catalog_owner(|| {
         crate::catalog::one::<String>(
             "SELECT key_id FROM event_crypto.keys \
@@ -748,28 +768,29 @@ pub fn key_id_of_handle(handle: KeyHandle) -> Option<String> {
 }
 
 thread_local! {
-    /// The last key id whose handle [`handle_of`] read, with the cache generation it was read in.
-    static LAST_HANDLE: RefCell<Option<(u64, String, KeyHandle)>> = const { RefCell::new(None) };
+    /// Handles of key ids [`handle_of`] read, with the cache generation they were read in.
+    static HANDLES_OF: RefCell<(u64, HashMap<String, KeyHandle>)> = RefCell::new((0, HashMap::new()));
 }
 
 /// The handle of a key id, read without unwrapping anything (for counting envelopes by their headers): `None` when
 /// no such key id exists or the catalog has no handles yet. A handle never changes (the catalog's trigger refuses
-/// it), so the last one read is remembered until the next invalidation.
+/// it), so what was read is remembered until the next invalidation (at most `event_crypto.key_cache_size` of them).
 pub fn handle_of(key_id: &str) -> Result<Option<KeyHandle>> {
     if let Some(e) = CACHE.with(|c| c.borrow().get(key_id)) {
         return Ok(e.handle);
     }
     let generation = GENERATION.with(|g| g.get());
-    let memo = LAST_HANDLE.with(|m| match &*m.borrow() {
-        Some((g, k, h)) if *g == generation && k == key_id => Some(*h),
-        _ => None,
+    let known = HANDLES_OF.with(|m| {
+        let m = m.borrow();
+        (m.0 == generation).then(|| m.1.get(key_id).copied()).flatten()
     });
-    if memo.is_some() {
-        return Ok(memo);
+    if known.is_some() {
+        return Ok(known);
     }
     if !catalog().handles {
         return Ok(None);
     }
+    count_catalog_read();
     let v = as_catalog_owner(|| {
         crate::catalog::one::<i64>(
             "SELECT handle FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version LIMIT 1",
@@ -778,7 +799,13 @@ pub fn handle_of(key_id: &str) -> Result<Option<KeyHandle>> {
     })?;
     let h = handle_of_column(v)?;
     if let Some(h) = h {
-        LAST_HANDLE.with(|m| *m.borrow_mut() = Some((generation, key_id.to_string(), h)));
+        HANDLES_OF.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 != generation || m.1.len() >= crate::guc::key_cache_size() {
+                *m = (generation, HashMap::new());
+            }
+            m.1.insert(key_id.to_string(), h);
+        });
     }
     Ok(h)
 }
