@@ -153,7 +153,7 @@ during 3 per-subject INSERT ... SELECT rounds, 3,267 samples) and from
   Building with `-C target-feature=+aes,+pclmulqdq` cuts AES-GCM from ~135 to ~80 ns per field, but makes the
   library crash on CPUs without AES-NI, so it is not the default.
 - What it would take: an envelope format version with a shorter header (a numeric key reference instead of the key
-  id string) and shorter associated data (a digest of the context computed once per row instead of per field), which
+  id string: format 2 since 0.3.0, not yet measured here) and shorter associated data (a digest of the context computed once per row instead of per field), which
   cuts GHASH blocks and row width at once; or an opt-in AES-NI build. Each round now starts after a CHECKPOINT, which
   removed most of the round-to-round noise of earlier runs (a 562–996 ms spread before); the ratio still moves with
   the plain insert's own time between runs (1.97x at 279 ms plain, 2.09x at 246 ms plain, the protected insert

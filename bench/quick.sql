@@ -49,4 +49,4 @@ INSERT INTO plain_ev (stream_id, subject_id, payload) SELECT stream_id, subj, pa
 \echo '== INSERT ... SELECT 100k into a protected table (3 fields, per-subject keys, context)'
 INSERT INTO prot_ev (stream_id, subject_id, payload) SELECT stream_id, subj, payload FROM src;
 \timing off
-SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%') AS encrypted_rows FROM prot_ev;
+SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec2$%') AS encrypted_rows FROM prot_ev;

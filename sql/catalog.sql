@@ -28,6 +28,10 @@ CREATE TABLE event_crypto.keys (
     shredded_by       name,
     -- a disabled version (retire_key_version) is destroyed by the maintenance run from then on
     destroy_after     timestamptz,
+    -- the key id's handle: what envelopes of format 2 name the key by (docs/format.md). Random (never derived from
+    -- the key id), the same in every version row, never changed (trigger keys_handle), kept after shredding, unique
+    -- among key ids (index keys_handle)
+    handle            bigint      NOT NULL CONSTRAINT keys_handle_check CHECK (handle <> 0),
     PRIMARY KEY (key_id, version),
     CONSTRAINT keys_disabled_until CHECK ((status = 'disabled') = (destroy_after IS NOT NULL)),
     CONSTRAINT keys_material_iff_live CHECK (
@@ -37,9 +41,13 @@ CREATE TABLE event_crypto.keys (
 
 COMMENT ON TABLE event_crypto.keys IS
     'Data keys, wrapped (AES-256-GCM) by the master key. Shredding overwrites the wrapped bytes with NULL; '
-    'autovacuum is set to remove the dead row versions that still hold them promptly.';
+    'autovacuum is set to remove the dead row versions that still hold them promptly. '
+    'handle: the random number envelopes of format 2 name the key id by (unique among key ids, never changed).';
 
 CREATE UNIQUE INDEX keys_one_active ON event_crypto.keys (key_id) WHERE status = 'active';
+-- No two key ids have one handle: every key id has its version 1 row (shredding keeps it), and every row of a key
+-- id has the key id's handle (trigger keys_handle). Also how a handle is looked up.
+CREATE UNIQUE INDEX keys_handle ON event_crypto.keys (handle) WHERE version = 1;
 
 SELECT pg_catalog.pg_extension_config_dump('event_crypto.keys', '');
 

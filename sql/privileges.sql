@@ -23,6 +23,11 @@ CREATE TRIGGER blind_indexes_replicated AFTER INSERT OR UPDATE OR DELETE ON even
 ALTER TABLE event_crypto.keys ENABLE REPLICA TRIGGER keys_replicated;
 ALTER TABLE event_crypto.protected_columns ENABLE REPLICA TRIGGER protected_columns_replicated;
 ALTER TABLE event_crypto.blind_indexes ENABLE REPLICA TRIGGER blind_indexes_replicated;
+-- Every row of a key id has the key id's handle, which never changes, and no other key id has it; a row without one
+-- (a dump of a release before 0.3.0, a row written by hand) gets it. Also for rows a subscriber or pg_restore writes.
+CREATE TRIGGER keys_handle BEFORE INSERT OR UPDATE OF handle ON event_crypto.keys
+    FOR EACH ROW EXECUTE FUNCTION event_crypto.keys_handle();
+ALTER TABLE event_crypto.keys ENABLE ALWAYS TRIGGER keys_handle;
 CREATE TRIGGER legacy_subject_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON event_crypto.legacy_subject_keys
     FOR EACH STATEMENT EXECUTE FUNCTION event_crypto.catalog_changed();
 ALTER TABLE event_crypto.legacy_subject_keys ENABLE ALWAYS TRIGGER legacy_subject_keys_changed;

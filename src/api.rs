@@ -7,6 +7,7 @@ use crate::keys::{self, CachedKeys};
 use event_crypto_core::aead::Algorithm;
 use event_crypto_core::blind::Normalize;
 use event_crypto_core::document::{check_context, needs_encryption, Decryptor, Encryptor, OnShredded};
+use event_crypto_core::envelope::KeyNames;
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::reencrypt::{self, has_stale_envelopes, Reencryptor};
 use event_crypto_core::Error;
@@ -92,9 +93,10 @@ fn encrypt_fields(
     let doc = payload.document();
     let entry = keys::usable(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
+    let key = entry.key_ref(keys::write_format()).or_raise();
     let encrypted = with_selector(&fields, |selector| {
         Jsonb::build(|out| {
-            let n = Encryptor::new(&cipher, key_id, version, context).encrypt_document(&doc, selector, out)?;
+            let n = Encryptor::new(&cipher, key, version, context).encrypt_document(&doc, selector, out)?;
             entry.note_encrypted(version, n);
             Ok(n > 0)
         })
@@ -131,7 +133,8 @@ fn encrypt_value(
     let v = value.document().value().or_raise();
     let entry = keys::usable(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
-    let envelope = Encryptor::new(&cipher, key_id, version, context)
+    let key = entry.key_ref(keys::write_format()).or_raise();
+    let envelope = Encryptor::new(&cipher, key, version, context)
         .encrypt_value(&v)
         .or_raise();
     entry.note_encrypted(version, 1);
@@ -233,16 +236,22 @@ fn master_key_status() -> TableIterator<
     }))
 }
 
-/// Re-encrypts every envelope whose key version is older than its key id's active version (same plaintext,
-/// location and context, fresh nonce); everything else is kept byte for byte. Fails if an envelope does not
-/// authenticate with this context.
+/// Re-encrypts every envelope whose key version is older than its key id's active version, or whose format is not
+/// the one new encryptions write (`event_crypto.envelope_format`), under the active version in that format (same
+/// plaintext, location and context, fresh nonce); everything else is kept byte for byte. Fails if an envelope does
+/// not authenticate with this context.
 #[pg_extern(volatile, parallel_safe)]
 fn reencrypt_fields(payload: Option<Jsonb>, context: default!(Option<&str>, "NULL")) -> Option<Jsonb> {
     let context = check_context(context).or_raise();
     let payload = payload?;
     let doc = payload.document();
+    let format = keys::write_format();
     let mut keys = CachedKeys::default();
-    let moved = Jsonb::build(|out| Reencryptor::new(&mut keys, context).reencrypt_document(&doc, out));
+    let moved = Jsonb::build(|out| {
+        Reencryptor::new(&mut keys, context)
+            .format(format)
+            .reencrypt_document(&doc, out)
+    });
     Some(moved.unwrap_or(payload))
 }
 
@@ -257,11 +266,12 @@ fn needs_reencryption(payload: Option<Jsonb>, fields: default!(Option<Array<'_, 
             return Some(true);
         }
     }
-    Some(has_stale_envelopes(&doc, &mut CachedKeys::default()).or_raise())
+    Some(has_stale_envelopes(&doc, &mut CachedKeys::default(), keys::write_format()).or_raise())
 }
 
-/// Whether some envelope of the document is under `key_id` version `version` (headers only; no key is read).
-#[pg_extern(immutable, parallel_safe)]
+/// Whether some envelope of the document is under `key_id` version `version`: format 1 envelopes name the key id,
+/// format 2 envelopes its handle (looked up in the key catalog; no key is unwrapped). Headers only.
+#[pg_extern(stable, parallel_safe)]
 fn uses_key_version(payload: Option<Jsonb>, key_id: Option<&str>, version: Option<i32>) -> Option<bool> {
     let key_id = required(key_id, "key_id");
     let version = required(version, "version");
@@ -269,7 +279,11 @@ fn uses_key_version(payload: Option<Jsonb>, key_id: Option<&str>, version: Optio
     if version < 1 {
         return Some(false);
     }
-    Some(reencrypt::uses_key_version(&payload.document(), key_id, version as u32).or_raise())
+    let names = KeyNames {
+        key_id,
+        handle: keys::handle_of(key_id).or_raise(),
+    };
+    Some(reencrypt::uses_key_version(&payload.document(), names, version as u32).or_raise())
 }
 
 /// Retires one version of a key id: refused while stored values use it (`key_version_usage`, every column of the

@@ -38,6 +38,7 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::KeyDisabled => ERRCODE_E_R_E_READING_SQL_DATA_NOT_PERMITTED, // 38004
         ErrorKind::PlaintextRows => ERRCODE_CHECK_VIOLATION,                    // 23514
         ErrorKind::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,               // 25006
+        ErrorKind::KeyHandleConflict => ERRCODE_UNIQUE_VIOLATION,               // 23505
     }
 }
 

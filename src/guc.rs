@@ -3,6 +3,7 @@
 //! decryption auditing can only be changed by superusers; the rotation threshold and worker interval are
 //! server-wide (postgresql.conf, reload).
 
+use event_crypto_core::envelope::Format;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
@@ -17,6 +18,7 @@ pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_KEY_CACHE_SIZE);
 pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_WAIT);
 pub static CITUS_KEY_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static ENVELOPE_FORMAT: GucSetting<i32> = GucSetting::<i32>::new(2);
 
 /// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
 pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
@@ -123,6 +125,16 @@ pub fn init() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
+        c"event_crypto.envelope_format",
+        c"Envelope format new encryptions write: 2 (the key named by its handle) or 1 (by its key id).",
+        c"Both formats are always read. Format 2 envelopes do not carry the key id (a subject id in it would reach every copy of the data) and are shorter; format 1 is for programs outside the database that only read it. Re-encryption (reencrypt_table, reencrypt_fields) moves envelopes to the format set here.",
+        &ENVELOPE_FORMAT,
+        1,
+        2,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"event_crypto.worker_interval",
         c"Seconds between two maintenance runs of the background worker.",
         c"",
@@ -184,6 +196,12 @@ pub fn master_key_command() -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// The envelope format new encryptions write (`event_crypto.envelope_format`; see also
+/// [`crate::keys::write_format`], which writes format 1 while the catalog has no handles).
+pub fn envelope_format() -> Format {
+    Format::from_number(i64::from(ENVELOPE_FORMAT.get())).unwrap_or(Format::DEFAULT)
 }
 
 pub fn citus_key_request_timeout_ms() -> i32 {

@@ -1,5 +1,9 @@
 //! The key catalog `event_crypto.keys`, and the per-backend cache of unwrapped keys.
 //!
+//! Every key id has a handle (`keys.handle`: a random non-zero 64-bit number, the same in every version row,
+//! unique among key ids): envelopes of format 2 name their key by it. The cache finds entries by key id and by
+//! handle, so a format 2 envelope costs no more catalog queries than a format 1 one.
+//!
 //! The cache is dropped whenever the catalog table gets a relcache invalidation. A statement trigger on the table
 //! (`event_crypto.keys_changed`) sends one on every INSERT, UPDATE, DELETE and TRUNCATE, whoever runs it (our
 //! functions, a superuser by hand, pg_restore), so after a shred commits every backend forgets the key at its
@@ -13,10 +17,10 @@ use crate::usage::{self, Counter};
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::blind::BlindIndexer;
 use event_crypto_core::document::{KeyLookup, KeySource};
-use event_crypto_core::envelope::check_key_id;
+use event_crypto_core::envelope::{check_key_id, Format, KeyHandle, KeyNames, KeyRef};
 use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
 use event_crypto_core::random::random_key;
-use event_crypto_core::reencrypt::NewestKey;
+use event_crypto_core::reencrypt::{Newest, NewestKey};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -40,6 +44,9 @@ enum VersionState {
 /// Everything about one key id, unwrapped.
 pub struct KeyEntry {
     pub key_id: String,
+    /// What envelopes of format 2 name the key id by (`None` only under the SQL objects of a release before 0.3.0,
+    /// whose catalog has no handles).
+    pub handle: Option<KeyHandle>,
     pub shredded: bool,
     /// The newest active version, if any.
     active: Option<u32>,
@@ -54,9 +61,26 @@ pub struct KeyEntry {
     /// Whose key this is, where the key id was made before subject ids were escaped and its name says otherwise
     /// (`event_crypto.legacy_subject_keys`, written by the upgrade from 0.1.0): (key prefix, subject, generation).
     pub legacy_owners: Vec<(String, String, u32)>,
+    /// The tombstone the key id's rows are stored under once it was shredded whole, when it was looked up by its
+    /// key id (`crate::tombstones`). Such an entry is never found by its handle: an envelope naming the handle is
+    /// then told by the tombstone, never by the key id (which whoever supplied the envelope need not know).
+    pub tombstone: Option<String>,
 }
 
 impl KeyEntry {
+    /// Everything envelopes name this key id by.
+    pub fn names(&self) -> KeyNames<'_> {
+        KeyNames {
+            key_id: &self.key_id,
+            handle: self.handle,
+        }
+    }
+
+    /// How an envelope of `format` names this key id.
+    pub fn key_ref(&self, format: Format) -> Result<KeyRef<'_>> {
+        self.names().key_ref(format)
+    }
+
     fn version(&self, v: u32) -> Option<&VersionState> {
         self.versions.iter().find(|(n, _, _)| *n == v).map(|(_, s, _)| s)
     }
@@ -166,10 +190,12 @@ thread_local! {
 }
 
 /// The per-backend key cache, bounded by `event_crypto.key_cache_size` entries: when it is full, the entry cached
-/// longest ago is dropped (first in, first out: no bookkeeping on the hot path, which only reads).
+/// longest ago is dropped (first in, first out: no bookkeeping on the hot path, which only reads). Entries are
+/// found by key id and by handle.
 #[derive(Default)]
 struct Cache {
     map: HashMap<String, Rc<KeyEntry>>,
+    by_handle: HashMap<KeyHandle, Rc<KeyEntry>>,
     order: std::collections::VecDeque<String>,
 }
 
@@ -177,15 +203,25 @@ impl Cache {
     fn get(&self, key_id: &str) -> Option<Rc<KeyEntry>> {
         self.map.get(key_id).cloned()
     }
+    fn get_by_handle(&self, handle: KeyHandle) -> Option<Rc<KeyEntry>> {
+        self.by_handle.get(&handle).cloned()
+    }
     fn insert(&mut self, key_id: &str, entry: Rc<KeyEntry>) {
         let cap = crate::guc::key_cache_size();
         while self.map.len() >= cap {
             match self.order.pop_front() {
                 Some(old) => {
-                    self.map.remove(&old);
+                    if let Some(e) = self.map.remove(&old) {
+                        if let Some(h) = e.handle {
+                            self.by_handle.remove(&h);
+                        }
+                    }
                 }
                 None => break,
             }
+        }
+        if let (Some(h), None) = (entry.handle, &entry.tombstone) {
+            self.by_handle.insert(h, entry.clone());
         }
         if self.map.insert(key_id.to_string(), entry).is_none() {
             self.order.push_back(key_id.to_string());
@@ -193,6 +229,7 @@ impl Cache {
     }
     fn clear(&mut self) {
         self.map.clear();
+        self.by_handle.clear();
         self.order.clear();
     }
     #[cfg(any(test, feature = "pg_test"))]
@@ -216,6 +253,9 @@ thread_local! {
 pub struct Catalog {
     pub keys: pg_sys::Oid,
     pub owner: pg_sys::Oid,
+    /// Whether the key catalog has handles (`keys.handle`, from 0.3.0 on; false under the SQL objects of an
+    /// earlier release, until ALTER EXTENSION UPDATE: then envelopes are written in format 1).
+    pub handles: bool,
     pub protected_columns: pg_sys::Oid,
     pub blind_indexes: pg_sys::Oid,
     pub legacy_subject_keys: pg_sys::Oid,
@@ -275,6 +315,24 @@ pub fn invalidate_keys() {
     });
 }
 
+thread_local! {
+    /// Catalog queries the key cache made in this backend (for tests: a format 2 envelope must cost no more of
+    /// them than a format 1 one).
+    #[cfg(any(test, feature = "pg_test"))]
+    static CATALOG_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_catalog_read() {
+    #[cfg(any(test, feature = "pg_test"))]
+    CATALOG_READS.with(|c| c.set(c.get() + 1));
+}
+
+/// Catalog queries the key cache made in this backend so far (for tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn catalog_reads() -> u64 {
+    CATALOG_READS.with(|c| c.get())
+}
+
 /// Number of key ids cached in this backend (for tests).
 #[cfg(any(test, feature = "pg_test"))]
 pub fn cached_count() -> usize {
@@ -288,10 +346,14 @@ pub fn catalog() -> Catalog {
         return c;
     }
     // Read-only SPI: no transaction id is assigned, so this also works in parallel workers.
-    let rows: std::result::Result<Vec<(String, pg_sys::Oid, pg_sys::Oid)>, Error> = Spi::connect(|client| {
+    type CatalogRow = (String, pg_sys::Oid, pg_sys::Oid, bool);
+    let rows: std::result::Result<Vec<CatalogRow>, Error> = Spi::connect(|client| {
         client
             .select(
-                "SELECT c.relname::pg_catalog.text, c.oid, c.relowner FROM pg_catalog.pg_class c \
+                "SELECT c.relname::pg_catalog.text, c.oid, c.relowner, \
+                        EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                                AND a.attname OPERATOR(pg_catalog.=) 'handle' AND NOT a.attisdropped) \
+                 FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
                  WHERE n.nspname OPERATOR(pg_catalog.=) 'event_crypto' \
                    AND c.relname OPERATOR(pg_catalog.=) ANY ('{keys,protected_columns,blind_indexes,legacy_subject_keys}'::pg_catalog.name[])",
@@ -304,21 +366,27 @@ pub fn catalog() -> Catalog {
                     crate::catalog::get::<String>(&r, 1, "relname")?,
                     crate::catalog::get::<pg_sys::Oid>(&r, 2, "oid")?,
                     crate::catalog::get::<pg_sys::Oid>(&r, 3, "relowner")?,
+                    crate::catalog::get::<bool>(&r, 4, "handle")?,
                 ))
             })
             .collect()
     });
     let rows = rows.unwrap_or_else(|e| raise(e));
-    let find = |name: &str| rows.iter().find(|(n, _, _)| n == name).map(|(_, o, w)| (*o, *w));
+    let find = |name: &str| {
+        rows.iter()
+            .find(|(n, _, _, _)| n == name)
+            .map(|(_, o, w, h)| (*o, *w, *h))
+    };
     match (find("keys"), find("protected_columns"), find("blind_indexes")) {
-        (Some((keys, owner)), Some((protected_columns, _)), Some((blind_indexes, _))) => {
+        (Some((keys, owner, handles)), Some((protected_columns, _, _)), Some((blind_indexes, _, _))) => {
             let c = Catalog {
                 keys,
                 owner,
+                handles,
                 protected_columns,
                 blind_indexes,
                 legacy_subject_keys: find("legacy_subject_keys")
-                    .map(|(o, _)| o)
+                    .map(|(o, _, _)| o)
                     .unwrap_or(pg_sys::InvalidOid),
             };
             CATALOG.with(|cell| cell.set(Some(c)));
@@ -338,16 +406,28 @@ struct Row {
     wrapped_key: Option<Vec<u8>>,
     wrapped_index_key: Option<Vec<u8>>,
     master_key_id: String,
+    handle: Option<KeyHandle>,
+    /// The key id (read by handle only; empty when read by key id).
+    key_id: String,
 }
 
-const SELECT_ROWS: &str = "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id \
-     FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version";
+/// A key id's rows. `$1`: the key id.
+fn select_rows() -> &'static str {
+    if catalog().handles {
+        "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, handle, ''::pg_catalog.text \
+         FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version"
+    } else {
+        // the SQL objects of a release before handles (until ALTER EXTENSION UPDATE)
+        "SELECT version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, NULL::pg_catalog.int8, ''::pg_catalog.text \
+         FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version"
+    }
+}
 
 /// The rows of `key_id`, or of its tombstone once it was shredded whole (`crate::tombstones`).
-fn read_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
-    let rows = read_named_rows(client, query, key_id);
+fn read_rows(client: &SpiClient<'_>, key_id: &str) -> Vec<Row> {
+    let rows = read_named_rows(client, key_id);
     match tombstone_of(&rows, key_id) {
-        Some(t) => read_named_rows(client, query, &t),
+        Some(t) => read_named_rows(client, &t),
         None => rows,
     }
 }
@@ -360,9 +440,33 @@ fn tombstone_of(rows: &[Row], key_id: &str) -> Option<String> {
     crate::tombstones::tombstone_id(key_id).unwrap_or_else(|e| raise(e))
 }
 
-fn read_named_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row> {
+/// The rows of the key id that has a handle. `$1`: the handle (the partial unique index on version 1 rows finds
+/// it, and makes it the only one).
+const SELECT_ROWS_BY_HANDLE: &str =
+    "SELECT k.version, k.algorithm, k.status, k.wrapped_key, k.wrapped_index_key, k.master_key_id, k.handle, k.key_id \
+     FROM event_crypto.keys k WHERE k.key_id OPERATOR(pg_catalog.=) ( \
+         SELECT h.key_id FROM event_crypto.keys h \
+         WHERE h.handle OPERATOR(pg_catalog.=) $1 AND h.version OPERATOR(pg_catalog.=) 1) \
+     ORDER BY k.version";
+
+/// A handle as the catalog stores it.
+fn handle_of_column(v: Option<i64>) -> Result<Option<KeyHandle>> {
+    match v {
+        None => Ok(None),
+        Some(v) => KeyHandle::from_i64(v).map(Some).ok_or_else(|| {
+            Error::new(
+                ErrorKind::CatalogAccess,
+                "the event_crypto key catalog holds a key handle of 0",
+            )
+            .with_hint("The key catalog was changed by hand or is damaged; restore it from a backup.")
+        }),
+    }
+}
+
+/// The rows stored under `key_id` itself.
+fn read_named_rows(client: &SpiClient<'_>, key_id: &str) -> Vec<Row> {
     let table = client
-        .select(query, None, &[key_id.into()])
+        .select(select_rows(), None, &[key_id.into()])
         .unwrap_or_else(|e| spi_failed(e));
     let mut rows = Vec::with_capacity(table.len());
     for r in table {
@@ -375,6 +479,8 @@ fn read_named_rows(client: &SpiClient<'_>, query: &str, key_id: &str) -> Vec<Row
                 wrapped_key: get_opt(&r, 4, "wrapped_key")?,
                 wrapped_index_key: get_opt(&r, 5, "wrapped_index_key")?,
                 master_key_id: get(&r, 6, "master_key_id")?,
+                handle: handle_of_column(get_opt(&r, 7, "handle")?)?,
+                key_id: get(&r, 8, "key_id")?,
             })
         })();
         rows.push(row.unwrap_or_else(|e| raise(e)));
@@ -393,23 +499,42 @@ fn version_of(v: i32) -> Result<u32> {
     })
 }
 
-/// The catalog rows of `key_id` as the newest committed state shows them (plus this transaction's own changes),
-/// whatever the isolation level: the cache must never hold a key that an older snapshot still showed after a
-/// shred committed (a REPEATABLE READ transaction would otherwise cache it past its end, and a statement whose
-/// snapshot predates the shred could re-cache it after the invalidation). Shredding therefore applies to every
-/// session at its next key load, inside open transactions too. Runs inside `Spi::connect`.
-fn read_rows_latest(key_id: &str) -> Vec<Row> {
-    let query = std::ffi::CString::new(SELECT_ROWS).expect("no NUL in the query");
-    let arg = std::ffi::CString::new(key_id)
-        .map_err(|_| ())
-        .unwrap_or_else(|()| raise(Error::invalid_argument("a key id must not contain NUL characters")));
+/// What [`read_rows_latest`] selects by.
+#[derive(Clone, Copy)]
+enum By<'a> {
+    KeyId(&'a str),
+    Handle(KeyHandle),
+}
+
+/// The catalog rows of a key id (by key id, or by its handle) as the newest committed state shows them (plus this
+/// transaction's own changes), whatever the isolation level: the cache must never hold a key that an older
+/// snapshot still showed after a shred committed (a REPEATABLE READ transaction would otherwise cache it past its
+/// end, and a statement whose snapshot predates the shred could re-cache it after the invalidation). Shredding
+/// therefore applies to every session at its next key load, inside open transactions too. Runs inside
+/// `Spi::connect`.
+fn read_rows_latest(by: By<'_>) -> Vec<Row> {
+    let query = match by {
+        By::KeyId(_) => select_rows(),
+        By::Handle(_) => SELECT_ROWS_BY_HANDLE,
+    };
+    let query = std::ffi::CString::new(query).expect("no NUL in the query");
     let mut rows = Vec::new();
     // SAFETY: SPI is connected by the caller; the snapshot pushed here is popped before returning (and by
     // transaction abort if the query raises); the result tuples are read while SPI_tuptable is valid.
     unsafe {
-        let text = pg_sys::cstring_to_text(arg.as_ptr());
-        let mut argtypes = [pg_sys::TEXTOID];
-        let mut values = [pg_sys::Datum::from(text)];
+        let (mut argtypes, mut values) = match by {
+            By::Handle(h) => ([pg_sys::INT8OID], [pg_sys::Datum::from(h.to_i64())]),
+            By::KeyId(key_id) => {
+                let arg = std::ffi::CString::new(key_id)
+                    .map_err(|_| ())
+                    .unwrap_or_else(|()| raise(Error::invalid_argument("a key id must not contain NUL characters")));
+                // cstring_to_text copies the string into a palloc'd text
+                (
+                    [pg_sys::TEXTOID],
+                    [pg_sys::Datum::from(pg_sys::cstring_to_text(arg.as_ptr()))],
+                )
+            }
+        };
         let nulls = [b' ' as std::ffi::c_char];
         // A parallel worker may not take a new snapshot; it reads with the leader's, and its cache dies with it
         // at the end of the query.
@@ -447,26 +572,23 @@ fn read_rows_latest(key_id: &str) -> Vec<Row> {
                 let d = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
                 (d, isnull)
             };
+            fn never_null<T>() -> T {
+                raise(Error::new(
+                    ErrorKind::CatalogAccess,
+                    "the event_crypto key catalog holds a NULL where it never does",
+                ))
+            }
             let text_at = |col: i32| {
                 let (d, isnull) = get(col);
-                String::from_datum(d, isnull).unwrap_or_else(|| {
-                    raise(Error::new(
-                        ErrorKind::CatalogAccess,
-                        "the event_crypto key catalog holds a NULL where it never does",
-                    ))
-                })
+                String::from_datum(d, isnull).unwrap_or_else(never_null)
             };
             let bytes_at = |col: i32| {
                 let (d, isnull) = get(col);
                 Vec::<u8>::from_datum(d, isnull)
             };
             let (v, v_null) = get(1);
-            let version = i32::from_datum(v, v_null).unwrap_or_else(|| {
-                raise(Error::new(
-                    ErrorKind::CatalogAccess,
-                    "the event_crypto key catalog holds a NULL where it never does",
-                ))
-            });
+            let version = i32::from_datum(v, v_null).unwrap_or_else(never_null);
+            let (h, h_null) = get(7);
             rows.push(Row {
                 version: version_of(version).unwrap_or_else(|e| raise(e)),
                 algorithm: text_at(2),
@@ -474,6 +596,8 @@ fn read_rows_latest(key_id: &str) -> Vec<Row> {
                 wrapped_key: bytes_at(4),
                 wrapped_index_key: bytes_at(5),
                 master_key_id: text_at(6),
+                handle: handle_of_column(i64::from_datum(h, h_null)).unwrap_or_else(|e| raise(e)),
+                key_id: text_at(8),
             });
         }
     }
@@ -549,6 +673,8 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         .map(|row| unwrap_row(key_id, row, KeyPurpose::BlindIndex).map(|root| BlindIndexer::new(&root, key_id)));
     KeyEntry {
         key_id: key_id.to_string(),
+        // every row of a key id has its handle (the catalog's trigger keys_handle keeps them equal)
+        handle: rows.iter().find_map(|r| r.handle),
         shredded,
         active,
         versions,
@@ -556,6 +682,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         encryptions: Rc::default(),
         audited: Rc::default(),
         legacy_owners: Vec::new(),
+        tombstone: None,
     }
 }
 
@@ -566,37 +693,190 @@ pub fn lookup(key_id: &str) -> Result<Rc<KeyEntry>> {
     }
     check_key_id(key_id)?;
     master::get()?;
+    load(By::KeyId(key_id))?.ok_or_else(|| Error::unknown_key(key_id))
+}
+
+/// Looks up the key id a handle belongs to (what a format 2 envelope names): from the cache, or from the catalog
+/// (then cached, by key id and by handle).
+pub fn lookup_handle(handle: KeyHandle) -> Result<Rc<KeyEntry>> {
+    if let Some(e) = CACHE.with(|c| c.borrow().get_by_handle(handle)) {
+        return Ok(e);
+    }
+    if !catalog().handles {
+        return Err(Error::unknown_key_handle(&handle));
+    }
+    master::get()?;
+    load(By::Handle(handle))?.ok_or_else(|| Error::unknown_key_handle(&handle))
+}
+
+/// Reads a key id's rows (by key id or by handle) with the newest snapshot, unwraps them and caches the entry
+/// (unless an invalidation came in between). `None`: no such key.
+fn load(by: By<'_>) -> Result<Option<Rc<KeyEntry>>> {
+    count_catalog_read();
     let generation = GENERATION.with(|g| g.get());
-    let (rows, legacy_owners) = as_catalog_owner(|| {
+    let (rows, legacy_owners, key_id, stored) = as_catalog_owner(|| {
         Spi::connect(|client| {
-            let mut rows = read_rows_latest(key_id);
+            let mut rows = read_rows_latest(by);
+            let key_id = match by {
+                By::KeyId(k) => k.to_string(),
+                By::Handle(_) => rows.first().map(|r| r.key_id.clone()).unwrap_or_default(),
+            };
+            // a key id shredded whole is stored under its tombstone (a handle finds the tombstone's rows directly)
             let mut stored = None;
-            if let Some(t) = tombstone_of(&rows, key_id) {
-                rows = read_rows_latest(&t);
-                stored = Some(t);
+            if let By::KeyId(k) = by {
+                if let Some(t) = tombstone_of(&rows, k) {
+                    rows = read_rows_latest(By::KeyId(&t));
+                    stored = Some(t);
+                }
             }
             let legacy = if rows.is_empty() {
                 Vec::new()
             } else {
-                read_legacy_owners(client, stored.as_deref().unwrap_or(key_id))
+                read_legacy_owners(client, stored.as_deref().unwrap_or(&key_id))
             };
-            (rows, legacy)
+            (rows, legacy, key_id, stored)
         })
     });
     if rows.is_empty() {
-        return Err(Error::unknown_key(key_id));
+        return Ok(None);
     }
-    let mut entry = build_entry(key_id, &rows);
+    let mut entry = build_entry(&key_id, &rows);
     entry.legacy_owners = legacy_owners;
+    entry.tombstone = stored;
     let entry = Rc::new(entry);
     if GENERATION.with(|g| g.get()) == generation {
         CACHE.with(|c| {
             if let Ok(mut m) = c.try_borrow_mut() {
-                m.insert(key_id, entry.clone());
+                m.insert(&key_id, entry.clone());
             }
         });
     }
-    Ok(entry)
+    Ok(Some(entry))
+}
+
+thread_local! {
+    /// Key ids of handles [`key_id_of_handle`] read, with the cache generation they were read in.
+    static HANDLE_IDS: RefCell<(u64, HashMap<KeyHandle, String>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// The key id a handle belongs to, read without unwrapping anything (whether a format 2 envelope is under a key a
+/// row may use is decided by key id, as for format 1, before any key is loaded): `None` when no key id has it. A
+/// handle never changes (the catalog's trigger refuses it), so what was read is remembered until the next
+/// invalidation (at most `event_crypto.key_cache_size` of them).
+pub fn key_id_of_handle(handle: KeyHandle) -> Option<String> {
+    if let Some(e) = CACHE.with(|c| c.borrow().get_by_handle(handle)) {
+        return Some(e.key_id.clone());
+    }
+    let generation = GENERATION.with(|g| g.get());
+    let known = HANDLE_IDS.with(|m| {
+        let m = m.borrow();
+        (m.0 == generation).then(|| m.1.get(&handle).cloned()).flatten()
+    });
+    if known.is_some() {
+        return known;
+    }
+    if !catalog().handles {
+        return None;
+    }
+    count_catalog_read();
+    let key_id = as_catalog_owner(|| {
+        crate::catalog::one::<String>(
+            "SELECT key_id FROM event_crypto.keys \
+             WHERE handle OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) 1",
+            &[handle.to_i64().into()],
+        )
+    })
+    .unwrap_or_else(|e| raise(e));
+    if let Some(k) = &key_id {
+        HANDLE_IDS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 != generation || m.1.len() >= crate::guc::key_cache_size() {
+                *m = (generation, HashMap::new());
+            }
+            m.1.insert(handle, k.clone());
+        });
+    }
+    key_id
+}
+
+thread_local! {
+    /// Handles of key ids [`handle_of`] read, with the cache generation they were read in.
+    static HANDLES_OF: RefCell<(u64, HashMap<String, KeyHandle>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// The handle of a key id, read without unwrapping anything (for counting envelopes by their headers): `None` when
+/// no such key id exists or the catalog has no handles yet. A handle never changes (the catalog's trigger refuses
+/// it), so what was read is remembered until the next invalidation (at most `event_crypto.key_cache_size` of them).
+pub fn handle_of(key_id: &str) -> Result<Option<KeyHandle>> {
+    if let Some(e) = CACHE.with(|c| c.borrow().get(key_id)) {
+        return Ok(e.handle);
+    }
+    let generation = GENERATION.with(|g| g.get());
+    let known = HANDLES_OF.with(|m| {
+        let m = m.borrow();
+        (m.0 == generation).then(|| m.1.get(key_id).copied()).flatten()
+    });
+    if known.is_some() {
+        return Ok(known);
+    }
+    if !catalog().handles {
+        return Ok(None);
+    }
+    count_catalog_read();
+    let v = as_catalog_owner(|| {
+        crate::catalog::one::<i64>(
+            "SELECT handle FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1 ORDER BY version LIMIT 1",
+            &[key_id.into()],
+        )
+    })?;
+    let h = handle_of_column(v)?;
+    if let Some(h) = h {
+        HANDLES_OF.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 != generation || m.1.len() >= crate::guc::key_cache_size() {
+                *m = (generation, HashMap::new());
+            }
+            m.1.insert(key_id.to_string(), h);
+        });
+    }
+    Ok(h)
+}
+
+/// The envelope format new encryptions write: `event_crypto.envelope_format`, or format 1 while the key catalog
+/// has no handles (the SQL objects of a release before 0.3.0, until ALTER EXTENSION UPDATE).
+pub fn write_format() -> Format {
+    if catalog().handles {
+        crate::guc::envelope_format()
+    } else {
+        Format::V1
+    }
+}
+
+/// A handle for a new key id (random, from the OS), that no key id has yet; `None` when the catalog has no handles
+/// (the SQL objects of an earlier release). Another session could take the same handle before this one inserts it
+/// (a chance of 2^-64 per key): the catalog's unique index then refuses the insert. Runs inside `Spi::connect`.
+pub fn new_key_handle(client: &SpiClient<'_>) -> Result<Option<i64>> {
+    if !catalog().handles {
+        return Ok(None);
+    }
+    for _ in 0..16 {
+        let h = event_crypto_core::random::key_handle()?.to_i64();
+        let taken = client
+            .select(
+                "SELECT 1 FROM event_crypto.keys WHERE handle OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) 1",
+                Some(1),
+                &[h.into()],
+            )
+            .map_err(crate::error::spi_error)?;
+        if taken.is_empty() {
+            return Ok(Some(h));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::RandomSource,
+        "no free key handle was found in 16 random draws",
+    )
+    .with_hint("Key handles are random 64-bit numbers: check the operating system's random number generator."))
 }
 
 /// Whether `event_crypto.legacy_subject_keys` has any row (almost never: only catalogs upgraded from 0.1.0 with
@@ -656,18 +936,144 @@ pub fn usable(key_id: &str) -> Result<Rc<KeyEntry>> {
     }
 }
 
-/// A [`KeySource`] over the cache, with a one-entry memo for runs of envelopes under the same key.
+/// The `keys_handle` trigger's work on one row of `event_crypto.keys` (see [`crate::triggers`]): returns the row
+/// to store.
+pub fn check_handle_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>> {
+    let read = |t: &PgHeapTuple<'_, pgrx::AllocatedByPostgres>| -> Result<(String, i32, Option<i64>)> {
+        let col = |e: pgrx::datum::TryFromDatumError| {
+            Error::new(ErrorKind::CatalogAccess, "a row of the key catalog could not be read")
+                .with_detail(e.to_string())
+        };
+        Ok((
+            t.get_by_name::<String>("key_id").map_err(col)?.unwrap_or_default(),
+            t.get_by_name::<i32>("version").map_err(col)?.unwrap_or_default(),
+            t.get_by_name::<i64>("handle").map_err(col)?,
+        ))
+    };
+    let Some(new) = trigger.new() else {
+        return Ok(None);
+    };
+    let (key_id, version, handle) = read(&new)?;
+    if let Some(old) = trigger.old() {
+        let (_, _, before) = read(&old)?;
+        if before.is_some() && before != handle {
+            return Err(Error::new(
+                ErrorKind::RebindRefused,
+                format!("the handle of encryption key \"{key_id}\" cannot be changed"),
+            )
+            .with_detail("Envelopes of format 2 name the key by its handle: with another handle they would name no key, or another one.")
+            .with_hint("A key id's handle is made with it and kept until the end, after shredding too."));
+        }
+        if before.is_some() {
+            return Ok(Some(new.into_owned()));
+        }
+    }
+    let rel = trigger.relation().map_err(|e| {
+        Error::new(ErrorKind::CatalogAccess, "the key catalog's trigger has no relation").with_detail(e.to_string())
+    })?;
+    if crate::protect::target::citus_table_of_shard(rel.oid())?.is_some() {
+        // A placement of the Citus reference table: the coordinator checked the row and chose its handle; every
+        // placement has the unique index. A random handle chosen here would differ from node to node.
+        if handle.is_none() {
+            return Err(Error::null_argument("handle").with_detail(
+                "A row written to a Citus placement of event_crypto.keys must have the key id's handle.",
+            ));
+        }
+        return Ok(Some(new.into_owned()));
+    }
+    as_catalog_owner(|| {
+        Spi::connect(|client| -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>> {
+            // the handle the key id's rows have, and whether this row's (key id, version) exists already: then
+            // the insert conflicts (ON CONFLICT DO NOTHING discards the row, a plain INSERT fails on the primary
+            // key), and only the NOT NULL check, which comes first, needs a handle
+            let mut own = None;
+            let mut exists = false;
+            for r in client
+                .select(
+                    "SELECT handle, version OPERATOR(pg_catalog.=) $2 FROM event_crypto.keys \
+                     WHERE key_id OPERATOR(pg_catalog.=) $1",
+                    None,
+                    &[key_id.as_str().into(), version.into()],
+                )
+                .map_err(crate::error::spi_error)?
+            {
+                own = own.or(crate::catalog::get_opt::<i64>(&r, 1, "handle")?);
+                exists |= crate::catalog::get::<bool>(&r, 2, "version")?;
+            }
+            let handle = match (handle, own) {
+                (None, Some(h)) => h,
+                (None, None) => match new_key_handle(client)? {
+                    Some(h) => h,
+                    None => return Ok(Some(new.into_owned())),
+                },
+                (Some(_), _) if exists => return Ok(Some(new.into_owned())),
+                (Some(h), Some(o)) if h != o => {
+                    return Err(Error::new(
+                        ErrorKind::KeyHandleConflict,
+                        format!(
+                            "encryption key \"{key_id}\" has handle {}; a row of it with handle {} was refused",
+                            KeyHandle::from_i64(o).map_or_else(|| "0".into(), |x| x.to_string()),
+                            KeyHandle::from_i64(h).map_or_else(|| "0".into(), |x| x.to_string()),
+                        ),
+                    )
+                    .with_detail("Every version of a key id has the key id's handle.")
+                    .with_hint("Two key catalogs that both have this key id were merged (a restore into a database with keys of its own): restore into an empty catalog instead."))
+                }
+                (Some(h), _) => h,
+            };
+            // no other key id has it
+            let other = if exists {
+                None
+            } else {
+                client
+                    .select(
+                        "SELECT key_id FROM event_crypto.keys WHERE handle OPERATOR(pg_catalog.=) $1 \
+                       AND version OPERATOR(pg_catalog.=) 1 AND key_id OPERATOR(pg_catalog.<>) $2 LIMIT 1",
+                        Some(1),
+                        &[handle.into(), key_id.as_str().into()],
+                    )
+                    .map_err(crate::error::spi_error)?
+                    .next()
+                    .map(|r| crate::catalog::get::<String>(&r, 1, "key_id"))
+                    .transpose()?
+            };
+            if let Some(other) = other {
+                return Err(Error::new(
+                    ErrorKind::KeyHandleConflict,
+                    format!(
+                        "key handle {} of encryption key \"{key_id}\" is already the handle of encryption key \"{other}\"",
+                        KeyHandle::from_i64(handle).map_or_else(|| "0".into(), |x| x.to_string())
+                    ),
+                )
+                .with_detail("Envelopes of format 2 name their key by its handle, so no two key ids may have the same one. Handles are random 64-bit numbers: two catalogs merged by a restore are the likely cause.")
+                .with_hint("Restore the key catalog into an empty catalog (a database without keys of its own), or restore only one of the two catalogs."));
+            }
+            let mut row = new.into_owned();
+            row.set_by_name("handle", handle).map_err(|e| {
+                Error::new(ErrorKind::CatalogAccess, "the key catalog's handle could not be set")
+                    .with_detail(e.to_string())
+            })?;
+            Ok(Some(row))
+        })
+    })
+}
+
+/// A [`KeySource`] over the cache (by key id for format 1 envelopes, by handle for format 2), with a one-entry
+/// memo for runs of envelopes under the same key.
 #[derive(Default)]
 pub struct CachedKeys {
     last: Option<Rc<KeyEntry>>,
 }
 
 impl CachedKeys {
-    fn entry(&mut self, key_id: &str) -> Result<Rc<KeyEntry>> {
+    fn entry(&mut self, key: KeyRef<'_>) -> Result<Rc<KeyEntry>> {
         match &self.last {
-            Some(e) if e.key_id == key_id => Ok(e.clone()),
+            Some(e) if e.names().names(key) => Ok(e.clone()),
             _ => {
-                let e = lookup(key_id)?;
+                let e = match key {
+                    KeyRef::Id(key_id) => lookup(key_id)?,
+                    KeyRef::Handle(h) => lookup_handle(h)?,
+                };
                 self.last = Some(e.clone());
                 Ok(e)
             }
@@ -676,8 +1082,15 @@ impl CachedKeys {
 }
 
 impl KeySource for CachedKeys {
-    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
-        let entry = self.entry(key_id)?;
+    fn key_id_of(&mut self, handle: KeyHandle) -> Option<String> {
+        match &self.last {
+            Some(e) if e.handle == Some(handle) => Some(e.tombstone.clone().unwrap_or_else(|| e.key_id.clone())),
+            _ => key_id_of_handle(handle),
+        }
+    }
+
+    fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> Result<KeyLookup> {
+        let entry = self.entry(key)?;
         if entry.shredded {
             return Ok(KeyLookup::Shredded);
         }
@@ -692,19 +1105,24 @@ impl KeySource for CachedKeys {
                 entry.note_disabled(version, counter);
                 Ok(KeyLookup::Disabled)
             }
-            None => Err(Error::unknown_key_version(key_id, version)),
+            None => Err(Error::unknown_key_version(&entry.key_id, version)),
         }
     }
 }
 
 impl NewestKey for CachedKeys {
-    fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>> {
-        let entry = self.entry(key_id)?;
-        entry.newest()
+    fn newest_key(&mut self, key: KeyRef<'_>) -> Result<Option<Newest>> {
+        let entry = self.entry(key)?;
+        Ok(entry.newest()?.map(|(version, cipher)| Newest {
+            version,
+            cipher,
+            key_id: entry.key_id.clone(),
+            handle: entry.handle,
+        }))
     }
 
     fn sealed(&mut self, key_id: &str, version: u32) {
-        if let Ok(entry) = self.entry(key_id) {
+        if let Ok(entry) = self.entry(KeyRef::Id(key_id)) {
             entry.note_encrypted(version, 1);
         }
     }
@@ -754,23 +1172,37 @@ fn insert_first_version(
     let wrapped = m.wrap(&dk, &ctx(KeyPurpose::Data))?;
     let wrapped_index = m.wrap(&ik, &ctx(KeyPurpose::BlindIndex))?;
     let outcome = as_catalog_owner(|| {
-        Spi::connect_mut(|client| {
+        Spi::connect_mut(|client| -> Result<Option<bool>> {
+            // a random handle no key id has (format 2 envelopes name the key by it)
+            let handle = new_key_handle(client)?;
+            let insert = if handle.is_some() {
+                "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by, handle) \
+                 VALUES ($1, 1, $2, 'active', $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING version"
+            } else {
+                // the SQL objects of a release before handles (until ALTER EXTENSION UPDATE)
+                "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
+                 VALUES ($1, 1, $2, 'active', $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING version"
+            };
+            let mut args = vec![
+                key_id.into(),
+                algorithm.name().into(),
+                wrapped.clone().into(),
+                wrapped_index.clone().into(),
+                m.id().into(),
+                role.as_str().into(),
+            ];
+            if let Some(h) = handle {
+                args.push(h.into());
+            }
             // ON CONFLICT without a target also covers the one-active-version index, so concurrent creators of one
             // key id wait for each other and exactly one inserts.
-            let t = client
-                .update(
-                    "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
-                     VALUES ($1, 1, $2, 'active', $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING version",
-                    None,
-                    &[key_id.into(), algorithm.name().into(), wrapped.clone().into(), wrapped_index.clone().into(), m.id().into(), role.as_str().into()],
-                )
-                .unwrap_or_else(|e| spi_failed(e));
+            let t = client.update(insert, None, &args).unwrap_or_else(|e| spi_failed(e));
             if !t.is_empty() {
                 // A shred that moved this key id to its tombstone while this insert waited for it (the key id's
                 // rows were still there) leaves the tombstone, read here with the newest snapshot: the key id was
                 // shredded, and the row just inserted goes again.
                 match crate::tombstones::tombstone_id(key_id).unwrap_or_else(|e| raise(e)) {
-                    Some(tomb) if !read_rows_latest(&tomb).is_empty() => {
+                    Some(tomb) if !read_rows_latest(By::KeyId(&tomb)).is_empty() => {
                         client
                             .update(
                                 "DELETE FROM event_crypto.keys WHERE key_id OPERATOR(pg_catalog.=) $1",
@@ -778,15 +1210,15 @@ fn insert_first_version(
                                 &[key_id.into()],
                             )
                             .unwrap_or_else(|e| spi_failed(e));
-                        return Some(true);
+                        return Ok(Some(true));
                     }
-                    _ => return None,
+                    _ => return Ok(None),
                 }
             }
-            let existing = read_rows(client, SELECT_ROWS, key_id);
-            Some(existing.iter().all(|r| r.status == "shredded"))
+            let existing = read_rows(client, key_id);
+            Ok(Some(existing.iter().all(|r| r.status == "shredded")))
         })
-    });
+    })?;
     if outcome.is_none() {
         let mut details =
             json!({"version": 1, "algorithm": algorithm.name(), "master_key_id": m.id(), "automatic": automatic});
@@ -866,13 +1298,15 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
                     &[key_id.into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-            let rows = read_rows(client, SELECT_ROWS, key_id);
+            let rows = read_rows(client, key_id);
             if rows.is_empty() {
                 return Err(Error::unknown_key(key_id));
             }
             if rows.iter().all(|r| r.status == "shredded") {
                 return Err(Error::key_shredded(key_id));
             }
+            // the new version has the key id's handle
+            let handle = rows.iter().find_map(|r| r.handle).map(KeyHandle::to_i64);
             let newest = rows.last().expect("not empty");
             let live = rows
                 .iter()
@@ -911,14 +1345,24 @@ pub fn rotate_key(key_id: &str, algorithm: Option<Algorithm>) -> Result<i32> {
                     &[key_id.into()],
                 )
                 .unwrap_or_else(|e| spi_failed(e));
-            client
-                .update(
-                    "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
-                     VALUES ($1, $2, $3, 'active', $4, $5, $6, $7)",
-                    None,
-                    &[key_id.into(), (version as i32).into(), algorithm.name().into(), wrapped.into(), wrapped_index.into(), m.id().into(), role.as_str().into()],
-                )
-                .unwrap_or_else(|e| spi_failed(e));
+            let mut args = vec![
+                key_id.into(),
+                (version as i32).into(),
+                algorithm.name().into(),
+                wrapped.into(),
+                wrapped_index.into(),
+                m.id().into(),
+                role.as_str().into(),
+            ];
+            let insert = if catalog().handles {
+                args.push(handle.into());
+                "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by, handle) \
+                 VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8)"
+            } else {
+                "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, master_key_id, created_by) \
+                 VALUES ($1, $2, $3, 'active', $4, $5, $6, $7)"
+            };
+            client.update(insert, None, &args).unwrap_or_else(|e| spi_failed(e));
             // The UPDATE above fired event_crypto.keys_changed, which drops the key caches here and elsewhere.
             crate::audit::record(
                 "rotate_key",
@@ -950,7 +1394,7 @@ pub fn shred_key(key_id: &str) -> Result<i32> {
                 )
                 .unwrap_or_else(|e| spi_failed(e));
             let n = t.len() as i32;
-            if n == 0 && read_rows(client, SELECT_ROWS, key_id).is_empty() {
+            if n == 0 && read_rows(client, key_id).is_empty() {
                 return Err(Error::unknown_key(key_id));
             }
             if n > 0 {
@@ -1203,7 +1647,7 @@ pub fn master_key_status() -> Result<Vec<MasterKeyStatus>> {
 
 /// The status of one version of a key id (`active`, `retired`, `disabled` or `shredded`).
 pub fn version_status(key_id: &str, version: u32) -> Result<String> {
-    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, SELECT_ROWS, key_id)));
+    let rows = as_catalog_owner(|| Spi::connect(|client| read_rows(client, key_id)));
     if rows.is_empty() {
         return Err(Error::unknown_key(key_id));
     }

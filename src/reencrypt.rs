@@ -16,6 +16,7 @@ use crate::protect::config::{config_of_table, Config, KeySpec};
 use crate::protect::trigger::row_binding;
 use crate::sqltypes::{Name, RegClass};
 use event_crypto_core::document::{check_context, check_envelopes, needs_encryption, OnInvalid};
+use event_crypto_core::envelope::Format;
 use event_crypto_core::jsonb::to_json_text;
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::reencrypt::{has_stale_envelopes, Reencryptor};
@@ -256,6 +257,8 @@ fn reencrypt_batch(
         col = quote_identifier(&column),
         ty = if json { "json" } else { "jsonb" }
     );
+    // envelopes move to the format new encryptions write (event_crypto.envelope_format)
+    let format = crate::keys::write_format();
     type Batch = (i64, Option<String>, Vec<(String, String)>, i64);
     let (scanned, last_seen, rewrite, invalid) = t
         .as_owner(|| {
@@ -300,6 +303,7 @@ fn reencrypt_batch(
                         &payload,
                         ctx.as_deref(),
                         subject.as_deref(),
+                        format,
                     ) {
                         RowPlan::Keep => {}
                         RowPlan::Invalid => invalid += 1,
@@ -358,14 +362,16 @@ fn reencrypt_batch(
 }
 
 /// Decides what one row of a re-encryption pass needs. For a protected column, every envelope must be bound
-/// to the row (else the row is invalid and left alone); a row with stale envelopes or configured plaintext is
-/// rewritten (the trigger encrypts the plaintext).
+/// to the row (else the row is invalid and left alone); a row with stale envelopes (an older key version, or
+/// another envelope format than `format`) or configured plaintext is rewritten (the trigger encrypts the
+/// plaintext).
 fn plan_row(
     cfg: Option<&Config>,
     fields: Option<&Selector>,
     payload: &Jsonb,
     ctx: Option<&str>,
     subject: Option<&str>,
+    format: Format,
 ) -> RowPlan {
     let doc = payload.document();
     let context = match check_context(ctx.filter(|c| !c.is_empty())) {
@@ -386,7 +392,7 @@ fn plan_row(
         }
     }
     let plaintext_left = fields.is_some_and(|f| needs_encryption(&doc, f).unwrap_or(false));
-    let stale = match has_stale_envelopes(&doc, &mut keys) {
+    let stale = match has_stale_envelopes(&doc, &mut keys, format) {
         Ok(s) => s,
         Err(e) if row_level(e.kind()) => return RowPlan::Invalid,
         Err(e) => raise(e),
@@ -395,7 +401,9 @@ fn plan_row(
         return RowPlan::Keep;
     }
     let mut out = Vec::new();
-    let r = Reencryptor::new(&mut keys, context).reencrypt_document(&doc, &mut out);
+    let r = Reencryptor::new(&mut keys, context)
+        .format(format)
+        .reencrypt_document(&doc, &mut out);
     let datum: &[u8] = match r {
         Ok(true) => &out,
         Ok(false) => payload.bytes(),

@@ -18,6 +18,7 @@ use crate::access::{in_subtransaction, Table};
 use crate::catalog::get;
 use crate::error::{raise, spi_error, OrRaise};
 use crate::jsonb::Jsonb;
+use event_crypto_core::envelope::KeyNames;
 use event_crypto_core::reencrypt::{text_uses_key_version, uses_key_version};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
@@ -104,8 +105,9 @@ fn candidates() -> Result<Vec<Candidate>> {
 }
 
 /// Counts, in one pass over `t`, the values of each of `columns` (name, jsonb?) that hold an envelope under
-/// `key_id` version `version`: (rows, unreadable) per column.
-fn scan_table(t: &Table, columns: &[(String, bool)], key_id: &str, version: u32) -> Result<Vec<(i64, i64)>> {
+/// version `version` of the key `key` names (format 1 envelopes by key id, format 2 by handle): (rows,
+/// unreadable) per column.
+fn scan_table(t: &Table, columns: &[(String, bool)], key: KeyNames<'_>, version: u32) -> Result<Vec<(i64, i64)>> {
     let list: Vec<String> = columns
         .iter()
         .map(|(c, jsonb)| {
@@ -137,12 +139,12 @@ fn scan_table(t: &Table, columns: &[(String, bool)], key_id: &str, version: u32)
                                 continue;
                             };
                             event_crypto_core::jsonb::Document::from_datum(p.bytes())
-                                .and_then(|d| uses_key_version(&d, key_id, version))
+                                .and_then(|d| uses_key_version(&d, key, version))
                         } else {
                             let Some(s) = r.get::<&str>(i + 1).map_err(spi_error)? else {
                                 continue;
                             };
-                            Ok(text_uses_key_version(s.as_bytes(), key_id, version))
+                            Ok(text_uses_key_version(s.as_bytes(), key, version))
                         };
                         match used {
                             Ok(true) => counts[i].0 += 1,
@@ -162,6 +164,11 @@ fn scan_table(t: &Table, columns: &[(String, bool)], key_id: &str, version: u32)
 /// Every column of the database that may hold envelopes, with how many of its values use `key_id` version
 /// `version` (`rows: None` where that could not be counted, and why).
 pub fn usage(key_id: &str, version: u32) -> Result<Vec<ColumnUsage>> {
+    // envelopes of format 2 name the key id by its handle
+    let key = KeyNames {
+        key_id,
+        handle: crate::keys::handle_of(key_id)?,
+    };
     let cands = candidates()?;
     let mut out = Vec::new();
     let mut i = 0;
@@ -210,7 +217,7 @@ pub fn usage(key_id: &str, version: u32) -> Result<Vec<ColumnUsage>> {
             continue;
         }
         let cols: Vec<(String, bool)> = readable.iter().map(|c| (c.column.clone(), c.jsonb)).collect();
-        match in_subtransaction(|| scan_table(&t, &cols, key_id, version)) {
+        match in_subtransaction(|| scan_table(&t, &cols, key, version)) {
             Ok(Ok(counts)) => {
                 for (c, (rows, bad)) in readable.iter().zip(counts) {
                     out.push(ColumnUsage {

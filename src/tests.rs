@@ -39,6 +39,49 @@ mod tests {
         assert!(keys::lookup("cache-1").unwrap().shredded);
     }
 
+    /// Envelopes of format 2 name their key by handle: the cache finds keys by handle too, so a scan costs one
+    /// catalog query per key (its handle's key id, for the row binding) and one load, and none in steady state,
+    /// as for format 1.
+    #[pg_test]
+    fn format_2_envelopes_are_served_from_the_cache_by_handle() {
+        Spi::run("CREATE TABLE hc (id serial, subject text, payload jsonb)").unwrap();
+        Spi::run(
+            "SELECT event_crypto.protect('hc', 'payload', fields => ARRAY['email', 'card'], key_column => 'subject', \
+                                         key_prefix => 'hc:')",
+        )
+        .unwrap();
+        Spi::run(
+            "INSERT INTO hc (subject, payload) SELECT 's' || (i % 5), jsonb_build_object('email', i || '@x.io', 'card', '4111') \
+             FROM generate_series(1, 200) i",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM hc WHERE payload->>'email' LIKE '$ec2$%'").unwrap(),
+            Some(200)
+        );
+        let reads = |sql: &str| {
+            let before = keys::catalog_reads();
+            assert_eq!(Spi::get_one::<i64>(sql).unwrap(), Some(200), "{sql}");
+            keys::catalog_reads() - before
+        };
+        let view = "SELECT count(*) FROM hc_decrypted WHERE payload->>'email' LIKE '%@x.io'";
+        let unbound = "SELECT count(*) FROM hc WHERE event_crypto.decrypt_fields(payload)->>'card' = '4111'";
+        let stale = "SELECT count(*) FROM hc WHERE NOT event_crypto.needs_reencryption(payload)";
+        let usage = "SELECT count(*) FROM hc WHERE event_crypto.uses_key_version(payload, 'hc:' || subject, 1)";
+        keys::invalidate_keys();
+        let first = reads(view);
+        assert!(first <= 10, "{first} catalog queries for 5 keys");
+        for sql in [view, unbound, stale, usage] {
+            assert_eq!(reads(sql), 0, "steady state: {sql}");
+        }
+        keys::invalidate_keys();
+        assert!(reads(unbound) <= 5, "one load per key, by handle");
+        keys::invalidate_keys();
+        assert!(reads(usage) <= 5, "a handle per key id, no key unwrapped");
+        // the cache is keyed by handle as much as by key id: bounded alike
+        assert!(keys::cached_count() <= 5);
+    }
+
     #[pg_test]
     fn the_key_cache_is_bounded() {
         // 120,000 keys made 92 MB of cache in one session (issue 11, item 15): the cache keeps at most

@@ -227,17 +227,14 @@ pub fn entomb(key_id: &str) -> Result<bool> {
     let moved = as_catalog_owner(|| -> Result<bool> {
         let moved = Spi::connect_mut(|c| {
             c.update(
-                "WITH gone AS (DELETE FROM event_crypto.keys k WHERE k.key_id OPERATOR(pg_catalog.=) $1 \
-                                 AND NOT EXISTS (SELECT 1 FROM event_crypto.keys l WHERE l.key_id OPERATOR(pg_catalog.=) $1 \
-                                                    AND l.status OPERATOR(pg_catalog.<>) 'shredded') \
-                               RETURNING k.version, k.algorithm, k.master_key_id, k.created_at, k.created_by, k.retired_at, \
-                                         k.shredded_at, k.shredded_by), \
-                      laid AS (INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
-                                                              master_key_id, created_at, created_by, retired_at, shredded_at, shredded_by) \
-                               SELECT $2, g.version, g.algorithm, 'shredded', NULL, NULL, g.master_key_id, g.created_at, \
-                                      g.created_by, g.retired_at, g.shredded_at, g.shredded_by FROM gone g \
-                               ON CONFLICT DO NOTHING) \
-                 SELECT pg_catalog.count(*) FROM gone",
+                // renamed in place: each row keeps everything else, its handle included (format 2 envelopes under the
+                // key find the tombstone by it and read as shredded); the handle trigger fires on UPDATE OF handle only
+                "WITH moved AS (UPDATE event_crypto.keys k SET key_id = $2, wrapped_key = NULL, wrapped_index_key = NULL \
+                                 WHERE k.key_id OPERATOR(pg_catalog.=) $1 \
+                                   AND NOT EXISTS (SELECT 1 FROM event_crypto.keys l WHERE l.key_id OPERATOR(pg_catalog.=) $1 \
+                                                      AND l.status OPERATOR(pg_catalog.<>) 'shredded') \
+                                 RETURNING 1) \
+                 SELECT pg_catalog.count(*) FROM moved",
                 Some(1),
                 &[key_id.into(), t.as_str().into()],
             )

@@ -58,6 +58,15 @@ fn config_check<'a>(
     Ok(trigger.new())
 }
 
+/// BEFORE INSERT OR UPDATE OF handle row trigger on `event_crypto.keys` (`keys_handle`, enabled always): every row
+/// of a key id has the key id's handle, which never changes, and no other key id has it. A row without a handle (a
+/// dump of a release before handles, a row written by hand) gets the key id's handle, or a new random one. A
+/// collision (catalogs merged by a restore) is refused with a message that says so.
+#[pg_trigger]
+fn keys_handle<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, PgHeapTupleError> {
+    Ok(crate::keys::check_handle_row(trigger).or_raise())
+}
+
 /// AFTER INSERT row trigger on the audit log: the row is sealed into the chain when the transaction commits.
 #[pg_trigger]
 fn audit_pending<'a>(

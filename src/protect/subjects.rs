@@ -283,15 +283,27 @@ pub fn forget(subject: &str, prefix: &str) -> Value {
         Ok(base) if crate::tombstones::is_tombstoned(&base).or_raise() => 0,
         Ok(base) => as_catalog_owner(|| {
             Spi::connect_mut(|client| {
-                client
-                    .update(
+                // a tombstone has a handle like any key id: an envelope of format 2 under it reads as shredded
+                let handle = keys::new_key_handle(client).or_raise();
+                let mut args = vec![base.as_str().into(), master_id.as_str().into(), role.as_str().into()];
+                let insert = match handle {
+                    Some(h) => {
+                        args.push(h.into());
+                        "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
+                                                        master_key_id, created_by, shredded_at, shredded_by, handle) \
+                         VALUES ($1, 1, 'aes-256-gcm', 'shredded', NULL, NULL, $2, $3, pg_catalog.now(), $3, $4) \
+                         ON CONFLICT DO NOTHING RETURNING 1"
+                    }
+                    // the SQL objects of a release before handles (until ALTER EXTENSION UPDATE)
+                    None => {
                         "INSERT INTO event_crypto.keys (key_id, version, algorithm, status, wrapped_key, wrapped_index_key, \
                                                         master_key_id, created_by, shredded_at, shredded_by) \
                          VALUES ($1, 1, 'aes-256-gcm', 'shredded', NULL, NULL, $2, $3, pg_catalog.now(), $3) \
-                         ON CONFLICT DO NOTHING RETURNING 1",
-                        None,
-                        &[base.as_str().into(), master_id.as_str().into(), role.as_str().into()],
-                    )
+                         ON CONFLICT DO NOTHING RETURNING 1"
+                    }
+                };
+                client
+                    .update(insert, None, &args)
                     .unwrap_or_else(|e| spi_failed(e))
                     .len() as i64
             })

@@ -3,14 +3,16 @@
 //! For each row it:
 //! 1. refuses an UPDATE that would move stored ciphertext to another subject or context;
 //! 2. checks every envelope the row brings (anywhere in the document, configured field or not): it must parse,
-//!    be under the row's own key (the fixed key id, or a key of the row's subject) and authenticate with the row's
-//!    context at its own location. An envelope copied from another subject, stream, field or row, a string that
-//!    merely starts with `$ec1$`, an edited one: the row is refused (`23514`, `22P02`). Only an envelope under the
+//!    be under the row's own key (the fixed key id, or a key of the row's subject: a format 2 envelope's handle is
+//!    looked up to its key id) and authenticate with the row's context at its own location. An envelope copied
+//!    from another subject, stream, field or row, a string that merely starts with `$ec1$` or `$ec2$`, an edited
+//!    one: the row is refused (`23514`, `22P02`). Only an envelope under the
 //!    row's own *shredded* key cannot be authenticated; it is kept (replays and restores of a forgotten subject's
 //!    events), and its blind index values are NULL;
 //! 3. computes every blind index column from the plaintext (decrypting the row's own envelopes where the field is
 //!    already encrypted): a value supplied with the row is always replaced;
-//! 4. encrypts the configured fields that are still plaintext under the row's key, creating the key on first use.
+//! 4. encrypts the configured fields that are still plaintext under the row's key, creating the key on first use,
+//!    in the envelope format `event_crypto.envelope_format` names (2 by default: the key named by its handle).
 
 use super::config::{config, Col, Config, KeySpec};
 use crate::jsonb::Jsonb;
@@ -18,7 +20,7 @@ use crate::keys::{self, CachedKeys, KeyEntry, KeyUser};
 use event_crypto_core::document::{
     check_context, check_envelopes, may_contain_envelope, needs_encryption, value_at, Checked, Encryptor,
 };
-use event_crypto_core::envelope::looks_like_envelope;
+use event_crypto_core::envelope::{looks_like_envelope, KeyRef};
 use event_crypto_core::jsonb::{parse_json, write_json, Parsed, Value as JsonbValue};
 use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_key_id};
 use event_crypto_core::{Error, ErrorKind, Result};
@@ -86,12 +88,67 @@ pub fn key_belongs_to(prefix: &str, subject: &str, key_id: &str) -> bool {
     keys::lookup(key_id).is_ok_and(|e| e.belongs_to(prefix, subject))
 }
 
-/// The key ids envelopes of a row may be under: the configured key id, or the keys of the row's subject.
-pub fn row_binding<'a>(cfg: &'a Config, subject: Option<&'a str>) -> impl Fn(&str) -> bool + 'a {
-    move |k: &str| match (&cfg.key, subject) {
-        (KeySpec::Fixed(id), _) => k == id,
-        (KeySpec::Column { prefix, .. }, Some(s)) => key_belongs_to(prefix, s, k),
+/// The keys envelopes of a row may be under: the configured key id, or the keys of the row's subject. A format 1
+/// envelope names its key id; a format 2 envelope its handle, whose key id is looked up in the catalog (without
+/// unwrapping anything): both are judged by key id. A handle no key id has is under no key the row may use.
+pub fn row_binding<'a>(cfg: &'a Config, subject: Option<&'a str>) -> impl Fn(KeyRef<'_>) -> bool + 'a {
+    move |k: KeyRef<'_>| {
+        let allowed = |key_id: &str| match (&cfg.key, subject) {
+            (KeySpec::Fixed(id), _) => key_id == id,
+            (KeySpec::Column { prefix, .. }, Some(s)) => key_belongs_to(prefix, s, key_id),
+            (KeySpec::Column { .. }, None) => false,
+        };
+        match k {
+            KeyRef::Id(key_id) => allowed(key_id),
+            // (a row without a subject holds no key: nothing to look up)
+            KeyRef::Handle(_) if matches!((&cfg.key, subject), (KeySpec::Column { .. }, None)) => false,
+            KeyRef::Handle(h) => match keys::key_id_of_handle(h) {
+                // a key id shredded whole keeps its handle under its tombstone (a digest of the key id)
+                Some(name) if name.starts_with(event_crypto_core::digest::PREFIX) => {
+                    tombstone_allowed(cfg, subject, &name)
+                }
+                Some(key_id) => allowed(&key_id),
+                None => false,
+            },
+        }
+    }
+}
+
+/// Whether the tombstone `name` (the digest of a key id shredded whole) is that of a key the row may use: the
+/// configured key id, or one of the subject's key generations (computed in turn, while the catalog has the
+/// generation live or tombstoned: at most one catalog query per generation, none when the first matches), or a key
+/// recorded as the subject's under 0.1.0's naming.
+fn tombstone_allowed(cfg: &Config, subject: Option<&str>, name: &str) -> bool {
+    let is = |key_id: &str| {
+        crate::tombstones::tombstone_id(key_id)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t == name)
+    };
+    match (&cfg.key, subject) {
+        (KeySpec::Fixed(id), _) => is(id),
         (KeySpec::Column { .. }, None) => false,
+        (KeySpec::Column { prefix, .. }, Some(s)) => {
+            if keys::legacy_keys_exist() && keys::lookup(name).is_ok_and(|e| e.belongs_to(prefix, s)) {
+                return true;
+            }
+            for g in 1..=event_crypto_core::subject::MAX_GENERATION {
+                let Ok(k) = subject_key_id(prefix, s, g) else {
+                    return false;
+                };
+                if is(&k) {
+                    return true;
+                }
+                pgrx::check_for_interrupts!();
+                // a generation is made only once the one before it is shredded: past the first that is
+                // neither live nor tombstoned, there are none
+                let present = keys::lookup(&k).is_ok();
+                if !present {
+                    return false;
+                }
+            }
+            false
+        }
     }
 }
 
@@ -386,7 +443,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         if let (Some(col), None) = (&cfg.context, &context_text) {
             return Err(null_context_column(&cfg, col));
         }
-        let (key_id, entry) = match &cfg.key {
+        let (_, entry) = match &cfg.key {
             KeySpec::Fixed(k) => (k.clone(), keys::ensure_key(k, &user)?),
             KeySpec::Column { col, prefix } => {
                 let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
@@ -394,8 +451,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             }
         };
         let (version, cipher) = entry.encryption_key()?;
+        // the format event_crypto.envelope_format names (format 2: the key named by its handle)
+        let key = entry.key_ref(keys::write_format())?;
         let encrypted = Jsonb::build(|out| {
-            let n = Encryptor::new(&cipher, &key_id, version, context).encrypt_document(&doc, selector, out)?;
+            let n = Encryptor::new(&cipher, key, version, context).encrypt_document(&doc, selector, out)?;
             entry.note_encrypted(version, n);
             Ok(n > 0)
         });

@@ -1,10 +1,14 @@
-// Prints frozen test vectors (used once to create tests/vectors.rs; kept to document how they were made).
+// Prints frozen test vectors (used once to create the FROZEN_V1 and FROZEN_V2 tables of tests/known_answers.rs;
+// kept to document how they were made): `cargo run -p event_crypto_core --example gen_vectors`.
 use event_crypto_core::aead::{Algorithm, Cipher};
-use event_crypto_core::envelope::{seal, Scratch, SealKey};
+use event_crypto_core::envelope::{seal, KeyHandle, KeyRef, Scratch, SealKey};
 use event_crypto_core::path::{LocStep, Location};
 
 /// (algorithm, location, context, plaintext JSON)
 type Case<'a> = (Algorithm, &'a [LocStep<'a>], Option<&'a [u8]>, &'a str);
+
+/// The handle of the format 2 vectors.
+const FROZEN_HANDLE: u64 = 0x5ec2_f00d_0000_0007;
 
 fn main() {
     let key = [0x42u8; 32];
@@ -31,20 +35,32 @@ fn main() {
         (Algorithm::Aes256Gcm, &[], None, "12.50"),
         (Algorithm::Aes256Gcm, &[LocStep::Key("a.b")], None, "\"\""),
     ];
-    for (i, (alg, steps, ctx, pt)) in cases.iter().enumerate() {
-        let c = Cipher::new(*alg, &key);
-        let loc = Location::from_steps(steps);
-        let nonce = [i as u8 + 1; 12];
-        let k = SealKey {
-            cipher: &c,
-            key_id: "frozen-key",
-            version: 7,
-        };
-        let s = seal(&k, &loc, *ctx, pt.as_bytes(), &nonce, &mut Scratch::default()).unwrap();
-        println!(
-            "{alg:?} {} {:?} {pt} => {s}",
-            loc.display(),
-            ctx.map(|c| String::from_utf8_lossy(c).to_string())
-        );
+    let handle = KeyHandle::new(FROZEN_HANDLE).unwrap();
+    // format 1 (key id "frozen-key", version 7), then format 2 (the handle above, version 7; the last case also
+    // with version 300, whose LEB128 takes two bytes)
+    for (format, key_ref) in [(1, KeyRef::Id("frozen-key")), (2, KeyRef::Handle(handle))] {
+        for (i, (alg, steps, ctx, pt)) in cases.iter().enumerate() {
+            let versions: &[u32] = if format == 2 && i == cases.len() - 1 {
+                &[7, 300]
+            } else {
+                &[7]
+            };
+            for &version in versions {
+                let c = Cipher::new(*alg, &key);
+                let loc = Location::from_steps(steps);
+                let nonce = [i as u8 + 1; 12];
+                let k = SealKey {
+                    cipher: &c,
+                    key: key_ref,
+                    version,
+                };
+                let s = seal(&k, &loc, *ctx, pt.as_bytes(), &nonce, &mut Scratch::default()).unwrap();
+                println!(
+                    "format {format} version {version} {alg:?} {} {:?} {pt} => {s}",
+                    loc.display(),
+                    ctx.map(|c| String::from_utf8_lossy(c).to_string())
+                );
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //!     cargo run --release -p event_crypto_core --example microbench
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{check_envelopes, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded};
+use event_crypto_core::envelope::{KeyHandle, KeyRef};
 use event_crypto_core::jsonb::{from_json_text, Document};
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::Result;
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 struct One(Rc<Cipher>);
 impl KeySource for One {
-    fn decryption_key(&mut self, _: &str, _: u32) -> Result<KeyLookup> {
+    fn decryption_key(&mut self, _: KeyRef<'_>, _: u32) -> Result<KeyLookup> {
         Ok(KeyLookup::Found(self.0.clone()))
     }
 }
@@ -31,10 +32,12 @@ fn main() {
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[7u8; 32]));
     let ctx = b"0b5f2c1e-8d4a-4f6e-9a3b-2c1d0e9f8a7b";
     let n = 200_000;
+    // envelopes of format 2 (what new encryptions write): the key named by its handle
+    let handle = KeyHandle::new(0x5eed_0000_0000_0001).unwrap();
     let mut out = Vec::new();
     let t = Instant::now();
     for _ in 0..n {
-        Encryptor::new(&c, "subject:u123", 1, Some(ctx))
+        Encryptor::new(&c, KeyRef::Handle(handle), 1, Some(ctx))
             .encrypt_document(&d, &sel, &mut out)
             .unwrap();
     }
@@ -56,7 +59,7 @@ fn main() {
         t.elapsed().as_nanos() as f64 / n as f64
     );
     // what a protected table's trigger does before it keeps a row: find and check every envelope
-    let bound = |k: &str| k == "subject:u123";
+    let bound = |k: KeyRef<'_>| k == KeyRef::Handle(handle);
     let t = Instant::now();
     for _ in 0..n {
         check_envelopes(&d, &mut keys, Some(ctx), &bound, |_, _| Ok(())).unwrap();

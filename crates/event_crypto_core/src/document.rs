@@ -2,7 +2,7 @@
 //! replaced, everything else is copied byte for byte.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::envelope::{check_key_id, looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
+use crate::envelope::{looks_like_envelope, seal_into, Envelope, KeyHandle, KeyRef, Scratch, SealKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::jsonb::{
     copy_value, new_datum_buffer, parse_json, set_varlena_header, too_deep, write_json, write_string, Container,
@@ -65,14 +65,12 @@ impl Drop for Encryptor<'_> {
 }
 
 impl<'a> Encryptor<'a> {
-    pub fn new(cipher: &'a Cipher, key_id: &'a str, version: u32, context: Option<&'a [u8]>) -> Encryptor<'a> {
+    /// Encrypts under `cipher`, version `version` of a key that the envelopes name as `key` says: by its id
+    /// (format 1) or by its handle (format 2).
+    pub fn new(cipher: &'a Cipher, key: KeyRef<'a>, version: u32, context: Option<&'a [u8]>) -> Encryptor<'a> {
         let bufs = SPARE.try_with(|s| s.take()).ok().flatten().unwrap_or_default();
         Encryptor {
-            key: SealKey {
-                cipher,
-                key_id,
-                version,
-            },
+            key: SealKey { cipher, key, version },
             context,
             scratch: bufs.scratch,
             plaintext: bufs.plaintext,
@@ -117,7 +115,7 @@ impl<'a> Encryptor<'a> {
 
     /// Encrypts a single value bound to the document root (`encrypt_value`); returns the envelope text.
     pub fn encrypt_value(&mut self, v: &Value<'_>) -> Result<String> {
-        check_key_id(self.key.key_id)?;
+        self.key.check()?;
         let mut out = Vec::new();
         self.loc = Location::root();
         self.seal_value(v, &mut out)?;
@@ -136,7 +134,7 @@ impl<'a> Encryptor<'a> {
             ))
             .with_hint("Use event_crypto.encrypt_value() to encrypt a single value."));
         }
-        check_key_id(self.key.key_id)?;
+        self.key.check()?;
         check_root_fits(&root, selector)?;
         self.count = 0;
         self.loc = Location::root();
@@ -349,9 +347,44 @@ pub enum KeyLookup {
     Disabled,
 }
 
-/// Looks up keys by (key id, version); errors for unknown keys, master key problems and so on.
+/// Looks up keys by how envelopes name them (a key id in format 1, a key id's handle in format 2) and version;
+/// errors for unknown keys, master key problems and so on.
 pub trait KeySource {
-    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup>;
+    fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> Result<KeyLookup>;
+
+    /// The key id that has `handle`, if the source knows it: used to name the key in messages about format 2
+    /// envelopes (which hold only the handle).
+    fn key_id_of(&mut self, handle: KeyHandle) -> Option<String> {
+        let _ = handle;
+        None
+    }
+}
+
+/// What follows "key" in a message about an envelope's key: the quoted key id (for format 2, the key id its
+/// handle belongs to), or "with handle …" when no key is known to have the handle.
+pub(crate) fn key_label<K: KeySource + ?Sized>(keys: &mut K, key: KeyRef<'_>) -> String {
+    match key {
+        KeyRef::Id(_) => key.to_string(),
+        KeyRef::Handle(h) => match keys.key_id_of(h) {
+            // a tombstone: the key id is not known, and its digest says nothing to the reader
+            Some(id) if crate::digest::is_digest(&id) => format!("{key} (of a key id shredded whole)"),
+            Some(id) => KeyRef::Id(&id).to_string(),
+            None => key.to_string(),
+        },
+    }
+}
+
+/// The key id an envelope names, for messages that quote a key id: for format 2 the key id its handle belongs
+/// to, or "handle …" when no key is known to have the handle.
+pub(crate) fn key_id_for_message<K: KeySource + ?Sized>(keys: &mut K, key: KeyRef<'_>) -> String {
+    match key {
+        KeyRef::Id(id) => id.to_string(),
+        KeyRef::Handle(h) => match keys.key_id_of(h) {
+            Some(id) if crate::digest::is_digest(&id) => format!("handle {h} (shredded whole)"),
+            Some(id) => id,
+            None => format!("handle {h}"),
+        },
+    }
 }
 
 /// What decryption does with an envelope that is not what it should be: malformed, of an unknown format, under a
@@ -383,8 +416,9 @@ impl OnInvalid {
     }
 }
 
-/// The key ids a row's envelopes may use (see [`crate::subject`] for subject keys).
-pub type Binding<'a> = &'a dyn Fn(&str) -> bool;
+/// The keys a row's envelopes may use, as envelopes name them (see [`crate::subject`] for subject keys): a format 1
+/// envelope by key id, a format 2 envelope by the key id's handle.
+pub type Binding<'a> = &'a dyn Fn(KeyRef<'_>) -> bool;
 
 /// What opening one envelope gave.
 enum Opened<R> {
@@ -409,30 +443,50 @@ fn open_envelope<K: KeySource>(
     let mut env = Envelope::parse_reusing(text, loc, std::mem::take(blob))?;
     let result = (|| {
         if let Some(allowed) = binding {
-            if !allowed(&env.key_id) {
+            if !allowed(env.key()) {
                 return Err(not_bound(
                     loc,
-                    &env.key_id,
+                    &key_label(keys, env.key()),
                     "it is under a key this row is not encrypted with",
                 ));
             }
         }
-        match keys.decryption_key(&env.key_id, env.key_version)? {
-            KeyLookup::Found(cipher) => env.open_range(&cipher, loc, context, aad).map(Some),
+        let handle = match env.key() {
+            KeyRef::Handle(h) => Some(h),
+            KeyRef::Id(_) => None,
+        };
+        match keys.decryption_key(env.key(), env.key_version)? {
+            KeyLookup::Found(cipher) => match handle {
+                // a failure names the key id the handle belongs to, as format 1 messages do
+                Some(h) => env
+                    .open_range_as(
+                        &cipher,
+                        loc,
+                        context,
+                        aad,
+                        Some(&mut || key_label(keys, KeyRef::Handle(h))),
+                    )
+                    .map(Some),
+                None => env.open_range(&cipher, loc, context, aad).map(Some),
+            },
             KeyLookup::Shredded => Ok(None),
-            KeyLookup::Disabled => Err(Error::key_disabled(&env.key_id, env.key_version)),
+            KeyLookup::Disabled => Err(Error::key_disabled(
+                &key_id_for_message(keys, env.key()),
+                env.key_version,
+            )),
         }
     })();
     *blob = env.into_blob();
     result
 }
 
-fn not_bound(loc: &Location, key_id: &str, why: &str) -> Error {
+/// `key_label`: what follows "key" ([`key_label`]).
+fn not_bound(loc: &Location, key_label: &str, why: &str) -> Error {
     Error::new(
         ErrorKind::EnvelopeNotBound,
         format!("envelope at {} does not belong to this row", crate::error::display_path(&loc.display())),
     )
-    .with_detail(format!("The envelope names key \"{key_id}\"; {why}."))
+    .with_detail(format!("The envelope names key {key_label}; {why}."))
     .with_hint("An encrypted value can only be stored in the row, field and context it was encrypted for. Insert the plaintext and let the row's key encrypt it.")
 }
 
@@ -507,9 +561,10 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             Ok(None) => {
                 self.shredded += 1;
                 if self.on_shredded == OnShredded::Error {
-                    let key_id = Envelope::parse(std::str::from_utf8(text).unwrap_or(""), &self.loc)
-                        .map(|e| e.key_id)
-                        .unwrap_or_default();
+                    let key_id = match Envelope::parse(std::str::from_utf8(text).unwrap_or(""), &self.loc) {
+                        Ok(e) => key_id_for_message(self.keys, e.key()),
+                        Err(_) => String::new(),
+                    };
                     return Err(Error::key_shredded(&key_id));
                 }
                 Ok(Opened::Shredded)
@@ -674,9 +729,10 @@ pub fn check_envelopes<K: KeySource>(
                 Err(e) => Err(match e.kind() {
                     ErrorKind::MalformedEnvelope | ErrorKind::UnsupportedVersion | ErrorKind::EnvelopeNotBound => e,
                     ErrorKind::AuthenticationFailed | ErrorKind::ContextMismatch | ErrorKind::UnknownKey => {
-                        let key_id = Envelope::parse(std::str::from_utf8(s).unwrap_or(""), &self.loc)
-                            .map(|e| e.key_id)
-                            .unwrap_or_default();
+                        let label = match Envelope::parse(std::str::from_utf8(s).unwrap_or(""), &self.loc) {
+                            Ok(e) => key_label(self.keys, e.key()),
+                            Err(_) => "\"\"".to_string(),
+                        };
                         let why = match e.kind() {
                             ErrorKind::UnknownKey => "that key or key version does not exist".to_string(),
                             ErrorKind::ContextMismatch => {
@@ -684,7 +740,7 @@ pub fn check_envelopes<K: KeySource>(
                             }
                             _ => "it does not authenticate as this field of this row (it was altered, or encrypted for another field, row or context)".to_string(),
                         };
-                        not_bound(&self.loc, &key_id, &why)
+                        not_bound(&self.loc, &label, &why)
                     }
                     _ => e,
                 }),

@@ -71,11 +71,14 @@ pub enum ErrorKind {
     PlaintextRows,
     /// The server is read-only (a hot standby) and the call must write, e.g. creating a key (25006).
     ReadOnly,
+    /// A key handle is already another key id's, or a key id's rows would have different handles (catalogs merged
+    /// by a restore) (23505).
+    KeyHandleConflict,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`ALL[k.ordinal()] == k`, checked by a unit test).
-    pub const ALL: [ErrorKind; 30] = [
+    pub const ALL: [ErrorKind; 31] = [
         ErrorKind::NullArgument,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidPath,
@@ -106,6 +109,7 @@ impl ErrorKind {
         ErrorKind::KeyDisabled,
         ErrorKind::PlaintextRows,
         ErrorKind::ReadOnly,
+        ErrorKind::KeyHandleConflict,
     ];
 
     /// The position of the kind in [`ErrorKind::ALL`]; the exhaustive match makes a new kind impossible to forget.
@@ -141,6 +145,7 @@ impl ErrorKind {
             ErrorKind::KeyDisabled => 27,
             ErrorKind::PlaintextRows => 28,
             ErrorKind::ReadOnly => 29,
+            ErrorKind::KeyHandleConflict => 30,
         }
     }
 }
@@ -204,6 +209,11 @@ impl Error {
             ErrorKind::UnknownKey,
             format!("version {version} of encryption key \"{key_id}\" does not exist"),
         )
+    }
+    /// A format 2 envelope names a key handle that no key id of the catalog has.
+    pub fn unknown_key_handle(handle: &dyn fmt::Display) -> Self {
+        Error::new(ErrorKind::UnknownKey, format!("no encryption key has handle {handle}"))
+            .with_detail("Envelopes of format 2 name their key by the handle the key catalog stores with the key id.")
     }
     /// A key id that cannot be used to encrypt or index: unknown and shredded key ids give the same error, so a
     /// role that may encrypt cannot tell a subject that was forgotten from one that never existed.

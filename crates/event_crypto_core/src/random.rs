@@ -1,4 +1,4 @@
-//! Randomness: data keys come straight from the OS CSPRNG; nonces come from a per-process ChaCha20 CSPRNG seeded
+//! Randomness: data keys and key handles come straight from the OS CSPRNG; nonces come from a per-process ChaCha20 CSPRNG seeded
 //! from the OS. The nonce generator reseeds after a fork, so two PostgreSQL backends forked from one process never
 //! share a stream: a `pthread_atfork` child handler, registered before the first seeding, bumps a fork counter
 //! that each draw compares (a memory read instead of a `getpid` system call per nonce). Should the handler not
@@ -67,6 +67,17 @@ pub fn random_key() -> Result<SecretKey> {
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     os_random(key.as_mut())?;
     Ok(key)
+}
+
+/// A fresh key handle (a random non-zero 64-bit number, never derived from anything) from the OS CSPRNG.
+pub fn key_handle() -> Result<crate::envelope::KeyHandle> {
+    loop {
+        let mut b = [0u8; 8];
+        os_random(&mut b)?;
+        if let Some(h) = crate::envelope::KeyHandle::new(u64::from_be_bytes(b)) {
+            return Ok(h);
+        }
+    }
 }
 
 fn seeded() -> Result<NonceRng> {
@@ -146,6 +157,14 @@ mod tests {
                 "the child reseeded instead of repeating the parent's next nonce"
             );
             assert_ne!(child, [0; NONCE_LEN]);
+        }
+    }
+
+    #[test]
+    fn handles_are_distinct() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(key_handle().unwrap()));
         }
     }
 

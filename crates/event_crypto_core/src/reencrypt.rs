@@ -1,9 +1,15 @@
-//! Re-encryption: moving envelopes to the newest version of their key id (same plaintext, same location and
-//! context, fresh nonce), and inspecting which key versions a document uses, without decrypting anything.
+//! Re-encryption: moving envelopes to the newest version of their key id and to the envelope format new
+//! encryptions write (same plaintext, same location and context, fresh nonce), and inspecting which key versions
+//! a document uses, without decrypting anything.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::document::{may_hold_envelope, rewrite_children, root_envelope, ChildRewriter, KeyLookup, KeySource};
-use crate::envelope::{looks_like_envelope, seal_into, Envelope, Scratch, SealKey};
+use crate::document::{
+    key_label, may_hold_envelope, rewrite_children, root_envelope, ChildRewriter, KeyLookup, KeySource,
+};
+use crate::envelope::{
+    looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyNames, KeyRef, Scratch, SealKey, PREFIX_V1,
+    PREFIX_V2,
+};
 use crate::error::{Error, Result};
 use crate::jsonb::{
     copy_value, new_datum_buffer, set_varlena_header, too_deep, Container, Document, EntryType, Parsed, Value,
@@ -12,20 +18,45 @@ use crate::jsonb::{
 use crate::path::Location;
 use std::rc::Rc;
 
+/// The version new encryptions of a key id use, with its cipher and what envelopes name the key id by.
+pub struct Newest {
+    pub version: u32,
+    pub cipher: Rc<Cipher>,
+    pub key_id: String,
+    pub handle: Option<KeyHandle>,
+}
+
+impl Newest {
+    pub fn names(&self) -> KeyNames<'_> {
+        KeyNames {
+            key_id: &self.key_id,
+            handle: self.handle,
+        }
+    }
+}
+
 /// The version new encryptions of a key id use.
 pub trait NewestKey {
-    /// The active version of `key_id` and its cipher; `None` when the key id is shredded or has no active
-    /// version (its envelopes are then left as they are).
-    fn newest_key(&mut self, key_id: &str) -> Result<Option<(u32, Rc<Cipher>)>>;
+    /// The active version of the key id an envelope names (`key`: its id, or its handle), its cipher and names;
+    /// `None` when the key id is shredded or has no active version (its envelopes are then left as they are).
+    fn newest_key(&mut self, key: KeyRef<'_>) -> Result<Option<Newest>>;
 
     /// Called after each value sealed under `key_id` version `version` (for usage counting).
     fn sealed(&mut self, key_id: &str, version: u32);
 }
 
-/// Rewrites every envelope of a document whose key version is older than its key id's active version.
+/// Whether an envelope of `format` under `version` moves when its key id's active version is `newest` and new
+/// envelopes are written in `target`: to a newer version, or to the target format (under the same version).
+fn moves(format: Format, version: u32, newest: u32, target: Format) -> bool {
+    newest > version || (newest == version && format != target)
+}
+
+/// Rewrites every envelope of a document whose key version is older than its key id's active version, or whose
+/// format is not the one new envelopes are written in.
 pub struct Reencryptor<'a, K: KeySource + NewestKey> {
     keys: &'a mut K,
     context: Option<&'a [u8]>,
+    format: Format,
     loc: Location,
     aad: Vec<u8>,
     blob: Vec<u8>,
@@ -49,6 +80,7 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         Reencryptor {
             keys,
             context,
+            format: Format::DEFAULT,
             loc: Location::root(),
             aad: Vec::new(),
             blob: Vec::new(),
@@ -57,6 +89,12 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
             current: 0,
             shredded: 0,
         }
+    }
+
+    /// Writes envelopes in `format` (default: [`Format::DEFAULT`]); envelopes in the other format move to it.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     /// Writes the document with stale envelopes re-encrypted into `out` (a datum with its header). Returns false,
@@ -92,7 +130,8 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
         rewrite_children(self, c, out, depth)
     }
 
-    /// Appends the envelope text `s` to `out`, re-encrypted under the newest version when it is older.
+    /// Appends the envelope text `s` to `out`, re-encrypted under the newest version (and in the format new
+    /// envelopes are written in) when it is older (or in the other format).
     fn reseal(&mut self, s: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let text =
             std::str::from_utf8(s).map_err(|_| Error::malformed(&self.loc.display(), "the value is not UTF-8"))?;
@@ -101,15 +140,23 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
             this.blob = env.into_blob();
             out.extend_from_slice(s);
         };
-        let newest = match self.keys.newest_key(&env.key_id)? {
-            Some((v, c)) if v > env.key_version => (v, c),
+        let newest = match self.keys.newest_key(env.key())? {
+            Some(n) if moves(env.format, env.key_version, n.version, self.format) => n,
             _ => {
                 self.current += 1;
                 keep(self, env, out);
                 return Ok(());
             }
         };
-        let old = match self.keys.decryption_key(&env.key_id, env.key_version)? {
+        // how the new envelope names the key (format 2 needs the key id's handle)
+        let target = match newest.names().key_ref(self.format) {
+            Ok(_) => self.format,
+            Err(e) => {
+                self.blob = env.into_blob();
+                return Err(e);
+            }
+        };
+        let old = match self.keys.decryption_key(env.key(), env.key_version)? {
             KeyLookup::Found(c) => c,
             // a disabled version stays as it is too: moving it would need its key
             KeyLookup::Shredded | KeyLookup::Disabled => {
@@ -119,23 +166,39 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
             }
         };
         let nonce: Result<[u8; NONCE_LEN]> = crate::random::nonce();
-        let key_id = env.key_id.clone();
-        let result = match (env.open_in_place(&old, &self.loc, self.context, &mut self.aad), nonce) {
-            (Ok(pt), Ok(nonce)) => {
+        let handle = match env.key() {
+            KeyRef::Handle(h) => Some(h),
+            KeyRef::Id(_) => None,
+        };
+        let keys = &mut *self.keys;
+        let opened = match handle {
+            Some(h) => env.open_range_as(
+                &old,
+                &self.loc,
+                self.context,
+                &mut self.aad,
+                Some(&mut || key_label(keys, KeyRef::Handle(h))),
+            ),
+            None => env.open_range(&old, &self.loc, self.context, &mut self.aad),
+        };
+        let result = match (opened, nonce, newest.names().key_ref(target)) {
+            (Ok(range), Ok(nonce), Ok(key_ref)) => {
                 let key = SealKey {
-                    cipher: &newest.1,
-                    key_id: &key_id,
-                    version: newest.0,
+                    cipher: &newest.cipher,
+                    key: key_ref,
+                    version: newest.version,
                 };
-                seal_into(&key, &self.loc, self.context, pt, &nonce, &mut self.scratch, out)
+                let pt = &env.blob()[range];
+                key.check()
+                    .and_then(|()| seal_into(&key, &self.loc, self.context, pt, &nonce, &mut self.scratch, out))
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         let mut blob = env.into_blob();
         zeroize::Zeroize::zeroize(&mut blob);
         self.blob = blob;
         result?;
-        self.keys.sealed(&key_id, newest.0);
+        self.keys.sealed(&newest.key_id, newest.version);
         self.reencrypted += 1;
         Ok(())
     }
@@ -208,50 +271,59 @@ pub fn any_envelope(doc: &Document<'_>, mut f: impl FnMut(&Envelope) -> Result<b
     walk(doc.value()?, &mut Location::root(), 0, &mut f)
 }
 
-/// Whether [`Reencryptor`] would move some envelope of the document: one under an older version than its key
-/// id's active one, whose own version still exists (envelopes under a destroyed version stay as they are).
-pub fn has_stale_envelopes<K: KeySource + NewestKey>(doc: &Document<'_>, keys: &mut K) -> Result<bool> {
+/// Whether [`Reencryptor`] (writing envelopes in `format`) would move some envelope of the document: one under an
+/// older version than its key id's active one, or in the other format, whose own version still exists
+/// (envelopes under a destroyed version stay as they are).
+pub fn has_stale_envelopes<K: KeySource + NewestKey>(doc: &Document<'_>, keys: &mut K, format: Format) -> Result<bool> {
     any_envelope(doc, |env| {
-        if !matches!(keys.newest_key(&env.key_id)?, Some((v, _)) if v > env.key_version) {
+        if !matches!(keys.newest_key(env.key())?, Some(n) if moves(env.format, env.key_version, n.version, format)) {
             return Ok(false);
         }
         Ok(matches!(
-            keys.decryption_key(&env.key_id, env.key_version)?,
+            keys.decryption_key(env.key(), env.key_version)?,
             KeyLookup::Found(_)
         ))
     })
 }
 
-/// Whether some envelope of the document is under `key_id` version `version`.
-pub fn uses_key_version(doc: &Document<'_>, key_id: &str, version: u32) -> Result<bool> {
-    any_envelope(doc, |env| Ok(env.key_id == key_id && env.key_version == version))
+/// Whether some envelope of the document is under version `version` of the key `key` names: format 1 envelopes
+/// by its id, format 2 envelopes by its handle.
+pub fn uses_key_version(doc: &Document<'_>, key: KeyNames<'_>, version: u32) -> Result<bool> {
+    any_envelope(doc, |env| Ok(key.names(env.key()) && env.key_version == version))
 }
 
 /// Whether some envelope written into free text (a `text` or `json` column, a document stored as text) is under
-/// `key_id` version `version`. Every `$ec1$` in the text starts a candidate: the base64url characters after it
-/// must parse as an envelope (headers only; nothing is decrypted). Text that merely looks like an envelope and
-/// does not parse is not one here (free text may hold anything); the count is of values that do hold one.
-pub fn text_uses_key_version(text: &[u8], key_id: &str, version: u32) -> bool {
-    let prefix = crate::envelope::PREFIX.as_bytes();
-    let finder = memchr::memmem::Finder::new(prefix);
+/// version `version` of the key `key` names. Every `$ec1$` and `$ec2$` in the text starts a candidate: the
+/// base64url characters after it must parse as an envelope (headers only; nothing is decrypted). Text that merely
+/// looks like an envelope and does not parse is not one here (free text may hold anything); the count is of
+/// values that do hold one.
+pub fn text_uses_key_version(text: &[u8], key: KeyNames<'_>, version: u32) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"$ec"));
     let mut from = 0;
     let loc = Location::root();
-    while let Some(at) = finder.find(&text[from..]) {
+    while let Some(at) = FINDER.find(&text[from..]) {
         let start = from + at;
-        let body = &text[start + prefix.len()..];
-        let len = body
+        let rest = &text[start..];
+        let prefix_len = if rest.starts_with(PREFIX_V1.as_bytes()) || rest.starts_with(PREFIX_V2.as_bytes()) {
+            PREFIX_V1.len()
+        } else {
+            from = start + 3;
+            continue;
+        };
+        let len = rest[prefix_len..]
             .iter()
             .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-' || **b == b'_')
             .count();
-        let token = &text[start..start + prefix.len() + len];
+        let token = &rest[..prefix_len + len];
         if let Ok(t) = std::str::from_utf8(token) {
             if let Ok(env) = Envelope::parse(t, &loc) {
-                if env.key_id == key_id && env.key_version == version {
+                if key.names(env.key()) && env.key_version == version {
                     return true;
                 }
             }
         }
-        from = start + prefix.len() + len;
+        from = start + prefix_len + len;
     }
     false
 }

@@ -6,7 +6,7 @@ use event_crypto_core::document::{
     check_envelopes, may_contain_envelope, needs_encryption, Checked, Decryptor, Encryptor, KeyLookup, KeySource,
     OnInvalid, OnShredded,
 };
-use event_crypto_core::envelope::looks_like_envelope;
+use event_crypto_core::envelope::{looks_like_envelope, Format, KeyHandle, KeyNames, KeyRef};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Selector, MAX_SELECTOR_NODES};
 use event_crypto_core::{Error, ErrorKind, Result};
@@ -27,10 +27,12 @@ fn paths(p: &[&str]) -> Vec<FieldPath> {
     p.iter().map(|s| FieldPath::parse(s).unwrap()).collect()
 }
 
-/// Key ids with their ciphers; the ones in `shredded` are shredded.
+/// Key ids with their ciphers and handles (key id i has handle 0x1000 + i); the ones in `shredded` are shredded.
+/// Envelopes are written in `format`.
 struct Keys {
-    ciphers: HashMap<String, Rc<Cipher>>,
+    ciphers: HashMap<String, (KeyHandle, Rc<Cipher>)>,
     shredded: Vec<String>,
+    format: Format,
 }
 
 impl Keys {
@@ -42,27 +44,54 @@ impl Keys {
                 .map(|(i, k)| {
                     (
                         k.to_string(),
-                        Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[i as u8 + 1; 32])),
+                        (
+                            KeyHandle::new(0x1000 + i as u64).unwrap(),
+                            Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[i as u8 + 1; 32])),
+                        ),
                     )
                 })
                 .collect(),
             shredded: Vec::new(),
+            format: Format::V2,
         }
     }
     fn cipher(&self, id: &str) -> Rc<Cipher> {
-        self.ciphers[id].clone()
+        self.ciphers[id].1.clone()
+    }
+    fn names<'a>(&self, id: &'a str) -> KeyNames<'a> {
+        KeyNames {
+            key_id: id,
+            handle: self.ciphers.get(id).map(|(h, _)| *h),
+        }
+    }
+    /// The key id an envelope's key reference names.
+    fn resolve(&self, key: KeyRef<'_>) -> Option<String> {
+        match key {
+            KeyRef::Id(id) => self.ciphers.contains_key(id).then(|| id.to_string()),
+            KeyRef::Handle(h) => self.ciphers.iter().find(|(_, (x, _))| *x == h).map(|(k, _)| k.clone()),
+        }
     }
 }
 
 impl KeySource for Keys {
-    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
-        if self.shredded.iter().any(|s| s == key_id) {
+    fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> Result<KeyLookup> {
+        let Some(key_id) = self.resolve(key) else {
+            return Err(match key {
+                KeyRef::Id(id) => Error::unknown_key(id),
+                KeyRef::Handle(h) => Error::unknown_key_handle(&h),
+            });
+        };
+        if self.shredded.contains(&key_id) {
             return Ok(KeyLookup::Shredded);
         }
-        match self.ciphers.get(key_id) {
-            Some(c) if version == 1 => Ok(KeyLookup::Found(c.clone())),
-            _ => Err(Error::unknown_key_version(key_id, version)),
+        match self.ciphers.get(&key_id) {
+            Some((_, c)) if version == 1 => Ok(KeyLookup::Found(c.clone())),
+            _ => Err(Error::unknown_key_version(&key_id, version)),
         }
+    }
+
+    fn key_id_of(&mut self, handle: KeyHandle) -> Option<String> {
+        self.resolve(KeyRef::Handle(handle))
     }
 }
 
@@ -71,11 +100,13 @@ fn encrypt(keys: &Keys, key_id: &str, context: Option<&str>, doc: &Value, p: &[&
     let d = Document::from_datum(&b)?;
     let cipher = keys.cipher(key_id);
     let mut out = Vec::new();
-    let n = Encryptor::new(&cipher, key_id, 1, context.map(str::as_bytes)).encrypt_document(
-        &d,
-        &Selector::new(&paths(p))?,
-        &mut out,
-    )?;
+    let n = Encryptor::new(
+        &cipher,
+        keys.names(key_id).key_ref(keys.format)?,
+        1,
+        context.map(str::as_bytes),
+    )
+    .encrypt_document(&d, &Selector::new(&paths(p))?, &mut out)?;
     Ok(if n > 0 { val(&out) } else { doc.clone() })
 }
 
@@ -83,7 +114,8 @@ fn check(keys: &mut Keys, doc: &Value, allowed: &str, context: Option<&str>) -> 
     let b = bin(doc);
     let d = Document::from_datum(&b)?;
     let mut seen = Vec::new();
-    check_envelopes(&d, keys, context.map(str::as_bytes), &|k| k == allowed, |loc, c| {
+    let names = keys.names(allowed);
+    check_envelopes(&d, keys, context.map(str::as_bytes), &|k| names.names(k), |loc, c| {
         seen.push((loc.display(), matches!(c, Checked::Opened(_))));
         Ok(())
     })?;
@@ -179,7 +211,14 @@ fn interleaved_wildcards_are_bounded() {
 
 #[test]
 fn the_checker_accepts_only_envelopes_bound_to_the_row() {
+    for format in Format::ALL {
+        checker_accepts_only_envelopes_bound_to_the_row(format);
+    }
+}
+
+fn checker_accepts_only_envelopes_bound_to_the_row(format: Format) {
     let mut keys = Keys::new(&["subject:alice", "subject:mallory"]);
+    keys.format = format;
     let alice = encrypt(
         &keys,
         "subject:alice",
@@ -193,9 +232,29 @@ fn the_checker_accepts_only_envelopes_bound_to_the_row() {
         check(&mut keys, &alice, "subject:alice", Some("s1")).unwrap(),
         vec![("email".to_string(), true)]
     );
-    // copied into mallory's row
+    // copied into mallory's row: refused, naming alice's key (a format 2 envelope's handle looked up)
     let e = check(&mut keys, &alice, "subject:mallory", Some("s1")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::EnvelopeNotBound);
+    assert_eq!(
+        e.detail(),
+        Some("The envelope names key \"subject:alice\"; it is under a key this row is not encrypted with.")
+    );
+    // its key reference forged to mallory's (her id, or her handle): bound by name, but it does not authenticate
+    let forged = json!({"email": rekey(alice["email"].as_str().unwrap(), &keys, "subject:mallory"), "n": 1});
+    let e = check(&mut keys, &forged, "subject:mallory", Some("s1")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::EnvelopeNotBound);
+    assert!(e.detail().unwrap().contains("does not authenticate"), "{e:?}");
+    // a handle no key has
+    if format == Format::V2 {
+        let mut unknown = Keys::new(&["subject:alice", "subject:mallory"]);
+        let stray = json!({"email": rekey(alice["email"].as_str().unwrap(), &Keys::new(&["", "", "x"]), "x"), "n": 1});
+        let e = check(&mut unknown, &stray, "subject:alice", Some("s1")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::EnvelopeNotBound);
+        assert_eq!(
+            e.detail(),
+            Some("The envelope names key with handle 0000000000001002; it is under a key this row is not encrypted with.")
+        );
+    }
     // into another stream of alice
     let e = check(&mut keys, &alice, "subject:alice", Some("s2")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::EnvelopeNotBound);
@@ -218,11 +277,13 @@ fn the_checker_accepts_only_envelopes_bound_to_the_row() {
         ErrorKind::EnvelopeNotBound
     );
     // a plaintext claiming to be an envelope
-    let fake = json!({"email": "$ec1$ bob-new@x.io (plaintext)"});
-    assert_eq!(
-        check(&mut keys, &fake, "subject:alice", Some("s1")).unwrap_err().kind(),
-        ErrorKind::MalformedEnvelope
-    );
+    for fake in ["$ec1$ bob-new@x.io (plaintext)", "$ec2$ bob-new@x.io (plaintext)"] {
+        let fake = json!({ "email": fake });
+        assert_eq!(
+            check(&mut keys, &fake, "subject:alice", Some("s1")).unwrap_err().kind(),
+            ErrorKind::MalformedEnvelope
+        );
+    }
     // a version that does not exist
     let env = alice["email"].as_str().unwrap().to_string();
     let other_version = reversion(&env, 7);
@@ -245,25 +306,58 @@ fn the_checker_accepts_only_envelopes_bound_to_the_row() {
 }
 
 /// An envelope with its header's key version replaced (it then fails authentication, or names a version that
-/// does not exist).
+/// does not exist). Format 2: versions below 128 (one LEB128 byte).
 fn reversion(env: &str, v: u32) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if let Some(body) = env.strip_prefix("$ec2$") {
+        let mut blob = b64.decode(body).unwrap();
+        assert!(v < 128 && blob[9] < 128);
+        blob[9] = v as u8;
+        return format!("$ec2${}", b64.encode(blob));
+    }
     let mut blob = b64.decode(env.strip_prefix("$ec1$").unwrap()).unwrap();
     let kid = blob[2] as usize;
     blob[3 + kid..7 + kid].copy_from_slice(&v.to_be_bytes());
     format!("$ec1${}", b64.encode(blob))
 }
 
+/// An envelope with its header's key reference replaced by how `keys` names `key_id` (a format 1 envelope's key id,
+/// a format 2 envelope's handle).
+fn rekey(env: &str, keys: &Keys, key_id: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if let Some(body) = env.strip_prefix("$ec2$") {
+        let mut blob = b64.decode(body).unwrap();
+        blob[1..9].copy_from_slice(&keys.names(key_id).handle.unwrap().to_be_bytes());
+        return format!("$ec2${}", b64.encode(blob));
+    }
+    let mut blob = b64.decode(env.strip_prefix("$ec1$").unwrap()).unwrap();
+    let kid = blob[2] as usize;
+    let mut forged = vec![blob[0], blob[1], key_id.len() as u8];
+    forged.extend_from_slice(key_id.as_bytes());
+    forged.extend_from_slice(&blob[3 + kid..]);
+    blob = forged;
+    format!("$ec1${}", b64.encode(blob))
+}
+
 #[test]
 fn bound_decryption_reads_foreign_or_broken_envelopes_as_null_or_keeps_them() {
+    for format in Format::ALL {
+        bound_decryption(format);
+    }
+}
+
+fn bound_decryption(format: Format) {
     let mut keys = Keys::new(&["subject:alice", "subject:mallory"]);
+    keys.format = format;
     let alice = encrypt(&keys, "subject:alice", None, &json!({"email": "a@x.io"}), &["email"]).unwrap();
     let mallory = encrypt(&keys, "subject:mallory", None, &json!({"email": "m@x.io"}), &["email"]).unwrap();
     let mixed = json!({"email": mallory["email"], "stolen": alice["email"], "fake": "$ec1$!!", "plain": 1});
     let b = bin(&mixed);
     let d = Document::from_datum(&b).unwrap();
-    let allowed = |k: &str| k == "subject:mallory";
+    let names = keys.names("subject:mallory");
+    let allowed = move |k: KeyRef<'_>| names.names(k);
     for (policy, stolen, fake) in [
         (OnInvalid::Null, Value::Null, Value::Null),
         (OnInvalid::Keep, alice["email"].clone(), json!("$ec1$!!")),

@@ -1,10 +1,11 @@
-//! Field encryption over whole documents: every JSON type under both algorithms, paths, idempotence, shredding.
+//! Field encryption over whole documents: every JSON type under both algorithms and both envelope formats, paths,
+//! idempotence, shredding.
 
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
     check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
 };
-use event_crypto_core::envelope::{looks_like_envelope, Envelope};
+use event_crypto_core::envelope::{looks_like_envelope, Envelope, Format, KeyHandle, KeyRef};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Location, Selector};
 use event_crypto_core::{Error, ErrorKind, Result};
@@ -55,10 +56,20 @@ struct Keys {
     shredded: bool,
 }
 
+/// Key "k" (the only one `Keys` knows) named by its handle, as envelopes of format 2 (the default) name it.
+const K_HANDLE: KeyHandle = match KeyHandle::new(0x6b6b_6b6b_0000_0001) {
+    Some(h) => h,
+    None => panic!(),
+};
+const K: KeyRef<'static> = KeyRef::Handle(K_HANDLE);
+
 impl KeySource for Keys {
-    fn decryption_key(&mut self, key_id: &str, version: u32) -> Result<KeyLookup> {
-        if key_id != "k" || version != 1 {
-            return Err(Error::unknown_key(key_id));
+    fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> Result<KeyLookup> {
+        match key {
+            KeyRef::Id(id) if id != "k" => return Err(Error::unknown_key(id)),
+            KeyRef::Handle(h) if h != K_HANDLE => return Err(Error::unknown_key_handle(&h)),
+            _ if version != 1 => return Err(Error::unknown_key_version("k", version)),
+            _ => {}
         }
         Ok(if self.shredded {
             KeyLookup::Shredded
@@ -103,53 +114,60 @@ const ALL: &[&str] = &[
 ];
 
 fn encrypt(alg: Algorithm, doc: &mut Value, ctx: Option<&[u8]>) -> (Rc<Cipher>, usize) {
+    encrypt_as(K, alg, doc, ctx)
+}
+
+fn encrypt_as(key: KeyRef<'_>, alg: Algorithm, doc: &mut Value, ctx: Option<&[u8]>) -> (Rc<Cipher>, usize) {
     let c = Rc::new(Cipher::new(alg, &[3u8; 32]));
-    let n = encrypt_fields(&mut Encryptor::new(&c, "k", 1, ctx), doc, &paths(ALL)).unwrap();
+    let n = encrypt_fields(&mut Encryptor::new(&c, key, 1, ctx), doc, &paths(ALL)).unwrap();
     (c, n)
 }
 
 #[test]
 fn every_type_round_trips_under_both_algorithms() {
-    for alg in Algorithm::ALL {
-        for ctx in [None, Some(&b"stream-1"[..])] {
-            let original = sample();
-            let mut doc = original.clone();
-            let (c, n) = encrypt(alg, &mut doc, ctx);
-            assert_eq!(n, 14, "absent paths are skipped");
-            assert!(looks_like_envelope(doc["email"].as_str().unwrap()));
-            assert!(
-                looks_like_envelope(doc["nul"].as_str().unwrap()),
-                "JSON null is encrypted too"
-            );
-            assert!(looks_like_envelope(doc["items"][1]["card"].as_str().unwrap()));
-            assert_eq!(doc["items"][1]["qty"], json!(2));
-            assert_eq!(doc["address"]["city"], json!("Springfield"));
-            let text = doc.to_string();
-            // Sentinels contain characters outside the base64url alphabet, so ciphertext cannot match by chance.
-            for secret in [
-                "a@x.io",
-                "1 Main",
-                "\"4111\"",
-                "\"5500\"",
-                "\"dotted\"",
-                "ünïcødé",
-                "12.50",
-                "\"two\"",
-            ] {
+    for (key, format) in [(KeyRef::Id("k"), Format::V1), (K, Format::V2)] {
+        for alg in Algorithm::ALL {
+            for ctx in [None, Some(&b"stream-1"[..])] {
+                let original = sample();
+                let mut doc = original.clone();
+                let (c, n) = encrypt_as(key, alg, &mut doc, ctx);
+                assert_eq!(n, 14, "absent paths are skipped");
+                assert!(looks_like_envelope(doc["email"].as_str().unwrap()));
+                assert!(doc["email"].as_str().unwrap().starts_with(format.prefix()));
                 assert!(
-                    !text.contains(secret),
-                    "{secret} must not appear in the encrypted document"
+                    looks_like_envelope(doc["nul"].as_str().unwrap()),
+                    "JSON null is encrypted too"
                 );
+                assert!(looks_like_envelope(doc["items"][1]["card"].as_str().unwrap()));
+                assert_eq!(doc["items"][1]["qty"], json!(2));
+                assert_eq!(doc["address"]["city"], json!("Springfield"));
+                let text = doc.to_string();
+                // Sentinels contain characters outside the base64url alphabet, so ciphertext cannot match by chance.
+                for secret in [
+                    "a@x.io",
+                    "1 Main",
+                    "\"4111\"",
+                    "\"5500\"",
+                    "\"dotted\"",
+                    "ünïcødé",
+                    "12.50",
+                    "\"two\"",
+                ] {
+                    assert!(
+                        !text.contains(secret),
+                        "{secret} must not appear in the encrypted document"
+                    );
+                }
+                let mut keys = Keys {
+                    cipher: c,
+                    shredded: false,
+                };
+                let mut d = Decryptor::new(&mut keys, ctx, OnShredded::Error);
+                decrypt_document(&mut d, &mut doc).unwrap();
+                assert_eq!(d.decrypted, 14);
+                assert_eq!(doc, original);
+                assert_eq!(doc["n"].to_string(), "12.50", "numbers keep their exact text");
             }
-            let mut keys = Keys {
-                cipher: c,
-                shredded: false,
-            };
-            let mut d = Decryptor::new(&mut keys, ctx, OnShredded::Error);
-            decrypt_document(&mut d, &mut doc).unwrap();
-            assert_eq!(d.decrypted, 14);
-            assert_eq!(doc, original);
-            assert_eq!(doc["n"].to_string(), "12.50", "numbers keep their exact text");
         }
     }
 }
@@ -159,15 +177,10 @@ fn same_value_twice_differs_and_no_double_encryption() {
     let mut a = json!({"email": "a@x.io"});
     let mut b = a.clone();
     let (c, _) = encrypt(Algorithm::Aes256Gcm, &mut a, None);
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut b, &paths(&["email"])).unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut b, &paths(&["email"])).unwrap();
     assert_ne!(a["email"], b["email"]);
     let before = a.clone();
-    let n = encrypt_fields(
-        &mut Encryptor::new(&c, "k", 1, None),
-        &mut a,
-        &paths(&["email", "email"]),
-    )
-    .unwrap();
+    let n = encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut a, &paths(&["email", "email"])).unwrap();
     assert_eq!(n, 0);
     assert_eq!(a, before, "an envelope is never encrypted again");
 }
@@ -177,7 +190,7 @@ fn encrypting_a_parent_then_child_does_not_double_encrypt() {
     let mut doc = json!({"address": {"street": "x"}});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     let n = encrypt_fields(
-        &mut Encryptor::new(&c, "k", 1, None),
+        &mut Encryptor::new(&c, K, 1, None),
         &mut doc,
         &paths(&["address", "address.street"]),
     )
@@ -216,7 +229,7 @@ fn moving_an_envelope_between_fields_fails() {
     let mut doc = json!({"email": "a@x.io", "phone": "555", "list": ["x", "y"]});
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]));
     encrypt_fields(
-        &mut Encryptor::new(&c, "k", 1, None),
+        &mut Encryptor::new(&c, K, 1, None),
         &mut doc,
         &paths(&["email", "phone", "list[*]"]),
     )
@@ -241,12 +254,12 @@ fn non_container_payloads_and_contexts() {
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     for v in [json!("a string"), json!(1), json!(null), json!(true)] {
         let mut d = v.clone();
-        let e = encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut d, &paths(&["x"])).unwrap_err();
+        let e = encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut d, &paths(&["x"])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
     let mut arr = json!([{"email": "a"}, {"email": "b"}]);
     assert_eq!(
-        encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut arr, &paths(&["[*].email"])).unwrap(),
+        encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut arr, &paths(&["[*].email"])).unwrap(),
         2
     );
     assert_eq!(check_context(Some("")).unwrap_err().kind(), ErrorKind::InvalidArgument);
@@ -257,7 +270,7 @@ fn non_container_payloads_and_contexts() {
 fn single_values_are_bound_to_the_root() {
     let c = Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]));
     let x = bin(&json!({"x": [1, 2]}));
-    let text = Encryptor::new(&c, "k", 1, Some(b"ctx"))
+    let text = Encryptor::new(&c, K, 1, Some(b"ctx"))
         .encrypt_value(&Document::from_datum(&x).unwrap().value().unwrap())
         .unwrap();
     let mut keys = Keys {
@@ -273,7 +286,7 @@ fn single_values_are_bound_to_the_root() {
     assert_eq!(val(&out), json!({"x": [1, 2]}));
     // A field envelope is not a single value, and vice versa.
     let mut doc = json!({"email": "a"});
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &paths(&["email"])).unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut doc, &paths(&["email"])).unwrap();
     let e = Decryptor::new(&mut keys, None, OnShredded::Error)
         .decrypt_value(doc["email"].as_str().unwrap())
         .unwrap_err();
@@ -293,7 +306,16 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
         cipher: Rc::new(Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32])),
         shredded: false,
     };
-    for fake in ["$ec1$", "$ec1$not-base64!", "$ec9$AAAA", "$ec1$AQAA"] {
+    for fake in [
+        "$ec1$",
+        "$ec1$not-base64!",
+        "$ec9$AAAA",
+        "$ec1$AQAA",
+        "$ec2$",
+        "$ec2$not-base64!",
+        "$ec2$EAAAAAAAAAABAQ",
+        "$ec2$ a@x.io (plaintext)",
+    ] {
         let mut doc = json!({ "x": fake });
         assert!(
             decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).is_err(),
@@ -305,13 +327,27 @@ fn strings_claiming_to_be_envelopes_fail_closed() {
     decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).unwrap();
     assert_eq!(doc, before);
     assert!(Envelope::parse("$ec1$", &Location::root()).is_err());
+    assert!(Envelope::parse("$ec2$", &Location::root()).is_err());
 }
 
 #[test]
 fn unknown_keys_are_errors() {
     let mut doc = json!({"email": "a"});
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
-    encrypt_fields(&mut Encryptor::new(&c, "other", 1, None), &mut doc, &paths(&["email"])).unwrap();
+    let mut other = doc.clone();
+    encrypt_fields(
+        &mut Encryptor::new(&c, KeyRef::Id("other"), 1, None),
+        &mut doc,
+        &paths(&["email"]),
+    )
+    .unwrap();
+    let handle = KeyHandle::new(0x0000_0000_0000_00ff).unwrap();
+    encrypt_fields(
+        &mut Encryptor::new(&c, KeyRef::Handle(handle), 1, None),
+        &mut other,
+        &paths(&["email"]),
+    )
+    .unwrap();
     let mut keys = Keys {
         cipher: Rc::new(c),
         shredded: false,
@@ -319,6 +355,9 @@ fn unknown_keys_are_errors() {
     let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut doc).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnknownKey);
     assert!(e.message().contains("\"other\""));
+    let e = decrypt_document(&mut Decryptor::new(&mut keys, None, OnShredded::Null), &mut other).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnknownKey);
+    assert!(e.message().contains("00000000000000ff"), "{e}");
 }
 
 #[test]
@@ -328,13 +367,13 @@ fn needs_encryption_sees_only_plaintext_at_selected_paths() {
     let p = paths(&["email", "items[*].card", "missing"]);
     assert!(needs(&doc, &p));
     encrypt_fields(
-        &mut Encryptor::new(&c, "k", 1, None),
+        &mut Encryptor::new(&c, K, 1, None),
         &mut doc,
         &paths(&["email", "items[0].card"]),
     )
     .unwrap();
     assert!(needs(&doc, &p), "items[1].card is still plaintext");
-    encrypt_fields(&mut Encryptor::new(&c, "k", 1, None), &mut doc, &p).unwrap();
+    encrypt_fields(&mut Encryptor::new(&c, K, 1, None), &mut doc, &p).unwrap();
     assert!(!needs(&doc, &p));
     assert!(!needs(&json!({"x": 1}), &p));
     assert!(needs(&json!({"email": null}), &p), "JSON null is a value to encrypt");
@@ -360,7 +399,7 @@ fn overlapping_patterns_encrypt_each_value_once() {
     let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
     let mut doc = json!({"items": [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}], "address": {"street": "s"}});
     let n = encrypt_fields(
-        &mut Encryptor::new(&c, "k", 1, None),
+        &mut Encryptor::new(&c, K, 1, None),
         &mut doc,
         &paths(&["items[*].a", "items[0].b", "items[0].a", "address.street", "address"]),
     )
@@ -384,7 +423,7 @@ fn rewriting_without_changes_reproduces_the_input_byte_for_byte() {
         let c = Cipher::new(Algorithm::Aes256Gcm, &[1u8; 32]);
         let mut out = Vec::new();
         let sel = Selector::new(&paths(&["k5[9].missing", "address.nothing", "[9].x", "[2][9]"])).unwrap();
-        let n = Encryptor::new(&c, "k", 1, None)
+        let n = Encryptor::new(&c, K, 1, None)
             .encrypt_document(&d, &sel, &mut out)
             .unwrap();
         assert_eq!(n, 0);
@@ -418,7 +457,7 @@ fn a_damaged_datum_is_never_sealed_into_an_envelope_that_cannot_open() {
     let doc = Document::from_datum(datum).unwrap();
     let c = Cipher::new(Algorithm::Aes256Gcm, &[9u8; 32]);
     let mut out = Vec::new();
-    let e = Encryptor::new(&c, "k", 1, None)
+    let e = Encryptor::new(&c, K, 1, None)
         .encrypt_document(
             &doc,
             &Selector::new(&[FieldPath::parse("[0]").unwrap()]).unwrap(),
@@ -427,4 +466,36 @@ fn a_damaged_datum_is_never_sealed_into_an_envelope_that_cannot_open() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.to_string().contains("not one jsonb can hold"), "{e}");
+}
+
+/// Issue 15's budget: the envelope of a 20-character e-mail address under a key per subject whose id is
+/// `subject:` + a UUID adds at most 72 bytes to the document's JSON text in format 2 (120 in format 1, a third of
+/// which was the key id), whatever the key version.
+#[test]
+fn envelope_overhead_of_an_email_under_a_subject_key() {
+    let email = "alice.smith@mail.com";
+    let key_id = "subject:4d1b1f5e-3c4a-4a7e-8f0b-6f1d2c3b4a59";
+    assert_eq!((email.chars().count(), key_id.len()), (20, 44));
+    let plain = json!({ "email": email, "amount": 12 });
+    let c = Cipher::new(Algorithm::Aes256Gcm, &[5u8; 32]);
+    let overhead = |key: KeyRef<'_>, version: u32| {
+        let mut doc = plain.clone();
+        encrypt_fields(
+            &mut Encryptor::new(&c, key, version, Some(b"stream-1")),
+            &mut doc,
+            &paths(&["email"]),
+        )
+        .unwrap();
+        doc.to_string().len() - plain.to_string().len()
+    };
+    let v1 = overhead(KeyRef::Id(key_id), 1);
+    let v2 = overhead(K, 1);
+    println!("envelope overhead of a 20-character e-mail, key id {key_id}: format 1 {v1} bytes, format 2 {v2} bytes");
+    assert_eq!(v1, 120);
+    assert_eq!(v2, 65);
+    for version in [1, 127, 128, 16_383, 16_384, i32::MAX as u32] {
+        let n = overhead(K, version);
+        assert!(n <= 72, "version {version}: {n} bytes");
+    }
+    assert_eq!(overhead(K, i32::MAX as u32), 71);
 }

@@ -1,8 +1,8 @@
 //! Known-answer tests: the published vectors for both AEADs through our cipher type, and envelopes frozen from
-//! every released envelope format version, which must decrypt forever.
+//! every envelope format version (1 and 2), which must decrypt forever.
 
 use event_crypto_core::aead::{Algorithm, Cipher};
-use event_crypto_core::envelope::Envelope;
+use event_crypto_core::envelope::{Envelope, Format, KeyHandle, KeyRef};
 use event_crypto_core::path::{LocStep, Location};
 use event_crypto_core::ErrorKind;
 
@@ -101,8 +101,9 @@ fn frozen_v1_envelopes_decrypt_forever() {
     for (i, (alg, steps, ctx, plaintext, text)) in FROZEN_V1.iter().enumerate() {
         let loc = Location::from_steps(steps);
         let env = Envelope::parse(text, &loc).unwrap();
+        assert_eq!(env.format, Format::V1);
         assert_eq!(env.algorithm, *alg);
-        assert_eq!(env.key_id, "frozen-key");
+        assert_eq!(env.key(), KeyRef::Id("frozen-key"));
         assert_eq!(env.key_version, 7);
         assert_eq!(env.nonce(), [i as u8 + 1; 12]);
         let c = Cipher::new(*alg, &[0x42; 32]);
@@ -128,6 +129,145 @@ fn frozen_v1_envelopes_reject_other_locations_and_contexts() {
         .open(&c, &here, Some(b"stream-8"), &mut Vec::new())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
+}
+
+/// Format version 2 envelopes, made by `examples/gen_vectors.rs` with data key 0x42 * 32, key handle
+/// 5ec2f00d00000007, version 7 (the last case also version 300: two LEB128 bytes) and nonce (case number) * 12:
+/// the same cases as format 1. Checked independently of this crate (an AES-GCM / ChaCha20-Poly1305 reader written
+/// from docs/format.md alone, with Python's `cryptography`). Never edit these.
+/// (algorithm, location, context, plaintext JSON, version, envelope)
+type FrozenV2 = (
+    Algorithm,
+    &'static [LocStep<'static>],
+    Option<&'static str>,
+    &'static str,
+    u32,
+    &'static str,
+);
+
+const FROZEN_HANDLE: u64 = 0x5ec2_f00d_0000_0007;
+
+const FROZEN_V2: &[FrozenV2] = &[
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("email")],
+        None,
+        "\"a@x.io\"",
+        7,
+        "$ec2$EF7C8A0AAAAHBwEBAQEBAQEBAQEBAQ_I9n-6Pe7v2K7cEOtDOebyGcmkjtHUrg",
+    ),
+    (
+        Algorithm::ChaCha20Poly1305,
+        &[LocStep::Key("email")],
+        None,
+        "\"a@x.io\"",
+        7,
+        "$ec2$IF7C8A0AAAAHBwICAgICAgICAgICAg4ICsK0GHm2GEBmovFjaDeQy-LtPuEoDg",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("address"), LocStep::Key("street")],
+        Some("stream-7"),
+        "\"1 Main\"",
+        7,
+        "$ec2$EV7C8A0AAAAHBwMDAwMDAwMDAwMDA_NdEl29Y12Yt5VT2jg4wo7W9zrf2KH-RA",
+    ),
+    (
+        Algorithm::ChaCha20Poly1305,
+        &[LocStep::Key("items"), LocStep::Index(1), LocStep::Key("card")],
+        Some("stream-7"),
+        "{\"n\":4111,\"x\":[true,null]}",
+        7,
+        "$ec2$IV7C8A0AAAAHBwQEBAQEBAQEBAQEBF4q4qSjtJnQTSznnn_TTL3Er_apO9siO_8v690ce9ydyO_8Aw1g10-gPw",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[],
+        None,
+        "12.50",
+        7,
+        "$ec2$EF7C8A0AAAAHBwUFBQUFBQUFBQUFBezeGiut-pndwv92fVy2xd77g_h81g",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("a.b")],
+        None,
+        "\"\"",
+        7,
+        "$ec2$EF7C8A0AAAAHBwYGBgYGBgYGBgYGBuo2XSYbyPnBCTrG60njXVk2cg",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("a.b")],
+        None,
+        "\"\"",
+        300,
+        "$ec2$EF7C8A0AAAAHrAIGBgYGBgYGBgYGBgbqNtRE19i6OhN4FYhUFuUDuC4",
+    ),
+];
+
+#[test]
+fn frozen_v2_envelopes_decrypt_forever() {
+    let handle = KeyHandle::new(FROZEN_HANDLE).unwrap();
+    for (i, (alg, steps, ctx, plaintext, version, text)) in FROZEN_V2.iter().enumerate() {
+        let loc = Location::from_steps(steps);
+        let env = Envelope::parse(text, &loc).unwrap();
+        assert_eq!(env.format, Format::V2);
+        assert_eq!(env.algorithm, *alg);
+        assert_eq!(env.key(), KeyRef::Handle(handle));
+        assert_eq!(env.key_version, *version);
+        assert_eq!(env.has_context(), ctx.is_some());
+        assert_eq!(env.nonce(), [i.min(5) as u8 + 1; 12]);
+        let c = Cipher::new(*alg, &[0x42; 32]);
+        let pt = env.open(&c, &loc, ctx.map(str::as_bytes), &mut Vec::new()).unwrap();
+        assert_eq!(std::str::from_utf8(&pt).unwrap(), *plaintext, "vector {i}");
+    }
+}
+
+/// The same value under the same key, nonce and location in both formats: only the header (and so the tag)
+/// differs, and the ciphertext is the same; the handle and version are authenticated.
+#[test]
+fn frozen_v2_envelopes_reject_other_locations_contexts_handles_and_versions() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let c = Cipher::new(Algorithm::Aes256Gcm, &[0x42; 32]);
+    let (_, _, _, _, _, text) = FROZEN_V2[2];
+    let moved = Location::from_steps(&[LocStep::Key("address"), LocStep::Key("city")]);
+    let e = Envelope::parse(text, &moved)
+        .unwrap()
+        .open(&c, &moved, Some(b"stream-7"), &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
+    assert!(e.message().contains("address.city"));
+    let here = Location::from_steps(&[LocStep::Key("address"), LocStep::Key("street")]);
+    let e = Envelope::parse(text, &here)
+        .unwrap()
+        .open(&c, &here, Some(b"stream-8"), &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
+    // the ciphertext is format 1's (same key, nonce and plaintext): only the authenticated header differs
+    let v1 = b64.decode(&FROZEN_V1[0].4[5..]).unwrap();
+    let v2 = b64.decode(&FROZEN_V2[0].5[5..]).unwrap();
+    assert_eq!(v1.len() - v2.len(), (3 + 10 + 4) - (1 + 8 + 1));
+    assert_eq!(v1[17..17 + 12 + 8], v2[10..10 + 12 + 8], "nonce and ciphertext");
+    assert_ne!(v1[v1.len() - 16..], v2[v2.len() - 16..], "the tag covers the header");
+    // another handle, another version (minimal or not), the flags: parsed or refused, never opened
+    let loc = Location::from_steps(&[LocStep::Key("email")]);
+    for (at, byte) in [(8, 0x06u8), (9, 0x08), (0, 0x11)] {
+        let mut b = v2.clone();
+        b[at] = byte;
+        let t = format!("$ec2${}", b64.encode(&b));
+        let r = Envelope::parse(&t, &loc).and_then(|e| e.open(&c, &loc, None, &mut Vec::new()));
+        assert!(r.is_err(), "byte {at} = {byte:#x}");
+    }
+    let mut b = v2.clone();
+    b[9] = 0x87;
+    b.insert(10, 0x00);
+    let t = format!("$ec2${}", b64.encode(&b));
+    assert_eq!(
+        Envelope::parse(&t, &loc).unwrap_err().detail(),
+        Some("the key version is not minimally encoded")
+    );
 }
 
 /// Blind-index digests are stored in users' index columns: they must never change for the same root, key id, value.

@@ -48,13 +48,11 @@ pub fn sql_error(e: &postgres::Error) -> (String, String, Option<String>, Option
     )
 }
 
-/// The key version recorded in an envelope's header.
+/// The key version recorded in an envelope's header (either format).
 pub fn envelope_version(envelope: &str) -> u32 {
-    use base64::Engine;
-    let body = envelope.strip_prefix("$ec1$").expect("an envelope");
-    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap();
-    let kid = blob[2] as usize;
-    u32::from_be_bytes(blob[3 + kid..7 + kid].try_into().unwrap())
+    event_crypto_core::envelope::Envelope::parse(envelope, &event_crypto_core::path::Location::root())
+        .expect("an envelope")
+        .key_version
 }
 
 /// Path of a PostgreSQL client program (pg_dump, pg_restore).

@@ -158,8 +158,8 @@ fn shards_encrypt_with_one_key_per_subject_and_everything_reads_across_nodes() {
         let r = c
             .query_one(
                 &format!(
-                    "SELECT count(*), count(*) FILTER (WHERE payload->>'email' NOT LIKE '$ec1$%'
-                                                        OR payload#>>'{{address,street}}' NOT LIKE '$ec1$%'),
+                    "SELECT count(*), count(*) FILTER (WHERE payload->>'email' NOT LIKE '$ec2$%'
+                                                        OR payload#>>'{{address,street}}' NOT LIKE '$ec2$%'),
                             count(email_idx) FROM {t}"
                 ),
                 &[],
@@ -455,7 +455,7 @@ fn a_shard_move_keeps_the_trigger_and_the_data() {
     insert_events(&mut c, &t, &["m1".to_string()], 1);
     let plain: i64 = c
         .query_one(
-            &format!("SELECT count(*) FROM {t} WHERE subject_id = 'm1' AND payload->>'email' NOT LIKE '$ec1$%'"),
+            &format!("SELECT count(*) FROM {t} WHERE subject_id = 'm1' AND payload->>'email' NOT LIKE '$ec2$%'"),
             &[],
         )
         .unwrap()
@@ -502,7 +502,7 @@ fn an_application_role_inserts_and_rotation_and_unprotect_reach_the_shards() {
         .get(0)
     };
     let first = insert(&mut a, "r1");
-    assert!(first.starts_with("$ec1$"), "stored encrypted: {first}");
+    assert!(first.starts_with("$ec2$"), "stored encrypted: {first}");
     assert_eq!(event_crypto_it::envelope_version(&first), 1);
 
     // rotation on the coordinator: the shards encrypt under the new version at once, and the old one still reads
@@ -588,7 +588,7 @@ fn reencrypt_table_passes_over_every_shard_of_a_partitioned_table_distributed_by
     let total = (subjects.len() * 5) as i64;
     let encrypted = |c: &mut Client| -> i64 {
         c.query_one(
-            &format!("SELECT count(*) FROM {t} WHERE payload->>'email' LIKE '$ec1$%'"),
+            &format!("SELECT count(*) FROM {t} WHERE payload->>'email' LIKE '$ec2$%'"),
             &[],
         )
         .unwrap()
@@ -775,7 +775,7 @@ fn new_subjects_get_their_key_from_the_coordinator_exactly_once() {
     let (rows, plain): (i64, i64) = {
         let r = c
             .query_one(
-                &format!("SELECT count(*), count(*) FILTER (WHERE payload->>'email' NOT LIKE '$ec1$%') FROM {t}"),
+                &format!("SELECT count(*), count(*) FILTER (WHERE payload->>'email' NOT LIKE '$ec2$%') FROM {t}"),
                 &[],
             )
             .unwrap();

@@ -208,7 +208,7 @@ fn no_plaintext_or_key_bytes_reach_logs_activity_or_error_reports() {
     );
     let malformed = format!("$ec1$!{s0}");
     expect_error(&mut c, "SELECT event_crypto.decrypt_value($1)", &[&malformed], "22P02");
-    let future = env.replacen("$ec1$", "$ec7$", 1);
+    let future = env.replacen("$ec2$", "$ec7$", 1);
     expect_error(&mut c, "SELECT event_crypto.decrypt_value($1)", &[&future], "0A000");
     let deep = format!("{}\"{s0}\"{}", "[".repeat(1100), "]".repeat(1100));
     expect_error(

@@ -13,9 +13,13 @@ fn two_hundred_thousand_encryptions_under_one_key_version_have_distinct_nonces()
         "CREATE TABLE ev (id bigserial PRIMARY KEY, payload jsonb);
          SELECT event_crypto.create_key('nonce-key');
          SELECT event_crypto.protect('ev', 'payload', fields => ARRAY['a', 'b'], key_id => 'nonce-key');
-         -- the 12 nonce bytes of an envelope: after algorithm, flags, key id length, key id and version
+         -- the 12 nonce bytes of an envelope (docs/format.md): format 2, after the algorithm and flags byte, the
+         -- 8-byte handle and the LEB128 version; format 1, after algorithm, flags, key id length, key id and version
          CREATE FUNCTION nonce_of(e text) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT AS $$
-             SELECT substring(b FROM 3 + get_byte(b, 2) + 4 + 1 FOR 12)
+             SELECT CASE WHEN left(e, 5) = '$ec2$'
+                         THEN substring(b FROM 10 + (SELECT min(i) FROM generate_series(1, 5) i
+                                                     WHERE get_byte(b, 8 + i) < 128) FOR 12)
+                         ELSE substring(b FROM 3 + get_byte(b, 2) + 4 + 1 FOR 12) END
              FROM (SELECT decode(rpad(translate(substr(e, 6), '-_', '+/'), ((length(e) - 5 + 3) / 4) * 4, '='), 'base64') AS b) s
          $$;
          -- 1. INSERT ... SELECT: 60,000 rows x 2 fields

@@ -182,7 +182,7 @@ fn dump_and_restore_of_a_protected_table() {
     // The protection configuration came along: new rows are encrypted and indexed, forgotten subjects refused.
     insert(&mut r, "dave", "dave@x.io").unwrap();
     let (enc, idx): (bool, bool) = {
-        let row = r.query_one("SELECT payload->>'email' LIKE '$ec1$%', email_idx = event_crypto.blind_index('dave@x.io', 'tenant-42', 'lower') FROM events WHERE subject_id = 'dave'", &[]).unwrap();
+        let row = r.query_one("SELECT payload->>'email' LIKE '$ec2$%', email_idx = event_crypto.blind_index('dave@x.io', 'tenant-42', 'lower') FROM events WHERE subject_id = 'dave'", &[]).unwrap();
         (row.get(0), row.get(1))
     };
     assert!(enc && idx);

@@ -41,7 +41,9 @@ FROM ab WHERE subject = 'alice' AND stream = 's1';
 -- item 7: a string that merely starts like an envelope is not one
 INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec1$ bob-new@x.io (plaintext)"}');           -- 22P02
 INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "x", "other": "$ec1$AAAA"}');                  -- 22P02
-INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec2$AAAA"}');                                -- 0A000
+INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec2$ bob-new@x.io (plaintext)"}');           -- 22P02
+INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec2$AAAA"}');                                -- 22P02
+INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec3$AAAA"}');                                -- 0A000
 -- a supplied blind index value is replaced by the value's own: it cannot be made to match another subject
 INSERT INTO ab (subject, stream, payload, email_idx)
 VALUES ('mallory', 's4', '{"email": "mallory-2@x.io"}', event_crypto.blind_index('bob@x.io', 'ab-tenant'));
@@ -56,6 +58,20 @@ INSERT INTO ab (subject, stream, payload) VALUES ('bob', 's3', '{"email": "$ec1$
 INSERT INTO ab (subject, stream, payload, email_idx)
 SELECT subject, stream, payload, event_crypto.blind_index('bob@x.io', 'ab-tenant') FROM bob_history;
 SELECT count(*) AS bob_rows, count(email_idx) AS bob_indexed FROM ab WHERE subject = 'bob';
+-- ... while its envelopes (their key now only a tombstone, a digest of its id, with the same handle) copied to
+-- another subject's row are still refused
+-- (the message names no key id: the handle is the tombstone's, whose key id is known only as a digest)
+\set VERBOSITY default
+DO $$
+DECLARE d text;
+BEGIN
+    INSERT INTO ab (subject, stream, payload) SELECT 'mallory', stream, payload FROM bob_history LIMIT 1;
+    RAISE NOTICE 'stored';
+EXCEPTION WHEN check_violation THEN
+    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+    RAISE NOTICE 'refused; detail names bob: %, says shredded whole: %', d LIKE '%bob%', d LIKE '%shredded whole%';
+END $$;
+\set VERBOSITY sqlstate
 
 -- One bad row cannot make the table unreadable. Rows slipped in with triggers off (or before this check existed):
 -- alice's envelope in mallory's row, a malformed envelope, an envelope of another context.
@@ -80,6 +96,30 @@ SELECT event_crypto.rotate_key('subject:alice') AS alice_v2;
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('ab', 'payload', 1000);
 -- and retiring a version counts the rows it can read and refuses while any row uses it
 SELECT event_crypto.retire_key_version('subject:alice', 1);                                                 -- 55006
+-- Format 2 (the default): the envelope names its key by a handle, looked up to its key id as the format 1 key id
+-- was (the messages above name alice's key id as they did)
+SELECT payload->>'email' LIKE '$ec2$%' AS format_2 FROM ab WHERE subject = 'alice' AND stream = 's1';
+-- ... alice's envelope (version 2) with its handle and version replaced by those of mallory's key, in mallory's
+-- row: bound by name, but the header is authenticated and mallory's key does not open it; and by a handle no key has
+\set VERBOSITY default
+INSERT INTO ab (subject, stream, payload)
+SELECT 'mallory', 's4', jsonb_build_object('email', '$ec2$' || translate(encode(overlay(
+           decode(translate(substr(a.payload->>'email', 6), '-_', '+/') || repeat('=', (4 - length(substr(a.payload->>'email', 6)) % 4) % 4), 'base64')
+           PLACING int8send(k.handle) || '\x01'::bytea FROM 2 FOR 9), 'base64'), '+/=' || chr(10), '-_'))
+FROM ab a, event_crypto.keys k WHERE a.subject = 'alice' AND a.stream = 's1' AND k.key_id = 'subject:mallory' LIMIT 1;  -- 23514
+INSERT INTO ab (subject, stream, payload)
+SELECT 'mallory', 's4', jsonb_build_object('email', '$ec2$' || translate(encode(overlay(
+           decode(translate(substr(a.payload->>'email', 6), '-_', '+/') || repeat('=', (4 - length(substr(a.payload->>'email', 6)) % 4) % 4), 'base64')
+           PLACING '\x0000000000000001'::bytea FROM 2 FOR 8), 'base64'), '+/=' || chr(10), '-_'))
+FROM ab a WHERE a.subject = 'alice' AND a.stream = 's1' LIMIT 1;                                                -- 23514
+\set VERBOSITY sqlstate
+-- ... and alice's envelope written in format 1 (event_crypto.envelope_format = 1) is refused in mallory's row alike
+SET event_crypto.envelope_format = 1;
+INSERT INTO ab (subject, stream, payload) VALUES ('alice', 's1', '{"email": "alice-v1@x.io"}');
+RESET event_crypto.envelope_format;
+SELECT payload->>'email' LIKE '$ec1$%' AS format_1 FROM ab WHERE id = (SELECT max(id) FROM ab WHERE subject = 'alice');
+INSERT INTO ab (subject, stream, payload)
+SELECT 'mallory', 's1', payload FROM ab WHERE id = (SELECT max(id) FROM ab WHERE subject = 'alice');       -- 23514
 ROLLBACK;
 
 -- item 15: a field whose value has another shape than its path expects is encrypted whole, never left readable

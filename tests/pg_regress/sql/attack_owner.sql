@@ -81,7 +81,7 @@ INSERT INTO app.t5 (subject, payload) VALUES ('alice', '{"email": "alice@x.io"}'
                                              ('carol', '{"email": "carol@x.io"}');
 RESET ROLE;
 INSERT INTO app.t6 (subject, payload) VALUES ('zed', event_crypto.encrypt_fields('{"email": "zed@x.io"}', '{email}', 'subject:victim'));
-SELECT subject, payload->>'email' LIKE '$ec1$%' AS encrypted, email_idx IS NOT NULL AS indexed FROM app.t5 ORDER BY id;
+SELECT subject, payload->>'email' LIKE '$ec2$%' AS encrypted, email_idx IS NOT NULL AS indexed FROM app.t5 ORDER BY id;
 
 -- Forgetting as a superuser (as the background worker used to): the owner's trigger runs as the owner, refused
 SELECT (event_crypto.forget_subject('alice') - 'audit_id') - 'key_ids' AS receipt;
@@ -210,7 +210,7 @@ ALTER TABLE cfg_t RENAME COLUMN payload TO payload_old;
 ALTER TABLE cfg_t ADD COLUMN payload bigint;
 SELECT column_name FROM event_crypto.protected_columns WHERE table_name = 'cfg_t'::regclass;
 INSERT INTO cfg_t (subject, payload_old) VALUES ('s1', '{"email": "c@x.io"}');
-SELECT payload_old->>'email' LIKE '$ec1$%' AS encrypted FROM cfg_t ORDER BY id;
+SELECT payload_old->>'email' LIKE '$ec2$%' AS encrypted FROM cfg_t ORDER BY id;
 ALTER TABLE cfg_t DROP COLUMN payload;
 ALTER TABLE cfg_t RENAME COLUMN payload_old TO payload;
 DROP VIEW cfg_t_plain;

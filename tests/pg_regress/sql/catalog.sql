@@ -4,7 +4,7 @@ SELECT p.proname, p.pronargs AS nargs,
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'event_crypto' ORDER BY 1, 2;
 -- nothing that draws randomness or reads keys is IMMUTABLE: only pure functions are (argument checkers, the audit
--- chain hash, reading envelope headers)
+-- chain hash, the key id naming; uses_key_version() reads key handles from the catalog, so it is STABLE)
 SELECT p.proname AS immutable_functions FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'event_crypto' AND p.provolatile = 'i' ORDER BY 1;
 -- plpgsql functions pin their search_path

@@ -31,7 +31,7 @@ SELECT * FROM event_crypto.key_version_usage('dl:k1', 2);
 SELECT event_crypto.retire_key_version('dl:k1', 2) - 'destroy_after' - 'columns_checked' AS receipt;
 SELECT status, destroy_after > now() + interval '6 days' AS waits FROM event_crypto.key_info WHERE key_id = 'dl:k1' AND version = 2;
 SELECT event_crypto.decrypt_fields(:'old_env'::jsonb);                               -- under disabled version 2: null, a warning
-SELECT event_crypto.encrypt_fields('{"a":"s"}', '{a}', 'dl:k1')->>'a' LIKE '$ec1$%' AS still_encrypts;
+SELECT event_crypto.encrypt_fields('{"a":"s"}', '{a}', 'dl:k1')->>'a' LIKE '$ec2$%' AS still_encrypts;
 -- an envelope under the disabled version: null (the default on_shredded), kept, or the error 38004
 SELECT event_crypto.reencrypt_fields(:'old_env'::jsonb) = :'old_env'::jsonb AS not_moved;
 CREATE TEMP TABLE dl_held AS SELECT e FROM (VALUES (event_crypto.encrypt_value('"v3 secret"', 'dl:k1'))) v(e);
@@ -179,7 +179,7 @@ SELECT count(*) FROM event_crypto.protect('dl_typed', 'payload', key_column => '
                                           fields_by_type => '{"CustomerCreated":["email","card"],"*":["card"]}');
 INSERT INTO dl_typed VALUES ('s', 'CustomerUpdated', '{"email":"a@x.io","card":"4111111111111111"}');
 INSERT INTO dl_typed VALUES ('s', NULL, '{"card":"4111111111111111"}');
-SELECT kind, payload->>'email' LIKE '$ec1$%' AS email_enc, payload->>'card' LIKE '$ec1$%' AS card_enc FROM dl_typed ORDER BY kind NULLS LAST;
+SELECT kind, payload->>'email' LIKE '$ec2$%' AS email_enc, payload->>'card' LIKE '$ec2$%' AS card_enc FROM dl_typed ORDER BY kind NULLS LAST;
 SELECT event_crypto.protect('dl_typed', 'payload', key_column => 'subject', fields => '{x}', allow_unlisted_types => true); -- 22023 no types
 SELECT event_crypto.protect('dl_typed', 'payload', key_column => 'subject', fields => '{x}', allow_unlisted_types => NULL); -- 22004
 
@@ -206,7 +206,7 @@ ALTER TABLE dl_events RENAME COLUMN user_id TO uid;
 ALTER TABLE dl_events RENAME COLUMN payload TO body;
 SELECT column_name, key_column FROM event_crypto.protected_columns WHERE table_name = 'dl_events'::regclass;
 INSERT INTO dl_events VALUES (8, '{"email":"e8@x.io"}');
-SELECT uid, body->>'email' LIKE '$ec1$%' AS encrypted FROM dl_events ORDER BY uid;
+SELECT uid, body->>'email' LIKE '$ec2$%' AS encrypted FROM dl_events ORDER BY uid;
 SELECT uid, body FROM dl_events_decrypted ORDER BY uid;
 SELECT r->'rows' AS rows FROM jsonb_path_query(event_crypto.export_subject('8', key_prefix => 'dluser:'), '$.tables[*]') r;
 SELECT r->>'complete' AS complete, r->'skipped' AS skipped FROM event_crypto.forget_subject('8', key_prefix => 'dluser:') r;
@@ -242,12 +242,12 @@ SELECT to_regclass('dl_view_t_renamed') IS NULL AS ours_dropped, to_regclass('dl
 -- a table made with INHERITS from a protected table is protected too (its rows show through the parent)
 CREATE TABLE dl_child () INHERITS (dl_events);
 INSERT INTO dl_child VALUES (10, '{"email":"child@x.io"}');
-SELECT body->>'email' LIKE '$ec1$%' AS child_encrypted FROM ONLY dl_child;
+SELECT body->>'email' LIKE '$ec2$%' AS child_encrypted FROM ONLY dl_child;
 SELECT uid, body FROM dl_events_decrypted WHERE uid = 10;
 CREATE TABLE dl_plain_child (uid int, body jsonb);
 ALTER TABLE dl_plain_child INHERIT dl_events;
 INSERT INTO dl_plain_child VALUES (11, '{"email":"late@x.io"}');
-SELECT body->>'email' LIKE '$ec1$%' AS attached_child_encrypted FROM ONLY dl_plain_child;
+SELECT body->>'email' LIKE '$ec2$%' AS attached_child_encrypted FROM ONLY dl_plain_child;
 -- ... and one made with LIKE is warned about
 CREATE TABLE dl_archive (LIKE dl_events INCLUDING ALL, archived_at timestamptz);
 \set VERBOSITY default

@@ -20,7 +20,7 @@ SELECT jsonb_build_object('items', jsonb_agg(jsonb_build_object('card', 'c' || i
 FROM generate_series(1, 100000) i;
 CREATE TEMP TABLE wide_enc AS SELECT event_crypto.encrypt_fields(doc, '{items[*].card}', 'edge') AS p FROM wide;
 SELECT jsonb_array_length(p->'items') AS elements,
-       (SELECT count(*) FROM jsonb_array_elements(p->'items') e WHERE e->>'card' LIKE '$ec1$%') AS encrypted,
+       (SELECT count(*) FROM jsonb_array_elements(p->'items') e WHERE e->>'card' LIKE '$ec2$%') AS encrypted,
        (SELECT count(DISTINCT e->>'card') FROM jsonb_array_elements(p->'items') e) AS distinct_envelopes
 FROM wide_enc;
 SELECT event_crypto.decrypt_fields(p) = (SELECT doc FROM wide) AS round_trip FROM wide_enc;

@@ -10,7 +10,7 @@ CREATE TEMP TABLE enc AS
 SELECT k AS key_id, event_crypto.encrypt_fields(doc, ARRAY['s','n','i','big','t','f','z','e','o','a','u'], k) AS doc
 FROM docs, unnest(ARRAY['aes','chacha']) AS k;
 -- every selected field is an envelope string, the others are untouched
-SELECT key_id, (SELECT count(*) FROM jsonb_each(doc) WHERE jsonb_typeof(value) = 'string' AND value->>0 LIKE '$ec1$%') AS envelopes,
+SELECT key_id, (SELECT count(*) FROM jsonb_each(doc) WHERE jsonb_typeof(value) = 'string' AND value->>0 LIKE '$ec2$%') AS envelopes,
        doc->'keep' AS keep
 FROM enc ORDER BY key_id;
 -- round trip restores the exact document (types and numeric text preserved)
@@ -26,10 +26,10 @@ SELECT count(DISTINCT event_crypto.encrypt_fields('{"s":"x"}', '{s}', 'aes')) AS
 
 -- paths: nested, wildcard, index, quoted keys with dots, absent paths, top-level arrays
 SELECT event_crypto.decrypt_fields(p) = '{"a":{"b":"1","c":"2"},"items":[{"card":"4111"},{"card":"5500","qty":2},{"x":1}],"a.b":{"c":"d"},"l":[0,1,2]}' AS ok,
-       (p->'a'->>'b') LIKE '$ec1$%' AS nested, (p->'a'->>'c') = '2' AS sibling_untouched,
-       (p->'items'->0->>'card') LIKE '$ec1$%' AND (p->'items'->1->>'card') LIKE '$ec1$%' AS wildcard,
-       p->'items'->1->'qty' AS qty, (p->'a.b'->>'c') LIKE '$ec1$%' AS quoted,
-       (p->'l'->>1) LIKE '$ec1$%' AND (p->'l'->>0) = '0' AS indexed
+       (p->'a'->>'b') LIKE '$ec2$%' AS nested, (p->'a'->>'c') = '2' AS sibling_untouched,
+       (p->'items'->0->>'card') LIKE '$ec2$%' AND (p->'items'->1->>'card') LIKE '$ec2$%' AS wildcard,
+       p->'items'->1->'qty' AS qty, (p->'a.b'->>'c') LIKE '$ec2$%' AS quoted,
+       (p->'l'->>1) LIKE '$ec2$%' AND (p->'l'->>0) = '0' AS indexed
 FROM (SELECT event_crypto.encrypt_fields(
         '{"a":{"b":"1","c":"2"},"items":[{"card":"4111"},{"card":"5500","qty":2},{"x":1}],"a.b":{"c":"d"},"l":[0,1,2]}',
         ARRAY['a.b', 'items[*].card', '"a.b".c', 'l[1]', 'missing', 'a.b.c.d', 'items[7].card', 'a[*]'], 'aes') AS p) s;
@@ -48,12 +48,12 @@ SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields('{"s":"x"}', '{s}
 -- single values
 SELECT event_crypto.decrypt_value(event_crypto.encrypt_value(v, 'chacha', 'c'), 'c') = v AS ok, jsonb_typeof(v)
 FROM unnest(ARRAY['"s"', '1.50', 'true', 'null', '{"a":[1]}', '[]', '""']::jsonb[]) AS v;
-SELECT event_crypto.encrypt_value('"x"', 'aes') LIKE '$ec1$%' AS envelope;
+SELECT event_crypto.encrypt_value('"x"', 'aes') LIKE '$ec2$%' AS envelope;
 
 -- NULL in, NULL out; NULL where a value is required is an error
 SELECT event_crypto.encrypt_fields(NULL, '{s}', 'aes') IS NULL AS null_payload, event_crypto.decrypt_fields(NULL) IS NULL AS null_decrypt,
        event_crypto.encrypt_value(NULL, 'aes') IS NULL AS null_value, event_crypto.decrypt_value(NULL) IS NULL AS null_envelope;
-SELECT event_crypto.encrypt_fields('{"s":null}', '{s}', 'aes')->>'s' LIKE '$ec1$%' AS json_null_is_encrypted;
+SELECT event_crypto.encrypt_fields('{"s":null}', '{s}', 'aes')->>'s' LIKE '$ec2$%' AS json_null_is_encrypted;
 SELECT event_crypto.encrypt_fields('{"s":"x"}', '{s}', NULL);          -- 22004
 SELECT event_crypto.encrypt_fields('{"s":"x"}', NULL, 'aes');          -- 22004
 SELECT event_crypto.encrypt_fields('{"s":"x"}', ARRAY['s', NULL], 'aes'); -- 22004
@@ -78,6 +78,7 @@ SELECT event_crypto.decrypt_fields('{}', NULL, 'drop');                -- 22023 
 SELECT event_crypto.decrypt_value('not an envelope');                  -- 22P02
 SELECT event_crypto.decrypt_value('');                                 -- 22P02
 SELECT event_crypto.decrypt_fields('{"s":"$ec1$"}');                   -- 22P02 claims to be an envelope
+SELECT event_crypto.decrypt_fields('{"s":"$ec2$"}');                   -- 22P02 claims to be an envelope
 SELECT event_crypto.decrypt_fields('{"s":"$ec7$AAAA"}');               -- 0A000 unknown format version
 
 -- huge values: a 10 MB string round trips
@@ -95,7 +96,7 @@ WITH d(doc) AS (SELECT jsonb_build_object('s', E'quote " backslash \\ tab \t nl 
                                           'arr', (SELECT jsonb_agg(jsonb_build_object('v', 'x' || i)) FROM generate_series(1, 70) i)))
 SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields(doc, '{s,wide.k33,arr[*].v,arr[40]}', 'aes')) = doc AS same,
        (SELECT count(*) FROM jsonb_path_query(event_crypto.encrypt_fields(doc, '{s,wide.k33,arr[*].v}', 'aes'), 'strict $.**') v
-        WHERE v #>> '{}' LIKE '$ec1$%') AS envelopes
+        WHERE v #>> '{}' LIKE '$ec2$%') AS envelopes
 FROM d;
 -- nesting beyond 1,000 levels is refused, not a crash
 SELECT event_crypto.encrypt_fields(jsonb_build_object('a', (repeat('[', 1200) || repeat(']', 1200))::jsonb), '{a}', 'aes');  -- 54000

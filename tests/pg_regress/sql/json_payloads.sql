@@ -21,7 +21,7 @@ frank	{"email": "frank@x.io", "tags": ["a", "b"]}
 \.
 -- stored as json, valid, encrypted; where the trigger rewrote a value its keys are in jsonb's order, without spaces
 SELECT subject, pg_typeof(payload) AS type, json_typeof(payload) AS json_type,
-       payload->>'email' LIKE '$ec1$%' AS email_encrypted, payload#>>'{card,number}' LIKE '$ec1$%' AS card_encrypted,
+       payload->>'email' LIKE '$ec2$%' AS email_encrypted, payload#>>'{card,number}' LIKE '$ec2$%' AS card_encrypted,
        payload#>>'{card,exp}' AS exp, email_idx = event_crypto.blind_index(event_crypto.decrypt_fields(payload::jsonb)->>'email', 'js-index') AS indexed
 FROM jev ORDER BY id;
 SELECT subject, payload::text FROM jev WHERE subject IN ('carol', 'dave') ORDER BY id;
@@ -42,7 +42,7 @@ INSERT INTO jev (subject, payload) VALUES ('nul', '{"email":"a\u0000b"}');      
 INSERT INTO jev (subject, payload) SELECT 'mallory', payload FROM jev WHERE subject = 'alice';               -- 23514
 -- re-encryption: the row written before protect() is encrypted, the column stays json
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('jev', 'payload', 100);
-SELECT subject, pg_typeof(payload) AS type, payload->>'email' LIKE '$ec1$%' AS encrypted FROM jev WHERE subject = 'old';
+SELECT subject, pg_typeof(payload) AS type, payload->>'email' LIKE '$ec2$%' AS encrypted FROM jev WHERE subject = 'old';
 -- export and forget
 SELECT t->>'table' AS table_name, jsonb_array_length(t->'rows') AS rows, t->'rows'->0->'payload' AS payload
 FROM jsonb_array_elements(event_crypto.export_subject('alice', key_prefix => 'js:')->'tables') t;
@@ -57,5 +57,5 @@ CREATE TABLE jnul (id serial PRIMARY KEY, subject text, payload json);
 INSERT INTO jnul (subject, payload) VALUES ('a', '{"email": "a@x.io", "note": "nul \u0000 here"}'), ('b', '{"email": "b@x.io"}');
 SELECT count(*) FROM event_crypto.protect('jnul', 'payload', fields => '{email}', key_column => 'subject', key_prefix => 'jn:');
 SELECT rows_scanned, rows_rewritten, rows_invalid, finished FROM event_crypto.reencrypt_batch('jnul', 'payload');
-SELECT subject, payload::text LIKE '%"email":"$ec1$%' AS encrypted, payload::text LIKE '%\u0000%' AS kept_as_it_was FROM jnul ORDER BY id;
+SELECT subject, payload::text LIKE '%"email":"$ec2$%' AS encrypted, payload::text LIKE '%\u0000%' AS kept_as_it_was FROM jnul ORDER BY id;
 ROLLBACK;

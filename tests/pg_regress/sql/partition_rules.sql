@@ -36,13 +36,13 @@ COPY ev (subject, archived, payload) FROM stdin;
 carol	true	{"email": "carol@old.io", "n": 4}
 dave	false	{"email": "dave@x.io", "n": 5}
 \.
-SELECT tableoid::regclass AS part, count(*) AS rows, bool_and(payload->>'email' LIKE '$ec1$%') AS encrypted,
+SELECT tableoid::regclass AS part, count(*) AS rows, bool_and(payload->>'email' LIKE '$ec2$%') AS encrypted,
        bool_and(email_idx = event_crypto.blind_index(event_crypto.decrypt_fields(payload)->>'email', 'pr-index')) AS indexed
 FROM ev GROUP BY 1 ORDER BY 1;
 -- an UPDATE that moves a row to another partition (archiving): it stays encrypted, bound to its subject
 UPDATE ev SET archived = true WHERE subject = 'alice' AND (payload->>'n')::int = 1;
 UPDATE ev SET archived = true, payload = payload || '{"email":"bob@new.io"}' WHERE subject = 'bob' AND (payload->>'n')::int = 2;
-SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec1$%' AS encrypted,
+SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec2$%' AS encrypted,
        event_crypto.decrypt_fields(payload)->>'email' AS email
 FROM ev WHERE archived ORDER BY id;
 SELECT count(*) AS found FROM ev WHERE email_idx = event_crypto.blind_index('bob@new.io', 'pr-index');
@@ -69,7 +69,7 @@ SELECT rows_rewritten, finished FROM event_crypto.reencrypt_batch('ev_2025_0', '
 ALTER TABLE ev ATTACH PARTITION ev_2025 FOR VALUES IN (true);                                              -- 42710
 SELECT event_crypto.unprotect('ev_2025', 'payload');
 ALTER TABLE ev ATTACH PARTITION ev_2025 FOR VALUES IN (true);
-SELECT subject, payload->>'email' LIKE '$ec1$%' AS encrypted, email_idx = event_crypto.blind_index('erin@old.io', 'pr-index') AS indexed
+SELECT subject, payload->>'email' LIKE '$ec2$%' AS encrypted, email_idx = event_crypto.blind_index('erin@old.io', 'pr-index') AS indexed
 FROM ev WHERE subject = 'erin';
 -- a table holding an envelope copied from another subject's row (no trigger checked it there): refused (23514)
 CREATE TABLE fz (subject text NOT NULL, payload jsonb) PARTITION BY LIST (subject);
@@ -87,7 +87,7 @@ ALTER TABLE ev_live DETACH PARTITION ev_live_1;
 CREATE TABLE ev_empty (LIKE ev);
 ALTER TABLE ev_live ATTACH PARTITION ev_empty FOR VALUES WITH (MODULUS 2, REMAINDER 1);
 INSERT INTO ev (subject, payload) SELECT s, '{"email":"late@x.io"}' FROM (VALUES ('alice'), ('bob'), ('carol'), ('dave')) v(s);
-SELECT tableoid::regclass AS part, count(*) AS rows, bool_and(payload->>'email' LIKE '$ec1$%') AS encrypted
+SELECT tableoid::regclass AS part, count(*) AS rows, bool_and(payload->>'email' LIKE '$ec2$%') AS encrypted
 FROM ev WHERE payload->>'n' IS NULL AND NOT archived GROUP BY 1 ORDER BY 1;
 
 -- DETACH PARTITION: the detached table keeps its ciphertext and its own copy of the protection
@@ -95,7 +95,7 @@ SELECT table_name, column_name, fields, key_column, key_prefix, decrypted_view
 FROM event_crypto.protected_columns WHERE table_name::text IN ('ev_live_1', 'ev_archive_new') ORDER BY 1;
 SELECT table_name, target_column, key_id FROM event_crypto.blind_indexes WHERE table_name::text IN ('ev_live_1', 'ev_archive_new') ORDER BY 1;
 INSERT INTO ev_live_1 (subject, payload) VALUES ('hank', '{"email":"hank@x.io"}');
-SELECT subject, payload->>'email' LIKE '$ec1$%' AS encrypted, email_idx IS NOT NULL AS indexed FROM ev_live_1 WHERE subject = 'hank';
+SELECT subject, payload->>'email' LIKE '$ec2$%' AS encrypted, email_idx IS NOT NULL AS indexed FROM ev_live_1 WHERE subject = 'hank';
 -- forget_subject reaches the detached tables too (their blind index columns are cleared)
 SELECT r->>'complete' AS complete FROM event_crypto.forget_subject('carol', key_prefix => 'pr:') r;
 SELECT tableoid::regclass AS part, email_idx IS NULL AS index_cleared, event_crypto.decrypt_fields(payload)->>'email' AS email
@@ -125,7 +125,7 @@ SELECT count(*) FROM event_crypto.protect('ev2', 'payload', fields => '{email}',
 -- unprotect() on the root removes the trigger from every partition; the rows keep their ciphertext
 SELECT event_crypto.unprotect('ev', 'payload');
 SELECT count(*) AS triggers_left FROM pg_partition_tree('ev') p JOIN pg_trigger t ON t.tgrelid = p.relid WHERE NOT t.tgisinternal;
-SELECT bool_and(payload->>'email' LIKE '$ec1$%') AS still_encrypted FROM ev WHERE payload ? 'email';
+SELECT bool_and(payload->>'email' LIKE '$ec2$%') AS still_encrypted FROM ev WHERE payload ? 'email';
 
 -- retention on a partitioned table reads every partition: a subject with an old event in one partition and a new
 -- one in another is kept; a policy on a partition is refused (42809)

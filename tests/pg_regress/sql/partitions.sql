@@ -20,12 +20,12 @@ INSERT INTO pev (subject, created_at, payload) VALUES ('a', '2026-06-01', '{"ema
 INSERT INTO pev_2027_rest (subject, created_at, payload) VALUES ('c', '2027-06-01', '{"email":"c1@x.io"}');
 CREATE TABLE pev_2028 PARTITION OF pev FOR VALUES FROM ('2028-01-01') TO ('2029-01-01');
 INSERT INTO pev (subject, created_at, payload) VALUES ('b', '2028-01-02', '{"email":"b2@x.io"}');
-SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec1$%' AS encrypted FROM pev ORDER BY id;
+SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec2$%' AS encrypted FROM pev ORDER BY id;
 -- re-encryption of the parent itself is refused (a pass over it would see nothing); the procedure passes over
 -- every partition and encrypts the plaintext rows
 SELECT * FROM event_crypto.reencrypt_batch('pev', 'payload', 100);                  -- 0A000
 CALL event_crypto.reencrypt_table('pev', 'payload', 2);
-SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec1$%' AS encrypted FROM pev ORDER BY id;
+SELECT tableoid::regclass AS part, subject, payload->>'email' LIKE '$ec2$%' AS encrypted FROM pev ORDER BY id;
 SELECT subject, payload->>'email' AS email FROM pev_decrypted ORDER BY id;
 -- a retirement counts the rows of every partition
 SELECT event_crypto.rotate_key('part:a');

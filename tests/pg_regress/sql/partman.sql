@@ -29,8 +29,8 @@ INSERT INTO events (subject, created_at, payload)
 SELECT 's' || (i % 5), now() - (i % 4) * interval '1 day' + (i % 3) * interval '1 day',
        jsonb_build_object('email', 'u' || i || '@x.io', 'address', jsonb_build_object('street', i || ' Main St', 'city', 'Oslo'))
 FROM generate_series(1, 40) i;
-SELECT count(DISTINCT tableoid) > 3 AS spread, bool_and(payload->>'email' LIKE '$ec1$%') AS emails_encrypted,
-       bool_and(payload#>>'{address,street}' LIKE '$ec1$%') AS streets_encrypted, bool_and(payload#>>'{address,city}' = 'Oslo') AS city_plain
+SELECT count(DISTINCT tableoid) > 3 AS spread, bool_and(payload->>'email' LIKE '$ec2$%') AS emails_encrypted,
+       bool_and(payload#>>'{address,street}' LIKE '$ec2$%') AS streets_encrypted, bool_and(payload#>>'{address,city}' = 'Oslo') AS city_plain
 FROM events;
 SELECT count(*) AS readable FROM events_decrypted WHERE payload->>'email' LIKE 'u%@x.io' AND payload#>>'{address,street}' LIKE '% Main St';
 -- maintenance later: the window moves 5 days on, so pg_partman makes new partitions; they are protected too
@@ -38,7 +38,7 @@ UPDATE partman.part_config SET premake = 8 WHERE parent_table = 'pm.events';
 SELECT partman.run_maintenance('pm.events');
 SELECT count(*) AS partitions_after FROM pg_partition_tree('events') WHERE isleaf;
 INSERT INTO events (subject, created_at, payload) VALUES ('s1', now() + interval '7 days', '{"email":"future@x.io"}');
-SELECT tableoid::regclass::text LIKE 'events_p%' AS in_new_partition, payload->>'email' LIKE '$ec1$%' AS encrypted
+SELECT tableoid::regclass::text LIKE 'events_p%' AS in_new_partition, payload->>'email' LIKE '$ec2$%' AS encrypted
 FROM events WHERE created_at > now() + interval '6 days';
 SELECT count(*) FILTER (WHERE t.tgname IS NULL) AS leaves_without_trigger
 FROM pg_partition_tree('events') p

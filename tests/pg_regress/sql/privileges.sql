@@ -64,12 +64,12 @@ SELECT count(*) FROM event_crypto.protect('owned', 'payload', fields => ARRAY['e
 GRANT SELECT ON owned_decrypted TO ec_owner;
 SET ROLE ec_owner;
 INSERT INTO owned (subject, payload) VALUES ('s1', '{"email": "secret@x.io"}');
-SELECT payload->>'email' LIKE '$ec1$%' AS ciphertext_only FROM owned;
+SELECT payload->>'email' LIKE '$ec2$%' AS ciphertext_only FROM owned;
 SELECT * FROM owned_decrypted;                                          -- 42501
 SELECT event_crypto.decrypt_fields(payload) FROM owned;                 -- 42501
 SELECT event_crypto.decrypt_value(payload->>'email') FROM owned;        -- 42501
 SELECT event_crypto.export_subject('s1');                               -- 42501
-SELECT event_crypto.reencrypt_fields(payload)->>'email' LIKE '$ec1$%' AS still_ciphertext FROM owned;
+SELECT event_crypto.reencrypt_fields(payload)->>'email' LIKE '$ec2$%' AS still_ciphertext FROM owned;
 CREATE FUNCTION peek(p jsonb) RETURNS jsonb LANGUAGE sql SECURITY DEFINER AS 'SELECT event_crypto.decrypt_fields(p)';
 SELECT peek(payload) FROM owned;                                        -- 42501
 CREATE FUNCTION peek_trigger() RETURNS trigger LANGUAGE plpgsql AS

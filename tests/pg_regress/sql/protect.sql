@@ -19,7 +19,7 @@ FROM event_crypto.protected_columns p LEFT JOIN event_crypto.blind_indexes b USI
 
 CREATE TEMP VIEW stored AS
 SELECT id, subject_id,
-       (SELECT count(*) FROM jsonb_path_query(payload, 'strict $.**') v WHERE jsonb_typeof(v) = 'string' AND v #>> '{}' LIKE '$ec1$%') AS envelopes,
+       (SELECT count(*) FROM jsonb_path_query(payload, 'strict $.**') v WHERE jsonb_typeof(v) = 'string' AND v #>> '{}' LIKE '$ec2$%') AS envelopes,
        payload::text ~ '(@x\.io|"4111|1 Main|5 Main)' AS plaintext_visible,  -- sentinels outside the base64url alphabet
        email_idx IS NOT NULL AS indexed
 FROM events;
@@ -122,14 +122,19 @@ INSERT INTO typed (subject, kind, payload) VALUES ('t1', 'Other', '{"name":"N","
 SELECT allow_unlisted_types FROM event_crypto.protect('typed', 'payload', fields => ARRAY['name'], key_column => 'subject', type_column => 'kind',
   fields_by_type => '{"CustomerCreated":["email","phone"],"PaymentProcessed":["card.token"]}', allow_unlisted_types => true);
 INSERT INTO typed (subject, kind, payload) VALUES ('t1', 'Other', '{"name":"N","email":"x@x.io"}');
-SELECT kind, payload->>'name' LIKE '$ec1$%' AS name_enc, payload->>'email' LIKE '$ec1$%' AS email_enc, payload->>'phone' LIKE '$ec1$%' AS phone_enc,
-       payload->'card'->>'token' LIKE '$ec1$%' AS token_enc, payload->'card'->>'last4' AS last4 FROM typed ORDER BY id;
+SELECT kind, payload->>'name' LIKE '$ec2$%' AS name_enc, payload->>'email' LIKE '$ec2$%' AS email_enc, payload->>'phone' LIKE '$ec2$%' AS phone_enc,
+       payload->'card'->>'token' LIKE '$ec2$%' AS token_enc, payload->'card'->>'last4' AS last4 FROM typed ORDER BY id;
 SELECT payload FROM typed_decrypted ORDER BY id;
 -- one fixed key for every row, and a view name of one's choosing
 CREATE TABLE fixed (id serial, payload jsonb);
 SELECT key_id FROM event_crypto.protect('fixed', 'payload', fields => ARRAY['secret'], key_id => 'tenant-42', view_name => 'fixed_plain');
 INSERT INTO fixed (payload) VALUES ('{"secret":"s1"}');
-SELECT payload->>'secret' LIKE '$ec1$AQAJdGVuYW50LTQy%' AS under_tenant_key FROM fixed;
+-- format 2 names the key by its handle: tenant-42's (version 1), the key id nowhere in the row
+SELECT payload->>'secret' LIKE '$ec2$%' AND event_crypto.uses_key_version(payload, 'tenant-42', 1)
+       AND position(int8send((SELECT handle FROM event_crypto.keys WHERE key_id = 'tenant-42' AND version = 1))
+                    IN decode(translate(substr(payload->>'secret', 6, 12), '-_', '+/'), 'base64')) = 2
+       AND strpos(payload::text, 'tenant') = 0 AS under_tenant_key
+FROM fixed;
 SELECT payload FROM fixed_plain;
 
 -- configuration errors
@@ -199,7 +204,7 @@ SELECT subject, payload FROM rls_events_decrypted ORDER BY id;
 RESET ROLE;
 SET ROLE ec_view_nobody;
 SELECT subject, payload FROM rls_events_decrypted ORDER BY id;   -- 42501
-SELECT subject, payload->>'email' LIKE '$ec1$%' AS ciphertext_only FROM rls_events ORDER BY id;
+SELECT subject, payload->>'email' LIKE '$ec2$%' AS ciphertext_only FROM rls_events ORDER BY id;
 SELECT event_crypto.export_subject('r1');                         -- 42501
 SELECT event_crypto.forget_subject('r1');                         -- 42501
 SELECT event_crypto.protect('rls_events', 'payload', fields => ARRAY['x'], key_id => 'k'); -- 42501

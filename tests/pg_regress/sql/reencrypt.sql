@@ -30,7 +30,8 @@ SELECT event_crypto.reencrypt_fields(jsonb_set(p, '{email}', to_jsonb(overlay(p-
            FROM length(p->>'email') - 5 FOR 1))), 'stream-1')
 FROM v1;                                                                           -- XX001 tampered
 SELECT event_crypto.reencrypt_fields('{"a": "$ec1$AAAA"}');                        -- 22P02 malformed
-SELECT event_crypto.reencrypt_fields('{"a": "$ec2$AAAA"}');                        -- 0A000 unknown format
+SELECT event_crypto.reencrypt_fields('{"a": "$ec2$AAAA"}');                        -- 22P02 malformed
+SELECT event_crypto.reencrypt_fields('{"a": "$ec3$AAAA"}');                        -- 0A000 unknown format
 -- plain documents, scalars, NULLs
 SELECT event_crypto.reencrypt_fields('{"a": 1, "b": [true, null, "x"]}');
 SELECT event_crypto.reencrypt_fields('"just text"'), event_crypto.reencrypt_fields('[]'), event_crypto.reencrypt_fields(NULL);
@@ -58,7 +59,7 @@ SELECT count(*) FROM event_crypto.protect('re_events', 'payload', fields => ARRA
 SELECT count(*) FROM event_crypto.add_blind_index('re_events', 'payload', 'email', 'email_idx', 're:k');
 INSERT INTO re_events (subject, stream, payload)
 SELECT 'u' || (i % 3), 'stream-' || i, jsonb_build_object('email', 'late' || i || '@x.io', 'n', i) FROM generate_series(6, 10) i;
-SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%') AS encrypted, count(*) AS total FROM re_events;
+SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec2$%') AS encrypted, count(*) AS total FROM re_events;
 SELECT event_crypto.rotate_key('subject:u1');
 SELECT event_crypto.retire_key_version('subject:u1', 2);                  -- 55006 the active version
 SELECT event_crypto.retire_key_version('subject:u1', 1);                  -- 55006 rows still use it
@@ -83,7 +84,7 @@ SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
 SELECT * FROM event_crypto.reencrypt_batch('re_events', 'payload', 3);
 SELECT finished_at IS NOT NULL AS finished FROM event_crypto.reencrypt_progress;
 -- every row is encrypted now, under the newest version of its subject's key; early rows got blind index values
-SELECT subject, count(*) AS rows, count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%') AS encrypted,
+SELECT subject, count(*) AS rows, count(*) FILTER (WHERE payload->>'email' LIKE '$ec2$%') AS encrypted,
        bool_and(event_crypto.uses_key_version(payload, 'subject:' || subject, CASE subject WHEN 'u1' THEN 2 ELSE 1 END)) AS newest,
        count(email_idx) AS indexed
 FROM re_events GROUP BY subject ORDER BY subject;
@@ -169,3 +170,75 @@ SELECT event_crypto.retire_key_version('re:proc', 1) - 'destroy_after' - 'column
 SELECT count(*) FROM re_proc WHERE (event_crypto.decrypt_fields(payload)->>'email') LIKE 'p%@x.io';
 DROP TABLE re_proc;
 SELECT event_crypto.shred_key('re:proc');
+
+-- Envelope formats (issue 15): rows written in format 1 (event_crypto.envelope_format = 1, or by 0.2.0) move to
+-- format 2 under the same key version; key_version_usage, uses_key_version and retire_key_version count both
+-- formats (format 1 envelopes by key id, format 2 by handle); with the setting at 1, re-encryption moves rows back.
+BEGIN;
+-- one whole pass of reencrypt_batch (CALL reencrypt_table commits, which a transaction block cannot)
+CREATE FUNCTION pg_temp.pass(t regclass) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+    n bigint := 0;
+BEGIN
+    LOOP
+        SELECT * INTO b FROM event_crypto.reencrypt_batch(t, 'payload', 100);
+        n := b.rows_rewritten;   -- the pass's count so far
+        EXIT WHEN b.finished;
+    END LOOP;
+    RETURN n;
+END $$;
+CREATE TABLE re_fmt (id serial PRIMARY KEY, subject text, payload jsonb, note text);
+SELECT count(*) FROM event_crypto.protect('re_fmt', 'payload', fields => ARRAY['email', 'card'], key_column => 'subject');
+SET event_crypto.envelope_format = 1;
+INSERT INTO re_fmt (subject, payload) SELECT 'f' || (i % 2), jsonb_build_object('email', 'v1-' || i || '@x.io', 'card', '4111') FROM generate_series(1, 4) i;
+RESET event_crypto.envelope_format;
+INSERT INTO re_fmt (subject, payload) SELECT 'f' || (i % 2), jsonb_build_object('email', 'v2-' || i || '@x.io', 'card', '4111') FROM generate_series(5, 6) i;
+-- envelopes of f1 pasted into free text: one of format 1 (row 1's), one of format 2 (row 5's)
+UPDATE re_fmt SET note = 'see ' || (SELECT payload->>'card' FROM re_fmt WHERE id = 1) WHERE id = 4;
+UPDATE re_fmt SET note = 'see ' || (SELECT payload->>'card' FROM re_fmt WHERE id = 5) WHERE id = 2;
+SELECT id, subject, left(payload->>'email', 5) AS email_format, left(payload->>'card', 5) AS card_format,
+       event_crypto.uses_key_version(payload, 'subject:' || subject, 1) AS uses_v1,
+       event_crypto.needs_reencryption(payload) AS needs
+FROM re_fmt ORDER BY id;
+-- a format 1 envelope names the key id; a format 2 one only the handle, which says nothing of the subject
+CREATE FUNCTION pg_temp.unb64(s text) RETURNS bytea LANGUAGE sql AS $$
+    SELECT decode(translate(s, '-_', '+/') || repeat('=', (4 - length(s) % 4) % 4), 'base64') $$;
+SELECT left(payload->>'email', 5) AS format,
+       bool_or(position(convert_to('subject:' || subject, 'UTF8') IN pg_temp.unb64(substr(payload->>'email', 6))) > 0) AS names_key_id,
+       min(length(payload->>'email')) AS envelope_length
+FROM re_fmt GROUP BY 1 ORDER BY 1;
+SELECT table_name, column_name, rows, unreadable FROM event_crypto.key_version_usage('subject:f1', 1)
+WHERE table_name = 'public.re_fmt' ORDER BY 1, 2;
+SELECT event_crypto.retire_key_version('subject:f1', 1);                  -- 55006 the active version
+SELECT event_crypto.rotate_key('subject:f1');
+SELECT event_crypto.retire_key_version('subject:f1', 1);                  -- 55006 rows use it, in both formats
+-- re-encryption: every row moves (f0's format 1 rows under the same version, f1's rows to version 2); the texts
+-- get shorter, and they read the same
+SELECT sum(length(payload::text)) AS bytes_before FROM re_fmt \gset
+SELECT pg_temp.pass('re_fmt') AS rewritten;
+SELECT id, subject, left(payload->>'email', 5) AS email_format, left(payload->>'card', 5) AS card_format,
+       event_crypto.uses_key_version(payload, 'subject:' || subject, CASE subject WHEN 'f1' THEN 2 ELSE 1 END) AS newest,
+       event_crypto.needs_reencryption(payload) AS needs, event_crypto.decrypt_fields(payload)->>'email' AS email
+FROM re_fmt ORDER BY id;
+SELECT sum(length(payload::text)) < :bytes_before AS shorter FROM re_fmt;
+-- the free text still holds version 1 envelopes of f1 (in both formats): counted, and the version stays
+SELECT table_name, column_name, rows, unreadable FROM event_crypto.key_version_usage('subject:f1', 1)
+WHERE table_name = 'public.re_fmt' ORDER BY 1, 2;
+SELECT event_crypto.retire_key_version('subject:f1', 1);                  -- 55006
+UPDATE re_fmt SET note = NULL;
+-- with event_crypto.envelope_format = 1, format 2 rows need re-encryption, and a pass moves them back
+SET event_crypto.envelope_format = 1;
+SELECT count(*) FILTER (WHERE event_crypto.needs_reencryption(payload)) AS needs FROM re_fmt;
+SELECT pg_temp.pass('re_fmt') AS rewritten;
+SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec1$%' AND payload->>'card' LIKE '$ec1$%') AS format_1,
+       count(*) FILTER (WHERE event_crypto.decrypt_fields(payload)->>'email' LIKE 'v_-%@x.io') AS readable FROM re_fmt;
+SELECT event_crypto.reencrypt_fields(event_crypto.encrypt_fields('{"a":"x"}', '{a}', 'subject:f0'))->>'a' LIKE '$ec1$%' AS stays_1;
+RESET event_crypto.envelope_format;
+SELECT event_crypto.reencrypt_fields(event_crypto.encrypt_fields('{"a":"x"}', '{a}', 'subject:f0'))->>'a' LIKE '$ec2$%' AS written_2;
+SELECT pg_temp.pass('re_fmt') AS rewritten;
+SELECT count(*) FILTER (WHERE payload->>'email' LIKE '$ec2$%' AND payload->>'card' LIKE '$ec2$%') AS format_2 FROM re_fmt;
+SELECT event_crypto.retire_key_version('subject:f1', 1) - 'destroy_after' - 'columns_checked' AS receipt;
+SET event_crypto.envelope_format = 3;                                     -- 22023 1 or 2
+SET event_crypto.envelope_format = 0;                                     -- 22023
+ROLLBACK;

@@ -27,7 +27,7 @@ GRANT SELECT ON r_v TO PUBLIC;
 SET ROLE r_nobody;
 INSERT INTO r_t (subject, payload) VALUES ('r-subject', '{"email": "r@x.io"}');
 RESET ROLE;
-SELECT payload->>'email' LIKE '$ec1$%' AS encrypted FROM r_t;
+SELECT payload->>'email' LIKE '$ec2$%' AS encrypted FROM r_t;
 
 CREATE TEMP TABLE calls (n serial, call text);
 INSERT INTO calls (call) VALUES

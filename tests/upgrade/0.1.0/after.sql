@@ -24,7 +24,8 @@ INSERT INTO up_events (stream, subject, type, payload) VALUES ('s4', '50%off', '
 SELECT (event_crypto.forget_subject('50%off'))->'key_ids' AS fifty;
 SELECT (event_crypto.forget_subject('dave'))->'key_ids' AS dave;
 SELECT id, subject, payload->>'email' AS email FROM up_events_decrypted ORDER BY id;
--- old envelopes re-encrypt under the new version, then the old version retires
+-- old envelopes re-encrypt under the new version (and format 1 ones under a current version move to format 2),
+-- then the old version retires
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('up_manual', 'p', 100, 'ctx');
 SELECT rows_scanned, rows_rewritten, rows_invalid FROM event_crypto.reencrypt_batch('up_manual', 'p', 100, 'ctx');
 SELECT (event_crypto.retire_key_version('up:aes', 1))->'disabled' AS v1_disabled;

@@ -4,6 +4,8 @@
 \set VERBOSITY terse
 SELECT extversion = (SELECT default_version FROM pg_available_extensions WHERE name = 'event_crypto') AS current
 FROM pg_extension WHERE extname = 'event_crypto';
+-- 0.2.0 wrote format 1 envelopes: after the update each encrypted row needs re-encryption (to format 2)
+SELECT id, left(payload->>'email', 5) AS prefix, event_crypto.needs_reencryption(payload) FROM u2_events ORDER BY id;
 -- the partitioned table: a new partition is protected, new subjects get keys, envelopes stay bound to their rows
 CREATE TABLE u2_events_2028 PARTITION OF u2_events FOR VALUES FROM ('2028-01-01') TO ('2029-01-01');
 INSERT INTO u2_events (stream, subject, at, payload) VALUES

@@ -6,6 +6,7 @@ use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
     check_envelopes, may_contain_envelope, Checked, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
 };
+use event_crypto_core::envelope::{KeyHandle, KeyRef};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
 use event_crypto_core::path::{FieldPath, Selector};
 use event_crypto_core::{ErrorKind, Result};
@@ -15,7 +16,7 @@ use std::rc::Rc;
 struct OneKey(Rc<Cipher>);
 
 impl KeySource for OneKey {
-    fn decryption_key(&mut self, _key_id: &str, _version: u32) -> Result<KeyLookup> {
+    fn decryption_key(&mut self, _key: KeyRef<'_>, _version: u32) -> Result<KeyLookup> {
         Ok(KeyLookup::Found(self.0.clone()))
     }
 }
@@ -37,8 +38,14 @@ fuzz_target!(|data: &[u8]| {
         .ok()
         .and_then(|t| from_json_text(&t).ok())
         .is_some_and(|b| b == data);
+    // both envelope formats: the key named by its id (format 1) or by a handle (format 2)
+    let key = if data.len() % 2 == 0 {
+        KeyRef::Id("fuzz")
+    } else {
+        KeyRef::Handle(KeyHandle::new(0x0fed_cba9_8765_4321).unwrap())
+    };
     let mut out = Vec::new();
-    let encrypted = Encryptor::new(&cipher, "fuzz", 1, None).encrypt_document(&doc, &Selector::new(&paths).unwrap(), &mut out);
+    let encrypted = Encryptor::new(&cipher, key, 1, None).encrypt_document(&doc, &Selector::new(&paths).unwrap(), &mut out);
     if let Ok(n) = encrypted {
         if let Ok(enc) = Document::from_datum(&out) {
             let mut plain = Vec::new();
@@ -48,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(plain, data, "decrypt(encrypt(doc)) == doc, byte for byte");
                 // and a protected table's trigger accepts every envelope as bound to this row
                 let mut seen = 0;
-                let found = check_envelopes(&enc, &mut OneKey(cipher.clone()), None, &|k| k == "fuzz", |_, c| {
+                let found = check_envelopes(&enc, &mut OneKey(cipher.clone()), None, &|k| k == key, |_, c| {
                     assert!(matches!(c, Checked::Opened(_)));
                     seen += 1;
                     Ok(())
