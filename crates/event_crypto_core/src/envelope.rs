@@ -393,6 +393,8 @@ pub(crate) fn seal_into(
     blob.extend_from_slice(plaintext);
     let tag = key.cipher.seal_in_place(nonce, &scratch.aad, &mut blob[ct_start..]);
     blob.extend_from_slice(&tag);
+    // one allocation at most for the text (a fresh `out` would otherwise grow twice: prefix, then body)
+    out.reserve(text_len);
     out.extend_from_slice(prefix.as_bytes());
     let start = out.len();
     out.resize(
