@@ -26,6 +26,8 @@ use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_ke
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
 
@@ -243,6 +245,63 @@ fn subject_key(
     ))
 }
 
+/// The keys [`subject_key`] found, per policy for forgotten subjects (refuse, new key), key prefix and subject, for
+/// as long as the key cache's generation stands (any change to the key catalog ends it): a subject's next rows
+/// neither build its key id nor look it up again. At most `event_crypto.key_cache_size` subjects.
+struct SubjectKeys {
+    generation: u64,
+    len: usize,
+    by_policy: [HashMap<String, HashMap<String, Rc<KeyEntry>>>; 2],
+}
+
+thread_local! {
+    static SUBJECT_KEYS: RefCell<SubjectKeys> = RefCell::new(SubjectKeys {
+        generation: u64::MAX,
+        len: 0,
+        by_policy: [HashMap::new(), HashMap::new()],
+    });
+}
+
+/// [`subject_key`], remembered per subject (see [`SubjectKeys`]).
+fn subject_key_cached(
+    cfg: &Config,
+    col: &Col,
+    prefix: &str,
+    subject: &str,
+    user: &KeyUser<'_>,
+) -> Result<Rc<KeyEntry>> {
+    let policy = usize::from(cfg.new_key_when_forgotten);
+    let generation = keys::cache_generation();
+    let known = SUBJECT_KEYS.with(|m| {
+        let m = m.borrow();
+        if m.generation != generation {
+            return None;
+        }
+        m.by_policy[policy].get(prefix)?.get(subject).cloned()
+    });
+    if let Some(e) = known {
+        return Ok(e);
+    }
+    let (_, e) = subject_key(cfg, col, prefix, subject, user)?;
+    // (a key this call created changed the generation: the subject is remembered from its next row on)
+    let now = keys::cache_generation();
+    if now == generation {
+        SUBJECT_KEYS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.generation != now || m.len >= crate::guc::key_cache_size() {
+                m.generation = now;
+                m.len = 0;
+                m.by_policy = [HashMap::new(), HashMap::new()];
+            }
+            let subjects = m.by_policy[policy].entry(prefix.to_string()).or_default();
+            if subjects.insert(subject.to_string(), e.clone()).is_none() {
+                m.len += 1;
+            }
+        });
+    }
+    Ok(e)
+}
+
 fn taken(key_id: &str, subject: &str, shredded: bool) -> Error {
     // a shredded key id is another subject's that was forgotten: named neither by key id nor by subject
     let what = if shredded {
@@ -415,7 +474,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         }
     }
 
-    let mut replace: Vec<(&Col, Option<pg_sys::Datum>)> = Vec::new();
+    let mut replace: Vec<(&Col, Option<pg_sys::Datum>)> = Vec::with_capacity(cfg.blind.len() + 1);
     for (i, b) in cfg.blind.iter().enumerate() {
         let digest = match value_at(&doc, &b.path)? {
             None | Some(JsonbValue::Null) => None,
@@ -443,11 +502,11 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         if let (Some(col), None) = (&cfg.context, &context_text) {
             return Err(null_context_column(&cfg, col));
         }
-        let (_, entry) = match &cfg.key {
-            KeySpec::Fixed(k) => (k.clone(), keys::ensure_key(k, &user)?),
+        let entry = match &cfg.key {
+            KeySpec::Fixed(k) => keys::ensure_key(k, &user)?,
             KeySpec::Column { col, prefix } => {
                 let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
-                subject_key(&cfg, col, prefix, s, &user)?
+                subject_key_cached(&cfg, col, prefix, s, &user)?
             }
         };
         let (version, cipher) = entry.encryption_key()?;
@@ -470,24 +529,37 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     finish(&new, replace)
 }
 
-/// The row with columns replaced, or None when nothing changes.
+/// The row with columns replaced, or None when nothing changes. The arrays PostgreSQL reads are on the stack for up
+/// to 8 columns (the payload and its blind indexes: every row of a bulk insert goes through here).
 fn finish(row: &Row, replace: Vec<(&Col, Option<pg_sys::Datum>)>) -> Result<Option<*mut pg_sys::HeapTupleData>> {
-    if replace.is_empty() {
+    const ON_STACK: usize = 8;
+    let n = replace.len();
+    if n == 0 {
         return Ok(None);
     }
-    let mut cols: Vec<i32> = replace.iter().map(|(c, _)| c.attno.get() as i32).collect();
-    let mut values: Vec<pg_sys::Datum> = replace
-        .iter()
-        .map(|(_, v)| v.unwrap_or(pg_sys::Datum::from(0usize)))
-        .collect();
-    let mut nulls: Vec<bool> = replace.iter().map(|(_, v)| v.is_none()).collect();
+    let zero = pg_sys::Datum::from(0usize);
+    let (mut cols_s, mut values_s, mut nulls_s) = ([0i32; ON_STACK], [zero; ON_STACK], [false; ON_STACK]);
+    let (mut cols_h, mut values_h, mut nulls_h) = (Vec::new(), Vec::new(), Vec::new());
+    let (cols, values, nulls): (&mut [i32], &mut [pg_sys::Datum], &mut [bool]) = if n <= ON_STACK {
+        (&mut cols_s[..n], &mut values_s[..n], &mut nulls_s[..n])
+    } else {
+        cols_h.resize(n, 0);
+        values_h.resize(n, zero);
+        nulls_h.resize(n, false);
+        (&mut cols_h[..], &mut values_h[..], &mut nulls_h[..])
+    };
+    for (i, (c, v)) in replace.iter().enumerate() {
+        cols[i] = c.attno.get() as i32;
+        values[i] = v.unwrap_or(zero);
+        nulls[i] = v.is_none();
+    }
     // SAFETY: the arrays have one entry per replaced column (types checked); the tuple and descriptor belong to
     // this trigger call.
     let tuple = unsafe {
         pg_sys::heap_modify_tuple_by_cols(
             row.tuple,
             row.tupdesc,
-            cols.len() as i32,
+            n as i32,
             cols.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
