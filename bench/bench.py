@@ -137,34 +137,32 @@ def main():
     write_report(args, results, tps)
 
 
-NOTES = """Notes on the target not met (issue 4), from a profile of the protected insert (`perf record -g` on the backend
-during 3 per-subject INSERT ... SELECT rounds, 3,267 samples) and from
-`cargo run --release -p event_crypto_core --example microbench` for the core alone:
+NOTES = """Notes on the targets not met (issue 15), from this run, a profile of the per-subject insert (`perf record -g` on
+the backend, one 100,000-row INSERT ... SELECT into the table with its primary key) and
+`cargo run --release -p event_crypto_core --example seal_bench`:
 
-- The insert's samples: PostgreSQL 38%, kernel 24% (extending and writing heap pages: the rows are wider), libc 9%
-  (memcpy of tuples), event_crypto 28%. Within event_crypto, GHASH (`polyval`) is the largest single cost (6.5% of
-  all samples), then AES (3%), the document rewrite and jsonb walk (5%), base64 (1.2%), the per-subject key lookup
-  (1.6%) and the text form of the key and context columns (0.7%).
-- The gap to the target is about 50 ms per 100,000 rows (0.5 µs a row) at the plain insert measured here.
-- Wider rows are inherent to the envelope: each field grows by the header (key id, version), nonce and tag, then
-  base64 (a ~22-byte e-mail becomes ~90 bytes); heap, WAL and index work grow with it (the "wider rows" line).
-- The core encrypts the 3 fields of an event in about 0.85 µs; about half of that is AES-256-GCM, mostly GHASH over
-  the associated data (prefix, header, field location and a 36-byte stream id: 5 of the 8 GHASH blocks per field).
-  Building with `-C target-feature=+aes,+pclmulqdq` cuts AES-GCM from ~135 to ~80 ns per field, but makes the
-  library crash on CPUs without AES-NI, so it is not the default.
-- What it would take: an envelope format version with a shorter header (a numeric key reference instead of the key
-  id string: format 2 since 0.3.0, not yet measured here) and shorter associated data (a digest of the context computed once per row instead of per field), which
-  cuts GHASH blocks and row width at once; or an opt-in AES-NI build. Each round now starts after a CHECKPOINT, which
-  removed most of the round-to-round noise of earlier runs (a 562–996 ms spread before); the ratio still moves with
-  the plain insert's own time between runs (1.97x at 279 ms plain, 2.09x at 246 ms plain, the protected insert
-  itself 551 and 514 ms).
-- Since 0.2.0 (issue 11) the trigger checks every envelope a row brings. A document whose bytes hold no `$ec` has
-  none and skips the walk (a substring search: 15 ns an event in the core microbench, against 755 ns for the walk);
-  stored rows (replays, restores, COPY of dumped rows) are authenticated under the row's key, context and field,
-  about 2 µs an event with 3 envelopes in the core microbench, which the replay line above shows.
-- The pgbench lines move a lot between runs on this 2-core machine (pgbench itself takes a core): protected/unprotected
-  at 4 clients was 83%, 87% and 72% in the three runs of 2026-12-02. A side-by-side of the 0.1.0 and
-  0.2.0 builds in two clusters, alternating 5-second runs at 4 clients, gave medians of 32,856 and 33,147 TPS."""
+- Where the protected insert's time goes, per 100,000 rows, against the plain insert: the trigger call with nothing
+  to encrypt +41 ms (the "nothing to encrypt" line), wider rows +47 ms ("stored rows into the unprotected table"),
+  the encryption of 3 fields under one key +157 ms, switching keys per subject +46 ms (the "one key" line against
+  the per-subject one). The key switch is not the lookup: remembering each subject's key between rows in the trigger
+  (no key id built or looked up again) left per-subject / one key at 1.09x (1.085x before, 1.090x after, in two runs
+  of this benchmark; the run of 2026-12-03 08:12, commit `ca8d859`, still had it), and was not kept; what remains is cache misses on 1,000 keys' AES round keys and GHASH state.
+- The profile: PostgreSQL 38%, kernel 26% (extending and writing heap pages, WAL), libc 6%, event_crypto 30%. Within
+  event_crypto: AES-GCM 6% of all samples, the jsonb walk and document rewrite 6%, the key entry and cipher reached
+  through the cache 4%, the trigger body 2%, nonces 1.4%, UTF-8 checks 1.2%, base64 0.9%.
+- Since 0.3.0: envelopes of format 2 name the key by an 8-byte handle (65 bytes of overhead for a 20-character
+  e-mail address under a key `subject:` + UUID, 120 before), and AES-NI/PCLMULQDQ are chosen at run time (three seals
+  of short fields ~570 -> ~375 ns, ~320 ns built with `-C target-cpu=native`). The scan lines show both (scan encrypt
+  per-subject 210.5 -> ~150 ms, decrypt 250.5 -> ~160-175 ms against the last run of 0.2.0's code); the insert lines
+  moved little (2.14x -> 2.04-2.08x), as the breakdown above explains.
+- What it would take: one pass over the document that writes it straight into its final palloc'd memory (no separate
+  needs_encryption walk, no thread-local buffer copied), associated data shortened to a per-row digest of the context
+  (fewer GHASH blocks per field), per-key state laid out flat (round keys and GHASH key in one cache line run), and
+  one nonce draw per row.
+- The pgbench lines are bound by commit latency on this machine (fdatasync of the WAL; the CPUs are idle more than
+  half the time during the 1-client run), and move a lot between runs: protected/unprotected at 4 clients was 83%,
+  87% and 72% in three runs of 2026-12-02, 80% and 78% on 2026-12-03. With `synchronous_commit = off` the 1-client
+  ratio was 95% in one 4-second pair and 69% in the next: the noise is larger than the gap."""
 
 
 def fmt_ms(v):

@@ -26,8 +26,6 @@ use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_ke
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
 
@@ -245,63 +243,6 @@ fn subject_key(
     ))
 }
 
-/// The keys [`subject_key`] found, per policy for forgotten subjects (refuse, new key), key prefix and subject, for
-/// as long as the key cache's generation stands (any change to the key catalog ends it): a subject's next rows
-/// neither build its key id nor look it up again. At most `event_crypto.key_cache_size` subjects.
-struct SubjectKeys {
-    generation: u64,
-    len: usize,
-    by_policy: [HashMap<String, HashMap<String, Rc<KeyEntry>>>; 2],
-}
-
-thread_local! {
-    static SUBJECT_KEYS: RefCell<SubjectKeys> = RefCell::new(SubjectKeys {
-        generation: u64::MAX,
-        len: 0,
-        by_policy: [HashMap::new(), HashMap::new()],
-    });
-}
-
-/// [`subject_key`], remembered per subject (see [`SubjectKeys`]).
-fn subject_key_cached(
-    cfg: &Config,
-    col: &Col,
-    prefix: &str,
-    subject: &str,
-    user: &KeyUser<'_>,
-) -> Result<Rc<KeyEntry>> {
-    let policy = usize::from(cfg.new_key_when_forgotten);
-    let generation = keys::cache_generation();
-    let known = SUBJECT_KEYS.with(|m| {
-        let m = m.borrow();
-        if m.generation != generation {
-            return None;
-        }
-        m.by_policy[policy].get(prefix)?.get(subject).cloned()
-    });
-    if let Some(e) = known {
-        return Ok(e);
-    }
-    let (_, e) = subject_key(cfg, col, prefix, subject, user)?;
-    // (a key this call created changed the generation: the subject is remembered from its next row on)
-    let now = keys::cache_generation();
-    if now == generation {
-        SUBJECT_KEYS.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.generation != now || m.len >= crate::guc::key_cache_size() {
-                m.generation = now;
-                m.len = 0;
-                m.by_policy = [HashMap::new(), HashMap::new()];
-            }
-            let subjects = m.by_policy[policy].entry(prefix.to_string()).or_default();
-            if subjects.insert(subject.to_string(), e.clone()).is_none() {
-                m.len += 1;
-            }
-        });
-    }
-    Ok(e)
-}
-
 fn taken(key_id: &str, subject: &str, shredded: bool) -> Error {
     // a shredded key id is another subject's that was forgotten: named neither by key id nor by subject
     let what = if shredded {
@@ -506,7 +447,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             KeySpec::Fixed(k) => keys::ensure_key(k, &user)?,
             KeySpec::Column { col, prefix } => {
                 let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
-                subject_key_cached(&cfg, col, prefix, s, &user)?
+                subject_key(&cfg, col, prefix, s, &user)?.1
             }
         };
         let (version, cipher) = entry.encryption_key()?;

@@ -1,7 +1,8 @@
--- The protect trigger remembers each subject's key from one row to the next (issue 15: a subject's key id is neither
--- built nor looked up again for its next rows) only while the key catalog is unchanged, and apart for each policy
--- on forgotten subjects: two tables keyed by the same prefix, one refusing a forgotten subject and one giving it a
--- new key generation, never share what they remember, and a forget ends what both remember.
+-- Subjects' keys in the protect trigger, across tables and a forget: two tables keyed by the same prefix, one refusing
+-- a forgotten subject and one giving it a new key generation, share each subject's first key; once the subject is
+-- forgotten, one refuses its rows and the other writes them under the second generation, whichever wrote last (what a
+-- session knows of a subject's key never outlives a change to the key catalog, nor crosses from one policy to the
+-- other).
 \set VERBOSITY sqlstate
 \set ON_ERROR_ROLLBACK on
 BEGIN;
