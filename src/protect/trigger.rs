@@ -470,37 +470,24 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     finish(&new, replace)
 }
 
-/// The row with columns replaced, or None when nothing changes. The arrays PostgreSQL reads are on the stack for up
-/// to 8 columns (the payload and its blind indexes: every row of a bulk insert goes through here).
+/// The row with columns replaced, or None when nothing changes.
 fn finish(row: &Row, replace: Vec<(&Col, Option<pg_sys::Datum>)>) -> Result<Option<*mut pg_sys::HeapTupleData>> {
-    const ON_STACK: usize = 8;
-    let n = replace.len();
-    if n == 0 {
+    if replace.is_empty() {
         return Ok(None);
     }
-    let zero = pg_sys::Datum::from(0usize);
-    let (mut cols_s, mut values_s, mut nulls_s) = ([0i32; ON_STACK], [zero; ON_STACK], [false; ON_STACK]);
-    let (mut cols_h, mut values_h, mut nulls_h) = (Vec::new(), Vec::new(), Vec::new());
-    let (cols, values, nulls): (&mut [i32], &mut [pg_sys::Datum], &mut [bool]) = if n <= ON_STACK {
-        (&mut cols_s[..n], &mut values_s[..n], &mut nulls_s[..n])
-    } else {
-        cols_h.resize(n, 0);
-        values_h.resize(n, zero);
-        nulls_h.resize(n, false);
-        (&mut cols_h[..], &mut values_h[..], &mut nulls_h[..])
-    };
-    for (i, (c, v)) in replace.iter().enumerate() {
-        cols[i] = c.attno.get() as i32;
-        values[i] = v.unwrap_or(zero);
-        nulls[i] = v.is_none();
-    }
+    let mut cols: Vec<i32> = replace.iter().map(|(c, _)| c.attno.get() as i32).collect();
+    let mut values: Vec<pg_sys::Datum> = replace
+        .iter()
+        .map(|(_, v)| v.unwrap_or(pg_sys::Datum::from(0usize)))
+        .collect();
+    let mut nulls: Vec<bool> = replace.iter().map(|(_, v)| v.is_none()).collect();
     // SAFETY: the arrays have one entry per replaced column (types checked); the tuple and descriptor belong to
     // this trigger call.
     let tuple = unsafe {
         pg_sys::heap_modify_tuple_by_cols(
             row.tuple,
             row.tupdesc,
-            n as i32,
+            cols.len() as i32,
             cols.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),

@@ -119,16 +119,35 @@ impl MasterKey {
     }
 
     pub fn wrap(&self, key: &[u8; KEY_LEN], ctx: &WrapContext<'_>) -> Result<Vec<u8>> {
+        self.seal_wrapped(key, &Self::aad(ctx))
+    }
+
+    /// The wrapped form of `key` under `aad`: format byte, nonce, encrypted key, tag ([`WRAPPED_LEN`] bytes).
+    fn seal_wrapped(&self, key: &[u8; KEY_LEN], aad: &[u8]) -> Result<Vec<u8>> {
         let nonce = crate::random::nonce()?;
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.push(WRAP_FORMAT);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(key);
-        let tag = self
-            .wrap
-            .seal_in_place(&nonce, &Self::aad(ctx), &mut out[1 + NONCE_LEN..]);
+        let tag = self.wrap.seal_in_place(&nonce, aad, &mut out[1 + NONCE_LEN..]);
         out.extend_from_slice(&tag);
         Ok(out)
+    }
+
+    /// Opens what [`Self::seal_wrapped`] made under `aad`; `Err(true)`: the bytes do not have the wrapped form,
+    /// `Err(false)`: the tag does not match.
+    fn open_wrapped(&self, wrapped: &[u8], aad: &[u8]) -> std::result::Result<SecretKey, bool> {
+        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_FORMAT {
+            return Err(true);
+        }
+        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
+        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..].try_into().expect("length checked");
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(&wrapped[1 + NONCE_LEN..1 + NONCE_LEN + KEY_LEN]);
+        if !self.wrap.open_in_place(&nonce, aad, key.as_mut(), &tag) {
+            return Err(false);
+        }
+        Ok(key)
     }
 
     /// Unwraps a data key. A failure here means the wrapped bytes or their catalog row were altered (the caller
@@ -145,17 +164,13 @@ impl MasterKey {
             .with_detail(why.to_string())
             .with_hint("The key catalog row was altered or damaged; restore event_crypto.keys from a backup.")
         };
-        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_FORMAT {
-            return Err(corrupt("the wrapped key has the wrong length or format byte"));
-        }
-        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
-        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..].try_into().expect("length checked");
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(&wrapped[1 + NONCE_LEN..1 + NONCE_LEN + KEY_LEN]);
-        if !self.wrap.open_in_place(&nonce, &Self::aad(ctx), key.as_mut(), &tag) {
-            return Err(corrupt("the authentication tag does not match"));
-        }
-        Ok(key)
+        self.open_wrapped(wrapped, &Self::aad(ctx)).map_err(|shape| {
+            corrupt(if shape {
+                "the wrapped key has the wrong length or format byte"
+            } else {
+                "the authentication tag does not match"
+            })
+        })
     }
 }
 
@@ -264,16 +279,7 @@ impl MasterKey {
 
     /// Wraps the catalog secret `name`.
     pub fn wrap_secret(&self, secret: &[u8; KEY_LEN], name: &str) -> Result<Vec<u8>> {
-        let nonce = crate::random::nonce()?;
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.push(WRAP_FORMAT);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(secret);
-        let tag = self
-            .wrap
-            .seal_in_place(&nonce, &Self::secret_aad(name), &mut out[1 + NONCE_LEN..]);
-        out.extend_from_slice(&tag);
-        Ok(out)
+        self.seal_wrapped(secret, &Self::secret_aad(name))
     }
 
     /// Unwraps the catalog secret `name` (into a zeroized buffer). A failure means the wrapped bytes were altered.
@@ -286,20 +292,13 @@ impl MasterKey {
             .with_detail(why.to_string())
             .with_hint("The catalog row was altered or damaged; restore it from a backup.")
         };
-        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAP_FORMAT {
-            return Err(corrupt("the wrapped secret has the wrong length or format byte"));
-        }
-        let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN].try_into().expect("length checked");
-        let tag: [u8; TAG_LEN] = wrapped[1 + NONCE_LEN + KEY_LEN..].try_into().expect("length checked");
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(&wrapped[1 + NONCE_LEN..1 + NONCE_LEN + KEY_LEN]);
-        if !self
-            .wrap
-            .open_in_place(&nonce, &Self::secret_aad(name), key.as_mut(), &tag)
-        {
-            return Err(corrupt("the authentication tag does not match"));
-        }
-        Ok(key)
+        self.open_wrapped(wrapped, &Self::secret_aad(name)).map_err(|shape| {
+            corrupt(if shape {
+                "the wrapped secret has the wrong length or format byte"
+            } else {
+                "the authentication tag does not match"
+            })
+        })
     }
 }
 
