@@ -304,6 +304,12 @@ pub fn register_invalidation() {
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize)) };
 }
 
+/// The key cache's generation: it changes with every invalidation, so whatever was derived from cached keys
+/// under one generation stands as long as the generation does.
+pub fn cache_generation() -> u64 {
+    GENERATION.with(|g| g.get())
+}
+
 /// Forgets every cached key of this backend.
 pub fn invalidate_keys() {
     GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
@@ -313,6 +319,7 @@ pub fn invalidate_keys() {
             m.clear();
         }
     });
+    crate::protect::seals::forget_all();
 }
 
 thread_local! {

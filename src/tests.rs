@@ -206,6 +206,57 @@ mod tests {
         assert!(!crate::tombstones::audit_row_for_storage(&mut ids, &mut details, "subject:").unwrap());
     }
 
+    /// The protect trigger remembers each subject's key (`protect::seals`) for as long as the key catalog stands:
+    /// a rotation is used from the next row on, and any change to the catalog (a forget here) drops every
+    /// remembered key at once, key material included.
+    #[pg_test]
+    fn remembered_subject_keys_never_outlive_a_change_to_the_key_catalog() {
+        use crate::protect::seals;
+        Spi::run("CREATE TABLE seal_t (id serial, subject text, stream uuid, payload jsonb)").unwrap();
+        Spi::run(
+            "SELECT event_crypto.protect('seal_t', 'payload', fields => '{email}', key_column => 'subject',
+                                         key_prefix => 'seal:', context_column => 'stream')",
+        )
+        .unwrap();
+        let insert = |n: i32| {
+            Spi::run(&format!(
+                "INSERT INTO seal_t (subject, stream, payload) SELECT 's' || (i % 3), gen_random_uuid(),
+                   jsonb_build_object('email', 'e' || i) FROM generate_series(1, {n}) i"
+            ))
+            .unwrap()
+        };
+        // first rows: the keys are created (the catalog changes), the following rows remember them
+        insert(12);
+        insert(12);
+        assert_eq!(seals::remembered(), 3);
+        Spi::run("SELECT event_crypto.rotate_key('seal:s0')").unwrap();
+        assert_eq!(seals::remembered(), 0, "a rotation ends what was remembered");
+        insert(3);
+        let v2 = Spi::get_one::<i64>(
+            "SELECT count(*) FROM seal_t WHERE id > 24 AND subject = 's0'
+               AND event_crypto.uses_key_version(payload, 'seal:s0', 2)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(v2, 1, "the row written after the rotation is under the new version");
+        insert(3);
+        assert_eq!(seals::remembered(), 3);
+        Spi::run("SELECT event_crypto.forget_subject('s1', 'seal:')").unwrap();
+        assert_eq!(seals::remembered(), 0, "a forget drops every remembered key");
+        let refused = crate::access::in_subtransaction(|| {
+            Spi::run(
+                "INSERT INTO seal_t (subject, stream, payload) VALUES ('s1', gen_random_uuid(), '{\"email\": \"x\"}')",
+            )
+            .unwrap();
+        });
+        assert_eq!(
+            refused
+                .expect_err("a forgotten subject's new rows are refused")
+                .sqlstate,
+            "23514"
+        );
+    }
+
     #[pg_test]
     fn nonces_never_repeat_within_one_insert_select() {
         Spi::run("SELECT event_crypto.create_key('nonce')").unwrap();

@@ -36,9 +36,13 @@ pub struct Col {
 
 impl Col {
     /// Whether the descriptor still has this column, undropped, at the same position with the same type.
+    /// (Checked for every row: the fields are compared as stored, without converting the name or the type.)
     fn fits(&self, desc: &PgTupleDesc<'_>) -> bool {
-        desc.get(self.attno.get() - 1)
-            .is_some_and(|a| !a.is_dropped() && a.type_oid().value() == self.type_oid && a.name() == self.name)
+        desc.get(self.attno.get() - 1).is_some_and(|a| {
+            // SAFETY: attname is a NUL-terminated NameData.
+            let name = unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) };
+            !a.attisdropped && a.atttypid == self.type_oid && name.to_bytes() == self.name.as_bytes()
+        })
     }
 }
 

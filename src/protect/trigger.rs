@@ -15,6 +15,7 @@
 //!    in the envelope format `event_crypto.envelope_format` names (2 by default: the key named by its handle).
 
 use super::config::{config, Col, Config, KeySpec};
+use super::seals;
 use crate::jsonb::Jsonb;
 use crate::keys::{self, CachedKeys, KeyEntry, KeyUser};
 use event_crypto_core::document::{
@@ -42,39 +43,107 @@ impl Row {
         unsafe { pgrx::heap_getattr_raw(self.tuple, col.attno, self.tupdesc) }
     }
 
-    /// The text form of a column (its type's output function). text, varchar and uuid, the usual types of subject
-    /// and stream ids, are formatted here without a call into PostgreSQL.
-    pub fn text(&self, col: &Col) -> Option<String> {
+    /// The text form of a column (its type's output function). text and varchar are read in place, uuid is
+    /// formatted on the stack, other types go through their output function.
+    pub fn text(&self, col: &Col) -> Option<ColText<'_>> {
         self.datum(col).map(|d| datum_text(col, d))
     }
 }
 
-/// The text of a non-null datum of `col`'s type: its output function's result (what `format('%s', …)` gives).
-pub fn datum_text(col: &Col, d: pg_sys::Datum) -> String {
+/// The text of a column of a row, valid while the row is (the trigger call).
+pub enum ColText<'a> {
+    Borrowed(&'a str),
+    Uuid([u8; 36]),
+    Owned(String),
+}
+
+impl std::ops::Deref for ColText<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            ColText::Borrowed(s) => s,
+            // (hex digits and hyphens)
+            ColText::Uuid(b) => std::str::from_utf8(b).unwrap_or_default(),
+            ColText::Owned(s) => s,
+        }
+    }
+}
+
+impl PartialEq for ColText<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+/// The text of a non-null datum of `col`'s type: its output function's result (what `format('%s', …)` gives),
+/// borrowing the datum for `'a` (private: [`Row::text`] ties it to the row).
+fn datum_text<'a>(col: &Col, d: pg_sys::Datum) -> ColText<'a> {
+    match col.type_oid {
+        // SAFETY: a non-null text/varchar datum (type checked), detoasted (in place, or into memory of the trigger
+        // call); the bytes live as long as the row.
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => unsafe {
+            let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            let b: &'a [u8] = pgrx::varlena::varlena_to_byte_slice(p);
+            match std::str::from_utf8(b) {
+                Ok(s) => ColText::Borrowed(s),
+                Err(_) => ColText::Owned(String::from_utf8_lossy(b).into_owned()),
+            }
+        },
+        pg_sys::UUIDOID => {
+            let mut out = [0u8; 36];
+            // SAFETY: a uuid datum (type checked) points to its 16 bytes.
+            let b = unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>() as *const u8, 16) };
+            uuid_text(b, &mut out);
+            ColText::Uuid(out)
+        }
+        _ => {
+            let mut out = Vec::new();
+            append_datum_text(col, d, &mut out);
+            ColText::Owned(
+                String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            )
+        }
+    }
+}
+
+/// The canonical text of a uuid's 16 bytes (lower-case hex, hyphens after bytes 4, 6, 8 and 10).
+fn uuid_text(b: &[u8], out: &mut [u8; 36]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut j = 0;
+    for (i, byte) in b.iter().take(16).enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[(byte >> 4) as usize];
+        out[j + 1] = HEX[(byte & 15) as usize];
+        j += 2;
+    }
+}
+
+/// Appends the text of a non-null datum of `col`'s type to `out` (see [`datum_text`]), without an allocation of
+/// its own for text, varchar and uuid.
+pub fn append_datum_text(col: &Col, d: pg_sys::Datum, out: &mut Vec<u8>) {
     match col.type_oid {
         // SAFETY: a non-null text/varchar datum (type checked); detoasting keeps a short header, which the slice
         // handles.
         pg_sys::TEXTOID | pg_sys::VARCHAROID => unsafe {
             let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
+            out.extend_from_slice(pgrx::varlena::varlena_to_byte_slice(p));
         },
         pg_sys::UUIDOID => {
+            let mut text = [0u8; 36];
             // SAFETY: a uuid datum (type checked) points to its 16 bytes.
-            let b = unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>() as *const u8, 16) };
-            let mut out = String::with_capacity(36);
-            for (i, byte) in b.iter().enumerate() {
-                if matches!(i, 4 | 6 | 8 | 10) {
-                    out.push('-');
-                }
-                out.push(char::from(b"0123456789abcdef"[(byte >> 4) as usize]));
-                out.push(char::from(b"0123456789abcdef"[(byte & 15) as usize]));
-            }
-            out
+            uuid_text(
+                unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>() as *const u8, 16) },
+                &mut text,
+            );
+            out.extend_from_slice(&text);
         }
         // SAFETY: the output function of the column's own type, applied to a non-null datum of that type.
         _ => unsafe {
             let s = pg_sys::OidOutputFunctionCall(col.output, d);
-            CStr::from_ptr(s).to_string_lossy().into_owned()
+            out.extend_from_slice(CStr::from_ptr(s).to_bytes());
         },
     }
 }
@@ -369,12 +438,38 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         }
     };
     let needs = needs_encryption(&doc, selector)?;
+    let may_hold_envelope = may_contain_envelope(&doc);
     // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
-    if !needs && cfg.blind.is_empty() && !may_contain_envelope(&doc) {
+    if !needs && cfg.blind.is_empty() && !may_hold_envelope {
         return Ok(None);
     }
+    // Where the fields go, for a row with something to encrypt: a key this backend already encrypted with under
+    // the key cache's generation (the usual case of a bulk insert, see `seals`) is used as it is; otherwise it is
+    // resolved (or created). A row whose fields are all envelopes (replays of a forgotten subject's events) neither
+    // needs nor makes a key.
+    let which = match &cfg.key {
+        KeySpec::Fixed(k) => Some(seals::Which::Fixed(k)),
+        KeySpec::Column { col, prefix } => new.datum(col).map(|_| seals::Which::Subject {
+            new_key_when_forgotten: cfg.new_key_when_forgotten,
+            prefix,
+        }),
+    };
+    let subject_text = |out: &mut Vec<u8>| {
+        if let (KeySpec::Column { col, .. }, Some(d)) = (&cfg.key, key_col.and_then(|c| new.datum(c))) {
+            append_datum_text(col, d, out);
+        }
+    };
+    let known = match &which {
+        Some(w) if needs => seals::known(w, subject_text),
+        _ => None,
+    };
 
-    let subject = key_col.and_then(|c| new.text(c));
+    // The subject's text is needed for the envelopes the row brings and for the long way to its key.
+    let subject = if known.is_none() || may_hold_envelope {
+        key_col.and_then(|c| new.text(c))
+    } else {
+        None
+    };
     // A NULL context (like a NULL subject) only matters once something has to be bound to it.
     let context_text = cfg.context.as_ref().and_then(|col| new.text(col));
     let context = check_context(context_text.as_deref())?;
@@ -389,9 +484,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         }
     };
 
-    // 2. and 3.: the envelopes the row brings, and the blind index values they hold.
+    // 2. and 3.: the envelopes the row brings, and the blind index values they hold. (A datum without the bytes
+    // `$ec` holds no envelope: jsonb keeps strings verbatim.)
     let mut from_envelopes: Vec<Option<Option<String>>> = vec![None; cfg.blind.len()];
-    if !(payload_unchanged && cfg.blind.is_empty()) {
+    if may_hold_envelope && !(payload_unchanged && cfg.blind.is_empty()) {
         let binding = row_binding(&cfg, subject.as_deref());
         let checked = check_envelopes(&doc, &mut CachedKeys::default(), context, &binding, |loc, c| {
             for (i, b) in cfg.blind.iter().enumerate() {
@@ -443,19 +539,30 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         if let (Some(col), None) = (&cfg.context, &context_text) {
             return Err(null_context_column(&cfg, col));
         }
-        let entry = match &cfg.key {
-            KeySpec::Fixed(k) => keys::ensure_key(k, &user)?,
-            KeySpec::Column { col, prefix } => {
-                let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
-                subject_key(&cfg, col, prefix, s, &user)?.1
+        let seal = match known {
+            Some(seal) => seal,
+            None => {
+                let generation = keys::cache_generation();
+                let entry = match &cfg.key {
+                    KeySpec::Fixed(k) => keys::ensure_key(k, &user)?,
+                    KeySpec::Column { col, prefix } => {
+                        let s = subject.as_deref().ok_or_else(|| null_key_column(&cfg, col))?;
+                        subject_key(&cfg, col, prefix, s, &user)?.1
+                    }
+                };
+                let (version, cipher) = entry.encryption_key()?;
+                let seal = seals::Seal { entry, cipher, version };
+                if let Some(w) = &which {
+                    seals::remember(w, subject_text, generation, &seal);
+                }
+                seal
             }
         };
-        let (version, cipher) = entry.encryption_key()?;
         // the format event_crypto.envelope_format names (format 2: the key named by its handle)
-        let key = entry.key_ref(keys::write_format())?;
+        let key = seal.entry.key_ref(keys::write_format())?;
         let encrypted = Jsonb::build(|out| {
-            let n = Encryptor::new(&cipher, key, version, context).encrypt_document(&doc, selector, out)?;
-            entry.note_encrypted(version, n);
+            let n = Encryptor::new(&seal.cipher, key, seal.version, context).encrypt_document(&doc, selector, out)?;
+            seal.entry.note_encrypted(seal.version, n);
             Ok(n > 0)
         });
         if let Some(e) = encrypted {

@@ -429,16 +429,34 @@ mod x86 {
         text: Text<'_>,
         mask: &mut Block,
     ) {
-        *mask = *j0;
-        aes.proc_block(mask.into());
-        hash_padded(ghash, aad);
         let len = match text {
+            // A short field (the usual one: fewer blocks than the backend's parallel width): the tag mask and the
+            // keystream in one parallel call, whose blocks go through the AES rounds side by side instead of one
+            // after the other.
+            Text::Encrypt(buf) if buf.len().div_ceil(16) < ParBlocks::<A>::default().len() => {
+                mask_and_ctr(aes, j0, buf, mask);
+                hash_padded(ghash, aad);
+                hash_padded(ghash, buf);
+                buf.len()
+            }
             Text::Encrypt(buf) => {
+                *mask = *j0;
+                aes.proc_block(mask.into());
+                hash_padded(ghash, aad);
                 ctr(aes, j0, buf);
                 hash_padded(ghash, buf);
                 buf.len()
             }
+            Text::Decrypt(buf) if buf.len().div_ceil(16) < ParBlocks::<A>::default().len() => {
+                hash_padded(ghash, aad);
+                hash_padded(ghash, buf);
+                mask_and_ctr(aes, j0, buf, mask);
+                buf.len()
+            }
             Text::Decrypt(buf) => {
+                *mask = *j0;
+                aes.proc_block(mask.into());
+                hash_padded(ghash, aad);
                 hash_padded(ghash, buf);
                 ctr(aes, j0, buf);
                 buf.len()
@@ -502,6 +520,32 @@ mod x86 {
         };
         // the tail's bytes land at n - width..n; where they overlap the head they are the same bytes
         head | tail << (8 * (n - width))
+    }
+
+    /// mask = E(J0) and counter mode from inc32(J0) over `buf`, which has fewer blocks than the backend's parallel
+    /// width, in one parallel call; wipes the keystream it leaves on the stack.
+    #[inline(always)]
+    fn mask_and_ctr<A: BlockBackend<BlockSize = U16>>(aes: &mut A, j0: &Block, buf: &mut [u8], mask: &mut Block) {
+        let mut blocks = ParBlocks::<A>::default();
+        let n = buf.len().div_ceil(16);
+        debug_assert!(n < blocks.len());
+        let mut counter = u32::from_be_bytes([j0[12], j0[13], j0[14], j0[15]]);
+        blocks[0] = *j0;
+        for block in &mut blocks[1..=n] {
+            counter = counter.wrapping_add(1);
+            block[..12].copy_from_slice(&j0[..12]);
+            block[12..].copy_from_slice(&counter.to_be_bytes());
+        }
+        aes.proc_par_blocks((&mut blocks).into());
+        *mask = blocks[0];
+        for (bytes, block) in buf.chunks_mut(16).zip(&blocks[1..]) {
+            for (b, k) in bytes.iter_mut().zip(block) {
+                *b ^= k;
+            }
+        }
+        for block in blocks.iter_mut() {
+            block.as_mut_slice().zeroize();
+        }
     }
 
     /// Counter mode from inc32(J0): XORs the keystream into `buf`. Works the backend's parallel width at a time
