@@ -137,32 +137,37 @@ def main():
     write_report(args, results, tps)
 
 
-NOTES = """Notes on the targets not met (issue 15), from this run, a profile of the per-subject insert (`perf record -g` on
-the backend, one 100,000-row INSERT ... SELECT into the table with its primary key) and
-`cargo run --release -p event_crypto_core --example seal_bench`:
+NOTES = """Notes on the targets not met (issue 15), from this run, a profile of the per-subject insert (`perf record
+--call-graph dwarf` on the backend, one 100,000-row INSERT ... SELECT into the table without indexes) and
+`cargo run --release -p event_crypto_core --example microbench` / `--example seal_bench`:
 
-- Where the protected insert's time goes, per 100,000 rows, against the plain insert: the trigger call with nothing
-  to encrypt +41 ms (the "nothing to encrypt" line), wider rows +47 ms ("stored rows into the unprotected table"),
-  the encryption of 3 fields under one key +157 ms, switching keys per subject +46 ms (the "one key" line against
-  the per-subject one). The key switch is not the lookup: remembering each subject's key between rows in the trigger
-  (no key id built or looked up again) left per-subject / one key at 1.09x (1.085x before, 1.090x after, in two runs
-  of this benchmark; the run of 2026-12-03 08:12, commit `ca8d859`, still had it), and was not kept; what remains is cache misses on 1,000 keys' AES round keys and GHASH state.
-- The profile: PostgreSQL 38%, kernel 26% (extending and writing heap pages, WAL), libc 6%, event_crypto 30%. Within
-  event_crypto: AES-GCM 6% of all samples, the jsonb walk and document rewrite 6%, the key entry and cipher reached
-  through the cache 4%, the trigger body 2%, nonces 1.4%, UTF-8 checks 1.2%, base64 0.9%.
-- Since 0.3.0: envelopes of format 2 name the key by an 8-byte handle (65 bytes of overhead for a 20-character
-  e-mail address under a key `subject:` + UUID, 120 before), and AES-NI/PCLMULQDQ are chosen at run time (three seals
-  of short fields ~570 -> ~375 ns, ~320 ns built with `-C target-cpu=native`). The scan lines show both (scan encrypt
-  per-subject 210.5 -> ~150 ms, decrypt 250.5 -> ~160-175 ms against the last run of 0.2.0's code); the insert lines
-  moved little (2.14x -> 2.04-2.08x), as the breakdown above explains.
-- What it would take: one pass over the document that writes it straight into its final palloc'd memory (no separate
-  needs_encryption walk, no thread-local buffer copied), associated data shortened to a per-row digest of the context
-  (fewer GHASH blocks per field), per-key state laid out flat (round keys and GHASH key in one cache line run), and
-  one nonce draw per row.
+- Where the protected insert's time goes, per 100,000 rows, against the plain insert (the breakdown above): the
+  trigger with nothing to encrypt +14 ms, wider rows +30 ms, encrypting 3 fields +184 ms; the per-subject line against
+  the one-key line +41 ms (of which the row's context, the stream id bound into every field, is part: the one-key
+  table has no context column).
+- Inside the trigger (42% of the samples): writing the encrypted document 55% (in the core's own benchmark
+  `encrypt_document` takes 0.71 us for 3 fields: AES-GCM about a third, walking and copying the jsonb object about a
+  third, base64 7%, nonces 5%), rebuilding the tuple (`heap_modify_tuple_by_cols`) 9%, finding the subject's
+  remembered key 8% (cache misses on 1,000 keys: the record, the cipher's round keys and GHASH key, the usage
+  counter), the key and context columns 7%, the needs-encryption walk 4%, the commit-time usage flush 3%.
+- A floor for this design on this machine, from the lines above: wider rows 0.12x, the trigger call 0.05x, the
+  three AES-GCM seals as the crates compute them 0.10x (3 x 82 ns: the `ghash` crate multiplies one block at a
+  time, and the AAD of a field with a context is 5 blocks), one tuple rebuild 0.06x: 1.33x with a primary key. The
+  1.5x target leaves 0.17x (0.42 us a row) for the jsonb rewrite, the envelope assembly and the key switch, which
+  take about 1.4 us today.
+- Since 0.2.0: format 2 (65 bytes of overhead for a 20-character e-mail address under `subject:` + UUID, 120
+  before), AES-NI/PCLMULQDQ chosen at run time (three seals ~570 -> ~375 ns), each subject's key remembered in one
+  record (insert with a primary key 2.08x -> 1.91x, without indexes 2.54x -> 2.29x, COPY 1.59x -> 1.51x from the run
+  of 2026-12-03 08:12 to the run of 09:29). A memo of the key tried earlier (SipHash maps of key prefix and subject
+  to the key entry, encryption_key() still called per row) had shown no gain.
+- Left: the jsonb object rewrite (copy the runs of unselected members whole instead of member by member), the
+  encrypted document written into its final memory and handed to the tuple rebuild without a copy, per-key state
+  laid out so a key switch touches fewer cache lines.
 - The pgbench lines are bound by commit latency on this machine (fdatasync of the WAL; the CPUs are idle more than
   half the time during the 1-client run), and move a lot between runs: protected/unprotected at 4 clients was 83%,
-  87% and 72% in three runs of 2026-12-02, 80% and 78% on 2026-12-03. With `synchronous_commit = off` the 1-client
-  ratio was 95% in one 4-second pair and 69% in the next: the noise is larger than the gap."""
+  87% and 72% in three runs of 2026-12-02, 80%, 78% and 82% on 2026-12-03, at 1 client 72% and 85%. With
+  `synchronous_commit = off` the 1-client ratio was 95% in one 4-second pair and 69% in the next: the noise is larger
+  than the gap."""
 
 
 def fmt_ms(v):
