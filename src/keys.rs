@@ -68,6 +68,15 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// Brings what an encryption under this key reads into the CPU's caches ahead of it: the entry, the cipher of
+    /// the active version (`cipher`) and the encryption counter.
+    pub fn prefetch(&self, cipher: &event_crypto_core::aead::Cipher) {
+        use event_crypto_core::aead::prefetch_bytes;
+        prefetch_bytes(self, std::mem::size_of::<KeyEntry>());
+        prefetch_bytes(Rc::as_ptr(&self.encryptions), 64);
+        cipher.prefetch();
+    }
+
     /// Everything envelopes name this key id by.
     pub fn names(&self) -> KeyNames<'_> {
         KeyNames {

@@ -437,16 +437,11 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             }
         }
     };
-    let needs = needs_encryption(&doc, selector)?;
-    let may_hold_envelope = may_contain_envelope(&doc);
-    // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
-    if !needs && cfg.blind.is_empty() && !may_hold_envelope {
-        return Ok(None);
-    }
     // Where the fields go, for a row with something to encrypt: a key this backend already encrypted with under
-    // the key cache's generation (the usual case of a bulk insert, see `seals`) is used as it is; otherwise it is
-    // resolved (or created). A row whose fields are all envelopes (replays of a forgotten subject's events) neither
-    // needs nor makes a key.
+    // the key cache's generation (the usual case of a bulk insert, see `seals`) is used as it is, and what the seal
+    // will read (the key schedule, the entry, its counter) is asked into the CPU's caches now, while the row's
+    // envelopes, context and blind indexes are looked at; otherwise the key is resolved (or created) below. A row
+    // whose fields are all envelopes (replays of a forgotten subject's events) neither needs nor makes a key.
     let which = match &cfg.key {
         KeySpec::Fixed(k) => Some(seals::Which::Fixed(k)),
         KeySpec::Column { col, prefix } => new.datum(col).map(|_| seals::Which::Subject {
@@ -459,10 +454,19 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             append_datum_text(col, d, out);
         }
     };
+    let needs = needs_encryption(&doc, selector)?;
     let known = match &which {
         Some(w) if needs => seals::known(w, subject_text),
         _ => None,
     };
+    if let Some(seal) = &known {
+        seal.entry.prefetch(&seal.cipher);
+    }
+    let may_hold_envelope = may_contain_envelope(&doc);
+    // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
+    if !needs && cfg.blind.is_empty() && !may_hold_envelope {
+        return Ok(None);
+    }
 
     // The subject's text is needed for the envelopes the row brings and for the long way to its key.
     let subject = if known.is_none() || may_hold_envelope {
