@@ -142,30 +142,37 @@ NOTES = """Notes on the targets not met (issue 15), from this run, a profile of 
 `cargo run --release -p event_crypto_core --example microbench` / `--example seal_bench`:
 
 - Where the protected insert's time goes, per 100,000 rows, against the plain insert (the breakdown above): the
-  trigger with nothing to encrypt +14 ms, wider rows +30 ms, encrypting 3 fields +184 ms; the per-subject line against
-  the one-key line +41 ms (of which the row's context, the stream id bound into every field, is part: the one-key
+  trigger with nothing to encrypt +23 ms, wider rows +42 ms, encrypting 3 fields +156 ms; the per-subject line against
+  the one-key line +20 ms (of which the row's context, the stream id bound into every field, is part: the one-key
   table has no context column).
-- Inside the trigger (42% of the samples): writing the encrypted document 55% (in the core's own benchmark
+- Inside the trigger (42% of the samples, run of 09:29): writing the encrypted document 55% (in the core's own benchmark
   `encrypt_document` takes 0.71 us for 3 fields: AES-GCM about a third, walking and copying the jsonb object about a
   third, base64 7%, nonces 5%), rebuilding the tuple (`heap_modify_tuple_by_cols`) 9%, finding the subject's
   remembered key 8% (cache misses on 1,000 keys: the record, the cipher's round keys and GHASH key, the usage
   counter), the key and context columns 7%, the needs-encryption walk 4%, the commit-time usage flush 3%.
-- A floor for this design on this machine, from the lines above: wider rows 0.12x, the trigger call 0.05x, the
-  three AES-GCM seals as the crates compute them 0.10x (3 x 82 ns: the `ghash` crate multiplies one block at a
-  time, and the AAD of a field with a context is 5 blocks), one tuple rebuild 0.06x: 1.33x with a primary key. The
-  1.5x target leaves 0.17x (0.42 us a row) for the jsonb rewrite, the envelope assembly and the key switch, which
-  take about 1.4 us today.
+- A floor for this design on this machine, from the lines above: wider rows 0.12x-0.18x, the trigger call with
+  nothing to encrypt 0.05x-0.10x (runs of 09:29 and 09:55), the three AES-GCM seals as the crates compute them about
+  0.10x (3 x 82 ns a row: the `ghash` crate multiplies one block at a time, and the AAD of a field with a context is
+  5 blocks), one tuple rebuild 0.06x: 1.33x-1.45x with a primary key before any JSON is walked, any envelope
+  assembled or any key found. The 1.5x target leaves 0.05x-0.17x (0.1-0.4 us a row) for those, which take about
+  1.1 us a row today (the core alone: 0.71 us for the document, of which 0.25 us are the seals).
 - Since 0.2.0: format 2 (65 bytes of overhead for a 20-character e-mail address under `subject:` + UUID, 120
   before), AES-NI/PCLMULQDQ chosen at run time (three seals ~570 -> ~375 ns), each subject's key remembered in one
-  record (insert with a primary key 2.08x -> 1.91x, without indexes 2.54x -> 2.29x, COPY 1.59x -> 1.51x from the run
-  of 2026-12-03 08:12 to the run of 09:29). A memo of the key tried earlier (SipHash maps of key prefix and subject
-  to the key entry, encryption_key() still called per row) had shown no gain.
-- Left: the jsonb object rewrite (copy the runs of unselected members whole instead of member by member), the
-  encrypted document written into its final memory and handed to the tuple rebuild without a copy, per-key state
-  laid out so a key switch touches fewer cache lines.
+  record, and what the seal reads prefetched while the row is checked. Per-subject insert with a primary key: 560.7
+  ms (2.08x, run of 2026-12-03 08:12) -> 479.3 ms (1.91x, 09:29, key records) -> 455.1 ms (1.94x, this run, with the
+  prefetch); the plain baseline moved 269.2 -> 250.9 -> 234.5 ms between those runs on the same code, which is why
+  the ratio did not follow the absolute time. Without indexes 2.54x -> 2.29x -> 2.32x, COPY 1.59x -> 1.51x -> 1.54x.
+  A memo of the key tried earlier (SipHash maps of key prefix and subject to the key entry, encryption_key() still
+  called per row) had shown no gain; finding the selected members by binary search and copying the others without
+  reading their keys was slower for this event (713 -> 739 ns in the core benchmark), and handing the encrypted
+  document to the tuple rebuild without a copy made no measurable difference: neither was kept.
+- Left: fewer GHASH blocks per field (the AAD repeats the envelope prefix, the header and the context for every
+  field: a format change), a GHASH that multiplies several blocks at once (the `ghash` crate's CLMUL backend takes
+  one block at a time), per-key state laid out so a key switch touches fewer cache lines, counting encryptions per
+  record instead of per key entry.
 - The pgbench lines are bound by commit latency on this machine (fdatasync of the WAL; the CPUs are idle more than
   half the time during the 1-client run), and move a lot between runs: protected/unprotected at 4 clients was 83%,
-  87% and 72% in three runs of 2026-12-02, 80%, 78% and 82% on 2026-12-03, at 1 client 72% and 85%. With
+  87% and 72% in three runs of 2026-12-02, 80%, 78%, 82% and 80% on 2026-12-03, at 1 client 72%, 85% and 84%. With
   `synchronous_commit = off` the 1-client ratio was 95% in one 4-second pair and 69% in the next: the noise is larger
   than the gap."""
 
