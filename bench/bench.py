@@ -170,6 +170,9 @@ NOTES = """Notes on the targets not met (issue 15), from this run, a profile of 
   field: a format change), a GHASH that multiplies several blocks at once (the `ghash` crate's CLMUL backend takes
   one block at a time), per-key state laid out so a key switch touches fewer cache lines, counting encryptions per
   record instead of per key entry.
+- COPY: a table with any BEFORE ROW trigger is loaded row by row (PostgreSQL turns its multi-insert buffering off
+  for such tables), so COPY into the protected table with nothing to encrypt already took 1.10x the plain COPY
+  (686 vs 625 ms, median of 5, after this run) and the protected COPY 1.48x (924 ms) in the same series.
 - The pgbench lines are bound by commit latency on this machine (fdatasync of the WAL; the CPUs are idle more than
   half the time during the 1-client run), and move a lot between runs: protected/unprotected at 4 clients was 83%,
   87% and 72% in three runs of 2026-12-02, 80%, 78%, 82% and 80% on 2026-12-03, at 1 client 72%, 85% and 84%. With

@@ -30,11 +30,14 @@ thread_local! {
 /// Field values become JSON text inside envelopes, which is UTF-8: other database encodings are refused rather
 /// than producing envelopes that could not be read back.
 fn require_utf8() {
-    let ok = UTF8.with(|c| {
-        *c.get().get_or_insert_with(|| {
+    let ok = UTF8.with(|c| match c.get() {
+        Some(ok) => ok,
+        None => {
             // SAFETY: reads the database encoding fixed at backend start.
-            unsafe { pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 }
-        })
+            let ok = unsafe { pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 };
+            c.set(Some(ok));
+            ok
+        }
     });
     if !ok {
         raise(
