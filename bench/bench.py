@@ -123,15 +123,17 @@ def main():
         med, lo, hi = summary(ms)
         print(f"{group:13} {label:42} {med:10.1f} ms  ({lo:.1f}-{hi:.1f})", flush=True)
 
+    # pgbench: the unprotected and the protected run alternate, round after round, so that the machine's drift over
+    # the minutes of a run (large on a VM's disk) falls on both alike.
     tps = {}
     for clients in (1, 2, 4):
-        for table, label in (("t_plain", "unprotected"), ("t_ec", "event_crypto protected")):
-            runs = []
-            for _ in range(args.rounds):
+        pair = (("t_plain", "unprotected"), ("t_ec", "event_crypto protected"))
+        for _ in range(args.rounds):
+            for table, label in pair:
                 psql("-c", "TRUNCATE t_plain, t_ec", "-c", "CHECKPOINT")
-                runs.append(pgbench_tps(table, clients, args.pgbench_seconds))
-            tps[(clients, label)] = runs
-            med, lo, hi = summary(runs)
+                tps.setdefault((clients, label), []).append(pgbench_tps(table, clients, args.pgbench_seconds))
+        for _, label in pair:
+            med, lo, hi = summary(tps[(clients, label)])
             print(f"pgbench {clients} client(s) {label:24} {med:10.0f} tps ({lo:.0f}-{hi:.0f})", flush=True)
 
     write_report(args, results, tps)
@@ -159,9 +161,10 @@ NOTES = """Notes on the targets not met (issue 15), from this run, a profile of 
 - Since 0.2.0: format 2 (65 bytes of overhead for a 20-character e-mail address under `subject:` + UUID, 120
   before), AES-NI/PCLMULQDQ chosen at run time (three seals ~570 -> ~375 ns), each subject's key remembered in one
   record, and what the seal reads prefetched while the row is checked. Per-subject insert with a primary key: 560.7
-  ms (2.08x, run of 2026-12-03 08:12) -> 479.3 ms (1.91x, 09:29, key records) -> 455.1 ms (1.94x, this run, with the
-  prefetch); the plain baseline moved 269.2 -> 250.9 -> 234.5 ms between those runs on the same code, which is why
-  the ratio did not follow the absolute time. Without indexes 2.54x -> 2.29x -> 2.32x, COPY 1.59x -> 1.51x -> 1.54x.
+  ms (2.08x, run of 2026-12-03 08:12) -> 479.3 ms (1.91x, 09:29, key records) -> 455.1 ms (1.94x, 09:55, with the
+  prefetch) -> 477.7 ms (1.98x, this run, 10:32, on the same code as 09:55); the plain baseline moved 269.2 -> 250.9 ->
+  234.5 -> 240.9 ms between those runs on unchanged plain code, which is why the ratio does not follow the absolute
+  time closely. Without indexes 2.54x -> 2.29x / 2.32x / 2.31x, COPY 1.59x -> 1.51x / 1.54x / 1.52x.
   A memo of the key tried earlier (SipHash maps of key prefix and subject to the key entry, encryption_key() still
   called per row) had shown no gain; finding the selected members by binary search and copying the others without
   reading their keys was slower for this event (713 -> 739 ns in the core benchmark), and handing the encrypted
@@ -175,7 +178,8 @@ NOTES = """Notes on the targets not met (issue 15), from this run, a profile of 
   (686 vs 625 ms, median of 5, after this run) and the protected COPY 1.48x (924 ms) in the same series.
 - The pgbench lines are bound by commit latency on this machine (fdatasync of the WAL; the CPUs are idle more than
   half the time during the 1-client run), and move a lot between runs: protected/unprotected at 4 clients was 83%,
-  87% and 72% in three runs of 2026-12-02, 80%, 78%, 82% and 80% on 2026-12-03, at 1 client 72%, 85% and 84%. With
+  87% and 72% in three runs of 2026-12-02, 80%, 78%, 82%, 80% and 81% on 2026-12-03, at 1 client 72%, 85%, 84% and 82%, at 2 clients 98%, 92%, 94% and
+  97% (from the run of 10:32 on, the unprotected and protected runs alternate). With
   `synchronous_commit = off` the 1-client ratio was 95% in one 4-second pair and 69% in the next: the noise is larger
   than the gap."""
 
@@ -220,7 +224,8 @@ def write_report(args, results, tps):
         r = ratio((group, label), base)
         rtxt = "baseline" if (group, label) == base else (f"{r:.2f}x the baseline" if group in ("insert", "insert, no index", "copy") else f"{1 / r:.2f}x faster than the baseline" if r < 1 else f"{r:.2f}x slower than the baseline")
         lines.append(f"| {group} | {label} | {fmt_ms(v)} | {rtxt} |")
-    lines += ["", "| pgbench, single-row inserts | unprotected TPS | protected TPS | protected / unprotected |", "| --- | --- | --- | --- |"]
+    lines += ["", f"pgbench, {args.pgbench_seconds} s a run, median of {args.rounds} runs; the unprotected and the protected runs alternate.", "",
+              "| pgbench, single-row inserts | unprotected TPS | protected TPS | protected / unprotected |", "| --- | --- | --- | --- |"]
     for clients in (1, 2, 4):
         u, p = statistics.median(tps[(clients, "unprotected")]), statistics.median(tps[(clients, "event_crypto protected")])
         lines.append(f"| {clients} client(s) | {u:,.0f} | {p:,.0f} | {100 * p / u:.0f}% |")
