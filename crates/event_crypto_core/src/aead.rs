@@ -314,7 +314,16 @@ mod x86 {
 
         /// Encrypts `buf` in place and returns the tag; `None` over GCM's length limits.
         pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Option<[u8; TAG_LEN]> {
-            if buf.len() as u64 > MAX_TEXT || aad.len() as u64 > MAX_AAD {
+            self.run(nonce, aad, Text::Encrypt(buf)).map(Into::into)
+        }
+
+        /// The block work of a seal or an open over `text`, and the tag it computes (GHASH xor E(J0)); `None` over
+        /// GCM's length limits, with nothing done.
+        fn run(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], text: Text<'_>) -> Option<Block> {
+            let len = match &text {
+                Text::Encrypt(b) | Text::Decrypt(b) => b.len(),
+            };
+            if len as u64 > MAX_TEXT || aad.len() as u64 > MAX_AAD {
                 return None;
             }
             let mut ghash = self.ghash.clone();
@@ -324,34 +333,21 @@ mod x86 {
                 ghash: &mut ghash,
                 j0: j0(nonce),
                 aad,
-                text: Text::Encrypt(buf),
+                text,
                 mask: &mut mask,
             });
             let mut tag = ghash.finalize();
             xor(&mut tag, &mask);
             mask.zeroize();
-            Some(tag.into())
+            Some(tag)
         }
 
         /// Decrypts `buf` in place and checks the tag; false when it does not verify, and `buf` is then wiped
         /// (decryption and GHASH share one pass over the blocks; no unauthenticated plaintext is left behind).
         pub(super) fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
-            if buf.len() as u64 > MAX_TEXT || aad.len() as u64 > MAX_AAD {
+            let Some(mut expected) = self.run(nonce, aad, Text::Decrypt(&mut *buf)) else {
                 return false;
-            }
-            let mut ghash = self.ghash.clone();
-            let mut mask = Block::default();
-            self.aes.encrypt_with_backend(WithAes {
-                accelerate: self.accelerate,
-                ghash: &mut ghash,
-                j0: j0(nonce),
-                aad,
-                text: Text::Decrypt(&mut *buf),
-                mask: &mut mask,
-            });
-            let mut expected = ghash.finalize();
-            xor(&mut expected, &mask);
-            mask.zeroize();
+            };
             let valid: bool = expected.as_slice().ct_eq(tag).into();
             // the expected tag of a forged message is a valid tag for it: do not leave it behind either
             expected.zeroize();

@@ -250,16 +250,21 @@ impl MasterKeyRing {
         s
     }
 
-    /// Moves a wrapped key from the master key `from` (a fingerprint of this ring) to the active key: unwraps,
-    /// re-wraps with a fresh nonce under the active key. The plaintext key lives only in a zeroized buffer.
-    pub fn rewrap(&self, from: &str, wrapped: &[u8], ctx: &WrapContext<'_>) -> Result<Vec<u8>> {
-        let old = self.get(from).ok_or_else(|| {
+    /// The master key `from` (a fingerprint) of this ring, or an error naming what the ring holds.
+    fn holding(&self, from: &str) -> Result<&MasterKey> {
+        self.get(from).ok_or_else(|| {
             Error::new(
                 ErrorKind::MasterKeyMismatch,
                 format!("master key {from} is not in this server's master key ring"),
             )
             .with_detail(format!("The ring holds {}.", self.describe()))
-        })?;
+        })
+    }
+
+    /// Moves a wrapped key from the master key `from` (a fingerprint of this ring) to the active key: unwraps,
+    /// re-wraps with a fresh nonce under the active key. The plaintext key lives only in a zeroized buffer.
+    pub fn rewrap(&self, from: &str, wrapped: &[u8], ctx: &WrapContext<'_>) -> Result<Vec<u8>> {
+        let old = self.holding(from)?;
         let key = old.unwrap(wrapped, ctx)?;
         self.active().wrap(&key, ctx)
     }
@@ -306,13 +311,7 @@ impl MasterKeyRing {
     /// Moves the wrapped catalog secret `name` from the master key `from` to the active one (as [`Self::rewrap`]
     /// does for data keys).
     pub fn rewrap_secret(&self, from: &str, wrapped: &[u8], name: &str) -> Result<Vec<u8>> {
-        let old = self.get(from).ok_or_else(|| {
-            Error::new(
-                ErrorKind::MasterKeyMismatch,
-                format!("master key {from} is not in this server's master key ring"),
-            )
-            .with_detail(format!("The ring holds {}.", self.describe()))
-        })?;
+        let old = self.holding(from)?;
         let secret = old.unwrap_secret(wrapped, name)?;
         self.active().wrap_secret(&secret, name)
     }
