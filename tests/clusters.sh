@@ -15,11 +15,14 @@
 # Usage: tests/clusters.sh start|stop DIR      (as root; servers run as postgres). Writes DIR/env for the tests.
 # EC_IT_PG_BIN (another PostgreSQL 15 bin directory) and EC_IT_PORT_BASE (first port, 54331) move them elsewhere,
 # so that two checkouts can run their clusters side by side.
+# EC_IT_CLUSTERS (default "a b c d e f s") starts only the clusters it names (s needs a): tests/consumers.sh starts
+# "a" alone. Cluster a may use wal2json as an output plugin where the server restricts them (output_plugin_libraries).
 set -euo pipefail
 ACTION=$1
 DIR=$2
 PG_BIN=${EC_IT_PG_BIN:-/usr/lib/postgresql/15/bin}
 PORT_BASE=${EC_IT_PORT_BASE:-54331}
+CLUSTERS=" ${EC_IT_CLUSTERS:-a b c d e f s} "
 RUN_AS=postgres
 as_pg() { runuser -u "$RUN_AS" -- "$@"; }
 
@@ -41,13 +44,22 @@ rm -rf "$DIR"
 install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR"
 newkey() { (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$1"); chown "$RUN_AS:$RUN_AS" "$1"; chmod 600 "$1"; }
 
+# a server that lists the libraries allowed as logical decoding output plugins must allow wal2json on cluster a
+# (tests/consumers.sh); a stock server has no such setting and would refuse to start with it
+plugins=""
+if "$PG_BIN/postgres" --describe-config 2>/dev/null | grep -c '^output_plugin_libraries' >/dev/null; then
+  plugins="output_plugin_libraries = 'pgoutput, test_decoding, wal2json'"
+fi
+
 port=$PORT_BASE
 for n in a b c d e f; do
+  case $CLUSTERS in *" $n "*) ;; *) port=$((port + 1)); continue ;; esac
   install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/$n"
   as_pg "$PG_BIN/initdb" -D "$DIR/$n/data" -A trust -U postgres --no-sync >/dev/null
   case $n in
     a)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
-wal_level = logical" ;;
+wal_level = logical
+$plugins" ;;
     b)   newkey "$DIR/$n/master.key"; key_line="event_crypto.master_key_file = '$DIR/$n/master.key'
 event_crypto.worker_database = 'postgres'
 event_crypto.worker_role = 'ec_worker'
@@ -83,6 +95,7 @@ CONF
 done
 
 # the standby of a: a base backup with its recovery settings (-R), then its own port and socket
+case $CLUSTERS in *" s "*)
 install -d -o "$RUN_AS" -g "$RUN_AS" "$DIR/s"
 as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT_BASE" -U postgres -D "$DIR/s/data" -R -X stream --no-sync
 cat >> "$DIR/s/data/postgresql.conf" <<CONF
@@ -91,6 +104,8 @@ unix_socket_directories = '$DIR/s'
 hot_standby = on
 CONF
 as_pg "$PG_BIN/pg_ctl" -D "$DIR/s/data" -l "$DIR/s/server.log" -w start >/dev/null
+;;
+esac
 
 cat > "$DIR/env" <<ENV
 export EC_IT_PG_BIN=$PG_BIN
@@ -104,4 +119,4 @@ export EC_IT_S="host=127.0.0.1 port=$((PORT_BASE + 6)) user=postgres"
 export EC_IT_F_DIR=$DIR/f
 export EC_IT_SCRATCH=$DIR
 ENV
-echo "clusters a-f and standby s started under $DIR"
+echo "clusters$CLUSTERS started under $DIR"
