@@ -8,6 +8,8 @@
 //! - [`document`]: encrypting and decrypting the fields of a JSON document;
 //! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
 //! - [`blind`]: the blind index;
+//! - [`hpke`]: RFC 9180 hybrid public key encryption (X25519, HKDF-SHA256, ChaCha20-Poly1305, base mode);
+//! - [`grant`]: data keys sealed to a consumer's public key, for decryption outside PostgreSQL;
 //! - [`audit`]: the hash chain of the audit log;
 //! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
@@ -21,6 +23,8 @@ pub mod digest;
 pub mod document;
 pub mod envelope;
 pub mod error;
+pub mod grant;
+pub mod hpke;
 pub mod jsonb;
 pub mod keysource;
 pub mod master;
