@@ -8,7 +8,10 @@
 #   6. the upgrade from every release (tests/upgrade.sh: ALTER EXTENSION UPDATE on data each release's build made)
 #   7. demo/demo.sql in a fresh database, then integration tests over real connections: several sessions, a hot standby, pg_dump/pg_restore, a second cluster with
 #      another master key, key files with bad permissions (crates/event_crypto_it, clusters from tests/clusters.sh)
-#   8. the Debian package and the atomic install (tests/package.sh: build, metadata and files, install over a running
+#   8. consumers outside PostgreSQL (tests/consumers.sh, its own cluster with wal2json): the event-crypto CLI on
+#      pg_recvlogical's stream and on Debezium events, shred within the TTL, key patterns, revocation; then the Python
+#      package (a wheel built with maturin) with pytest against the same cluster
+#   9. the Debian package and the atomic install (tests/package.sh: build, metadata and files, install over a running
 #      server with packaging/install.sh and apt-get, event-crypto-keygen, the demo on the package, removal)
 # Every install into the system PostgreSQL renames files into place (packaging/install.sh; cargo pgrx test's own
 # `sudo cp` goes through .ci/pgrx-sudo), so servers of this machine that preload event_crypto keep running.
@@ -116,6 +119,14 @@ fi
 echo "test demo_sql ... ok 0 ms"
 cargo test -p event_crypto_it --tests -- --test-threads=1
 
+step "consumers: event-crypto CLI end to end, Python package"
+VENV=${EVENT_CRYPTO_VENV:-$HOME/.cache/event_crypto/venv}
+cargo build -p event_crypto_cli
+rm -rf "$SCRATCH/wheels"
+"$VENV/bin/maturin" build --quiet -m crates/event_crypto_py/Cargo.toml -o "$SCRATCH/wheels"
+"$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$SCRATCH"/wheels/event_crypto-*.whl
+EC_PYTHON="$VENV/bin/python" bash tests/consumers.sh "$SCRATCH/consumers"
+
 # Last: it installs the .deb into the system PostgreSQL and removes it (then puts back the files installed above).
 step "packages"
 bash tests/package.sh "$SCRATCH/package"
@@ -124,4 +135,5 @@ step "all tests passed"
 awk '/^test result:/ { p += $4; f += $6 }
      /^test [A-Za-z0-9_]+ +\.\.\. ok +[0-9]+ ms/ { p += 1 }
      /^test [A-Za-z0-9_]+ +\.\.\. FAILED/ { f += 1 }
+     /^[0-9]+ passed in / { p += $1 }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$LOG"
