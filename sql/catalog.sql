@@ -10,6 +10,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_decryptor') THEN
         CREATE ROLE event_crypto_decryptor NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_consumer') THEN
+        CREATE ROLE event_crypto_consumer NOLOGIN;
+    END IF;
 END
 $roles$;
 

@@ -185,3 +185,87 @@ BEGIN
 END
 $digests$;
 DROP FUNCTION event_crypto.upgrade_to_digests();
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 16: consumers outside the database (src/consumers.rs, docs/consumers.md)
+-- ---------------------------------------------------------------------------------------------------------------
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'event_crypto_consumer') THEN
+        CREATE ROLE event_crypto_consumer NOLOGIN;
+    END IF;
+END
+$roles$;
+
+CREATE TABLE event_crypto.consumer_registry (
+    name        text        PRIMARY KEY
+                            CONSTRAINT consumer_registry_name_check
+                            CHECK (pg_catalog.octet_length(name) BETWEEN 1 AND 63 AND name OPERATOR(pg_catalog.!~) '[[:cntrl:]]'),
+    role        regrole     NOT NULL,
+    public_key  bytea       NOT NULL CONSTRAINT consumer_registry_public_key_check CHECK (pg_catalog.octet_length(public_key) = 32),
+    key_pattern text        NOT NULL CONSTRAINT consumer_registry_key_pattern_check CHECK (pg_catalog.octet_length(key_pattern) BETWEEN 1 AND 255),
+    ttl         interval    NOT NULL
+                            CONSTRAINT consumer_registry_ttl_check
+                            CHECK (ttl OPERATOR(pg_catalog.>=) '1 second'::pg_catalog.interval AND ttl OPERATOR(pg_catalog.<=) '1 day'::pg_catalog.interval),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by  name        NOT NULL DEFAULT CURRENT_USER,
+    revoked_at  timestamptz,
+    revoked_by  name,
+    CONSTRAINT consumer_registry_revoked CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
+);
+COMMENT ON TABLE event_crypto.consumer_registry IS
+    'Consumers that decrypt outside the database with data keys sealed to their X25519 public key '
+    '(event_crypto.consumer_keys). Written by create_consumer() and revoke_consumer() only.';
+SELECT pg_catalog.pg_extension_config_dump('event_crypto.consumer_registry', '');
+CREATE VIEW event_crypto.consumers AS
+    SELECT c.name, c.role, 'ecpk1:' OPERATOR(pg_catalog.||) pg_catalog.encode(c.public_key, 'base64') AS public_key,
+           c.key_pattern, c.ttl, c.created_at, c.created_by, c.revoked_at, c.revoked_by
+      FROM event_crypto.consumer_registry c;
+COMMENT ON VIEW event_crypto.consumers IS
+    'Registered consumers; public_key in the text form create_consumer() takes and event-crypto keygen prints.';
+
+CREATE FUNCTION event_crypto."create_consumer"(
+	"name" TEXT,
+	"public_key" TEXT,
+	"key_pattern" TEXT DEFAULT '%',
+	"ttl" interval DEFAULT '5 minutes',
+	"role" TEXT DEFAULT NULL
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_consumer_wrapper';
+
+CREATE FUNCTION event_crypto."revoke_consumer"(
+	"name" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'revoke_consumer_wrapper';
+
+CREATE FUNCTION event_crypto."consumer_keys"(
+	"name" TEXT,
+	"keys" jsonb
+) RETURNS TABLE (
+	"key_id" TEXT,
+	"handle" TEXT,
+	"version" INT,
+	"purpose" TEXT,
+	"status" TEXT,
+	"algorithm" TEXT,
+	"grant_data" bytea,
+	"issued_at" timestamp with time zone,
+	"expires_at" timestamp with time zone
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'consumer_keys_wrapper';
+
+REVOKE ALL ON event_crypto.consumer_registry, event_crypto.consumers FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_crypto.create_consumer(text, text, text, interval, text),
+                       event_crypto.revoke_consumer(text), event_crypto.consumer_keys(text, jsonb) FROM PUBLIC;
+GRANT USAGE ON SCHEMA event_crypto TO event_crypto_consumer;
+GRANT SELECT ON event_crypto.consumers TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.create_consumer(text, text, text, interval, text),
+                          event_crypto.revoke_consumer(text)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.consumer_keys(text, jsonb) TO event_crypto_consumer;

@@ -58,7 +58,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA event_crypto FROM PUBLIC;
 REVOKE ALL ON SCHEMA event_crypto FROM PUBLIC;
-GRANT USAGE ON SCHEMA event_crypto TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
+GRANT USAGE ON SCHEMA event_crypto TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor,
+                                      event_crypto_consumer;
 
 -- Tables: read-only for the admin role. No role but the catalog owner writes any of them: configuration,
 -- policies, progress and the audit log change only through the functions, which check the caller's rights on the
@@ -68,7 +69,7 @@ GRANT SELECT ON event_crypto.key_info, event_crypto.audit_log, event_crypto.audi
                 event_crypto.key_usage, event_crypto.rotation_policies, event_crypto.retention_policies,
                 event_crypto.reencrypt_progress, event_crypto.maintenance_status,
                 event_crypto.stats_keys, event_crypto.stats_key_versions, event_crypto.stats_shreds,
-                event_crypto.stats_maintenance, event_crypto.stats_audit
+                event_crypto.stats_maintenance, event_crypto.stats_audit, event_crypto.consumers
     TO event_crypto_admin;
 
 -- Key lifecycle, configuration and maintenance: the admin role. protect_trigger: CREATE TRIGGER, which protect()
@@ -95,7 +96,9 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.flush_usage(), event_crypto.usage_tracking(), event_crypto.usage_pending(),
                           event_crypto.usage_pending_counts(),
                           event_crypto.key_id_digest(text), event_crypto.was_forgotten(text, text),
-                          event_crypto.verify_forget_receipt(text, jsonb)
+                          event_crypto.verify_forget_receipt(text, jsonb),
+                          event_crypto.create_consumer(text, text, text, interval, text),
+                          event_crypto.revoke_consumer(text)
     TO event_crypto_admin;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint),
                            event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint)
@@ -119,3 +122,6 @@ GRANT EXECUTE ON FUNCTION event_crypto.decrypt_fields(jsonb, text, text),
                           event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
                           event_crypto.export_subject(text, regclass[], text)
     TO event_crypto_decryptor;
+
+-- Consumers outside the database fetch the keys of the consumers registered to their role (docs/consumers.md).
+GRANT EXECUTE ON FUNCTION event_crypto.consumer_keys(text, jsonb) TO event_crypto_consumer;

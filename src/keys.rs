@@ -415,16 +415,16 @@ pub fn catalog() -> Catalog {
     }
 }
 
-struct Row {
-    version: u32,
-    algorithm: String,
-    status: String,
+pub(crate) struct Row {
+    pub(crate) version: u32,
+    pub(crate) algorithm: String,
+    pub(crate) status: String,
     wrapped_key: Option<Vec<u8>>,
     wrapped_index_key: Option<Vec<u8>>,
     master_key_id: String,
-    handle: Option<KeyHandle>,
+    pub(crate) handle: Option<KeyHandle>,
     /// The key id (read by handle only; empty when read by key id).
-    key_id: String,
+    pub(crate) key_id: String,
 }
 
 /// A key id's rows. `$1`: the key id.
@@ -480,28 +480,31 @@ fn handle_of_column(v: Option<i64>) -> Result<Option<KeyHandle>> {
 }
 
 /// The rows stored under `key_id` itself.
-fn read_named_rows(client: &SpiClient<'_>, key_id: &str) -> Vec<Row> {
+pub(crate) fn read_named_rows(client: &SpiClient<'_>, key_id: &str) -> Vec<Row> {
     let table = client
         .select(select_rows(), None, &[key_id.into()])
         .unwrap_or_else(|e| spi_failed(e));
     let mut rows = Vec::with_capacity(table.len());
     for r in table {
-        let row = (|| -> Result<Row> {
-            use crate::catalog::{get, get_opt};
-            Ok(Row {
-                version: version_of(get::<i32>(&r, 1, "version")?)?,
-                algorithm: get(&r, 2, "algorithm")?,
-                status: get(&r, 3, "status")?,
-                wrapped_key: get_opt(&r, 4, "wrapped_key")?,
-                wrapped_index_key: get_opt(&r, 5, "wrapped_index_key")?,
-                master_key_id: get(&r, 6, "master_key_id")?,
-                handle: handle_of_column(get_opt(&r, 7, "handle")?)?,
-                key_id: get(&r, 8, "key_id")?,
-            })
-        })();
-        rows.push(row.unwrap_or_else(|e| raise(e)));
+        rows.push(parse_row(&r).unwrap_or_else(|e| raise(e)));
     }
     rows
+}
+
+/// A key version row read with the columns of [`select_rows`]: version, algorithm, status, wrapped_key,
+/// wrapped_index_key, master_key_id, handle, key_id.
+pub(crate) fn parse_row(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Row> {
+    use crate::catalog::{get, get_opt};
+    Ok(Row {
+        version: version_of(get::<i32>(r, 1, "version")?)?,
+        algorithm: get(r, 2, "algorithm")?,
+        status: get(r, 3, "status")?,
+        wrapped_key: get_opt(r, 4, "wrapped_key")?,
+        wrapped_index_key: get_opt(r, 5, "wrapped_index_key")?,
+        master_key_id: get(r, 6, "master_key_id")?,
+        handle: handle_of_column(get_opt(r, 7, "handle")?)?,
+        key_id: get(r, 8, "key_id")?,
+    })
 }
 
 /// A stored key version (the catalog's CHECK keeps it at 1 or more).
@@ -632,7 +635,7 @@ fn mismatch(key_id: &str, version: u32, wrapped_by: &str, ring: &MasterKeyRing) 
     .with_hint("Add the master key this key was wrapped by to the ring (a line of event_crypto.master_key_file or of master_key_command's output) and restart the server.")
 }
 
-fn unwrap_row(key_id: &str, row: &Row, purpose: KeyPurpose) -> Result<event_crypto_core::SecretKey> {
+pub(crate) fn unwrap_row(key_id: &str, row: &Row, purpose: KeyPurpose) -> Result<event_crypto_core::SecretKey> {
     let ring = master::get()?;
     let m = ring
         .get(&row.master_key_id)

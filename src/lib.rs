@@ -11,6 +11,7 @@ mod audit;
 mod catalog;
 mod citus;
 mod compat;
+mod consumers;
 mod error;
 mod guc;
 mod jsonb;
@@ -87,6 +88,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
 extension_sql_file!("../sql/tombstones.sql", name = "tombstones", requires = ["catalog"]);
+extension_sql_file!("../sql/consumers.sql", name = "consumers", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -399,4 +399,110 @@ mod tests {
     fn encrypting_with_an_unknown_key_raises() {
         Spi::run("SELECT event_crypto.encrypt_fields('{\"a\":1}', '{a}', 'tenant-x')").unwrap();
     }
+
+    /// A grant from consumer_keys() opens, with the consumer's private key and the row's own fields, to the data
+    /// key the server encrypts with: an envelope encrypted in SQL decrypts with it outside the key catalog. Any
+    /// field of the grant's row changed (another consumer, key id, version, expiry) does not open.
+    #[pg_test]
+    fn consumer_grants_open_to_the_data_key() {
+        use event_crypto_core::aead::{Algorithm, Cipher};
+        use event_crypto_core::document::{Decryptor, KeyLookup, KeySource, OnShredded};
+        use event_crypto_core::envelope::{KeyHandle, KeyRef};
+        use event_crypto_core::grant::{open_grant, GrantInfo, Purpose};
+        use event_crypto_core::hpke::PrivateKey;
+        use std::rc::Rc;
+
+        let sk = PrivateKey::generate().unwrap();
+        let pk = sk.public_key().to_text();
+        Spi::run("SELECT event_crypto.create_key('grant:k'), event_crypto.rotate_key('grant:k')").unwrap();
+        Spi::run(&format!(
+            "SELECT event_crypto.create_consumer('grant-c', '{pk}', 'grant:%', '1 minute')"
+        ))
+        .unwrap();
+        let envelope = Spi::get_one::<String>("SELECT event_crypto.encrypt_value('\"secret@example.com\"', 'grant:k')")
+            .unwrap()
+            .unwrap();
+        let (key_id, handle, version, algorithm, grant, issued, expires) = Spi::connect(|c| {
+            let r = c
+                .select(
+                    "SELECT key_id, handle, version, algorithm, grant_data,
+                            (extract(epoch FROM issued_at) * 1000000)::int8, (extract(epoch FROM expires_at) * 1000000)::int8
+                     FROM event_crypto.consumer_keys('grant-c', '[{\"key_id\": \"grant:k\", \"version\": 2}]')",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .first();
+            (
+                r.get::<String>(1).unwrap().unwrap(),
+                r.get::<String>(2).unwrap().unwrap(),
+                r.get::<i32>(3).unwrap().unwrap(),
+                r.get::<String>(4).unwrap().unwrap(),
+                r.get::<Vec<u8>>(5).unwrap().unwrap(),
+                r.get::<i64>(6).unwrap().unwrap(),
+                r.get::<i64>(7).unwrap().unwrap(),
+            )
+        });
+        assert_eq!((key_id.as_str(), version), ("grant:k", 2));
+        assert_eq!(expires - issued, 60_000_000);
+        let handle = KeyHandle::from_i64(u64::from_str_radix(&handle, 16).unwrap() as i64).unwrap();
+        let algorithm = Algorithm::from_name(&algorithm).unwrap();
+        let info = GrantInfo {
+            consumer: "grant-c",
+            key_id: &key_id,
+            handle,
+            version: 2,
+            purpose: Purpose::Data,
+            algorithm,
+            issued_at: issued,
+            expires_at: expires,
+        };
+        let key = open_grant(&sk, &info, &grant).unwrap();
+
+        struct One(Rc<Cipher>, KeyHandle);
+        impl KeySource for One {
+            fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> event_crypto_core::Result<KeyLookup> {
+                assert_eq!((key, version), (KeyRef::Handle(self.1), 2));
+                Ok(KeyLookup::Found(self.0.clone()))
+            }
+        }
+        let mut source = One(Rc::new(Cipher::new(algorithm, &key)), handle);
+        let plain = Decryptor::new(&mut source, None, OnShredded::Error)
+            .decrypt_value(&envelope)
+            .unwrap();
+        let mut out = Vec::new();
+        plain.unwrap().write_document(&mut out).unwrap();
+        let text = event_crypto_core::jsonb::to_json_text(&out).unwrap();
+        assert_eq!(text, "\"secret@example.com\"");
+
+        for changed in [
+            GrantInfo {
+                consumer: "grant-d",
+                ..info
+            },
+            GrantInfo {
+                key_id: "grant:l",
+                ..info
+            },
+            GrantInfo { version: 1, ..info },
+            GrantInfo {
+                expires_at: expires + 1,
+                ..info
+            },
+            GrantInfo {
+                purpose: Purpose::BlindIndex,
+                ..info
+            },
+        ] {
+            let Err(e) = open_grant(&sk, &changed, &grant) else {
+                panic!("a changed grant must not open");
+            };
+            assert_eq!(e.kind(), ErrorKind::AuthenticationFailed);
+        }
+        let other = PrivateKey::generate().unwrap();
+        assert!(
+            open_grant(&other, &info, &grant).is_err(),
+            "another consumer's private key does not open it"
+        );
+    }
 }

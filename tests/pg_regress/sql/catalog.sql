@@ -18,7 +18,7 @@ SELECT p.proname AS security_definer, p.proconfig FROM pg_proc p JOIN pg_namespa
 WHERE n.nspname = 'event_crypto' AND p.prosecdef ORDER BY 1;
 -- who may execute what
 SELECT r.rolname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-CROSS JOIN (VALUES ('event_crypto_admin'), ('event_crypto_encryptor'), ('event_crypto_decryptor')) AS r(rolname)
+CROSS JOIN (VALUES ('event_crypto_admin'), ('event_crypto_encryptor'), ('event_crypto_decryptor'), ('event_crypto_consumer')) AS r(rolname)
 WHERE n.nspname = 'event_crypto' AND has_function_privilege(r.rolname, p.oid, 'EXECUTE') ORDER BY 1, 2;
 -- no table or view privileges for PUBLIC
 SELECT c.relname, c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
