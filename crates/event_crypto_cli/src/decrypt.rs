@@ -167,9 +167,7 @@ impl<W: Write> Run<'_, W> {
                 if let Flow::Stop = self.batch(name, first, &lines)? {
                     return Ok(Flow::Stop);
                 }
-                self.out
-                    .flush()
-                    .map_err(|e| format!("cannot write to stdout: {e}"))?;
+                self.out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
                 if let Some(pb) = &self.progress {
                     pb.inc(bytes);
                 }
@@ -192,6 +190,12 @@ impl<W: Write> Run<'_, W> {
                 records.push(None);
                 continue;
             }
+            // the record around a document may add a few levels (wal2json: columns, Debezium: payload.after)
+            if let Err(e) = event_crypto_client::check_nesting(text, event_crypto_client::MAX_NESTING + 8) {
+                errors[i] = Some(e.to_string());
+                records.push(None);
+                continue;
+            }
             match serde_json::from_slice::<Value>(text) {
                 Ok(mut rec) => {
                     if let Err(e) = extract(&self.fmt, &mut rec, i, &mut docs, &mut slots) {
@@ -206,10 +210,7 @@ impl<W: Write> Run<'_, W> {
             }
         }
         let fixed_context = self.args.context.as_ref().map(|c| c.as_bytes());
-        let contexts: Vec<Option<&[u8]>> = slots
-            .iter()
-            .map(|s| fixed_context.or(s.context.as_deref()))
-            .collect();
+        let contexts: Vec<Option<&[u8]>> = slots.iter().map(|s| fixed_context.or(s.context.as_deref())).collect();
         let results = self
             .consumer
             .decrypt_batch(&mut docs, &contexts)

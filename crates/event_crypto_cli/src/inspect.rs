@@ -42,6 +42,8 @@ pub fn headers(v: &Value, loc: &mut Location, out: &mut Vec<Header>) {
 pub fn inspect_text(text: &str) -> Result<Vec<Header>, String> {
     let t = text.trim();
     let mut out = Vec::new();
+    event_crypto_client::check_nesting(t.as_bytes(), event_crypto_client::MAX_NESTING + 8)
+        .map_err(|e| e.to_string())?;
     if t.starts_with("$ec") {
         headers(&Value::String(t.to_string()), &mut Location::root(), &mut out);
         if out.is_empty() {
@@ -154,11 +156,17 @@ mod tests {
     fn an_envelope_text_shows_its_header() {
         let h = inspect_text(&format!("  {V2}\n")).unwrap();
         let (line, obj) = describe(h[0].result.as_ref().unwrap());
-        assert_eq!(line, "format 2, aes-256-gcm, key handle 5ec2f00d00000007, version 7, context not bound");
+        assert_eq!(
+            line,
+            "format 2, aes-256-gcm, key handle 5ec2f00d00000007, version 7, context not bound"
+        );
         assert_eq!(obj["key_handle"], "5ec2f00d00000007");
         let h = inspect_text(V1).unwrap();
         let (line, _) = describe(h[0].result.as_ref().unwrap());
-        assert_eq!(line, "format 1, aes-256-gcm, key id \"frozen-key\", version 7, context not bound");
+        assert_eq!(
+            line,
+            "format 1, aes-256-gcm, key id \"frozen-key\", version 7, context not bound"
+        );
     }
 
     #[test]

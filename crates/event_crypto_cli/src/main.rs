@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "event-crypto", version, about = "Consumer tools for event_crypto: keys, decryption, inspection")]
+#[command(
+    name = "event-crypto",
+    version,
+    about = "Consumer tools for event_crypto: keys, decryption, inspection"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,7 @@ enum Command {
         out: PathBuf,
     },
     /// Decrypt JSON lines (from stdin, or FILES in order) to stdout.
-    Decrypt(DecryptArgs),
+    Decrypt(Box<DecryptArgs>),
     /// Print the header of every envelope in TEXT (or stdin): an envelope, or a JSON document holding envelopes.
     Inspect {
         /// An envelope (`$ec2$...`) or a JSON document; read from stdin when absent.

@@ -67,6 +67,8 @@ fn take_document(v: &mut Value, what: &str) -> Result<Option<(Value, bool)>, Str
                 // a document that is one envelope (its root encrypted), not a JSON text
                 return Ok(Some((v.take(), false)));
             }
+            event_crypto_client::check_nesting(s.as_bytes(), event_crypto_client::MAX_NESTING)
+                .map_err(|e| format!("{what}: {e}"))?;
             let doc: Value =
                 serde_json::from_str(s).map_err(|e| format!("{what} is a string that holds no JSON document ({e})"))?;
             Ok(Some((doc, true)))
@@ -77,17 +79,31 @@ fn take_document(v: &mut Value, what: &str) -> Result<Option<(Value, bool)>, Str
 
 /// Finds the documents of one record and takes them out of it (the record keeps nulls in their places until
 /// [`put_back`]). `line` is the record's index in its batch.
-pub fn extract(fmt: &InputFormat, record: &mut Value, line: usize, docs: &mut Vec<Value>, slots: &mut Vec<Slot>)
-    -> Result<(), String> {
+pub fn extract(
+    fmt: &InputFormat,
+    record: &mut Value,
+    line: usize,
+    docs: &mut Vec<Value>,
+    slots: &mut Vec<Slot>,
+) -> Result<(), String> {
     match fmt {
         InputFormat::Plain => {
             if let Some((doc, _)) = take_document(record, "the line")? {
                 docs.push(doc);
-                slots.push(Slot { line, pointer: String::new(), as_string: false, context: None });
+                slots.push(Slot {
+                    line,
+                    pointer: String::new(),
+                    as_string: false,
+                    context: None,
+                });
             }
             Ok(())
         }
-        InputFormat::Wal2json { column, context_column, table } => {
+        InputFormat::Wal2json {
+            column,
+            context_column,
+            table,
+        } => {
             let Value::Object(obj) = record else {
                 return Err("a wal2json record is a JSON object".into());
             };
@@ -102,9 +118,12 @@ pub fn extract(fmt: &InputFormat, record: &mut Value, line: usize, docs: &mut Ve
                 }
             }
             for array in ["columns", "identity"] {
-                let Some(Value::Array(cols)) = obj.get_mut(array) else { continue };
+                let Some(Value::Array(cols)) = obj.get_mut(array) else {
+                    continue;
+                };
                 let find = |cols: &[Value], n: &str| {
-                    cols.iter().position(|c| c.get("name").and_then(Value::as_str) == Some(n))
+                    cols.iter()
+                        .position(|c| c.get("name").and_then(Value::as_str) == Some(n))
                 };
                 let Some(i) = find(cols, column) else { continue };
                 let context = match context_column {
@@ -123,7 +142,12 @@ pub fn extract(fmt: &InputFormat, record: &mut Value, line: usize, docs: &mut Ve
                 };
                 if let Some((doc, as_string)) = take_document(v, &format!("column \"{column}\""))? {
                     docs.push(doc);
-                    slots.push(Slot { line, pointer: format!("/{array}/{i}/value"), as_string, context });
+                    slots.push(Slot {
+                        line,
+                        pointer: format!("/{array}/{i}/value"),
+                        as_string,
+                        context,
+                    });
                 }
             }
             Ok(())
@@ -135,14 +159,18 @@ pub fn extract(fmt: &InputFormat, record: &mut Value, line: usize, docs: &mut Ve
             // with schemas (JsonConverter schemas.enable=true) the event is under "payload"
             let wrapped = !obj.contains_key("after")
                 && !obj.contains_key("before")
-                && obj.get("payload").is_some_and(|p| p.get("after").is_some() || p.get("before").is_some());
+                && obj
+                    .get("payload")
+                    .is_some_and(|p| p.get("after").is_some() || p.get("before").is_some());
             let (root, prefix) = if wrapped {
                 (obj.get_mut("payload").expect("checked above"), "/payload")
             } else {
                 (record, "")
             };
             for side in ["before", "after"] {
-                let Some(Value::Object(row)) = root.get_mut(side) else { continue };
+                let Some(Value::Object(row)) = root.get_mut(side) else {
+                    continue;
+                };
                 if !row.contains_key(field.as_str()) {
                     continue;
                 }
@@ -175,7 +203,11 @@ pub fn extract(fmt: &InputFormat, record: &mut Value, line: usize, docs: &mut Ve
 
 /// Puts a decrypted document back where [`extract`] took it from.
 pub fn put_back(record: &mut Value, slot: &Slot, doc: Value) {
-    let v = if slot.as_string { Value::String(doc.to_string()) } else { doc };
+    let v = if slot.as_string {
+        Value::String(doc.to_string())
+    } else {
+        doc
+    };
     match record.pointer_mut(&slot.pointer) {
         Some(place) => *place = v,
         None => unreachable!("extract took the document from this place"),
@@ -226,15 +258,22 @@ mod tests {
 
     #[test]
     fn wal2json_records_without_the_column_pass_through() {
-        for rec in [json!({"action": "B"}), json!({"action": "C"}),
-                    json!({"action": "I", "table": "t", "columns": [{"name": "x", "value": 1}]}),
-                    json!({"action": "I", "table": "t", "columns": [{"name": "payload", "value": null}]})] {
+        for rec in [
+            json!({"action": "B"}),
+            json!({"action": "C"}),
+            json!({"action": "I", "table": "t", "columns": [{"name": "x", "value": 1}]}),
+            json!({"action": "I", "table": "t", "columns": [{"name": "payload", "value": null}]}),
+        ] {
             let (out, docs, _) = run(&wal2json(None), rec.clone());
             assert!(docs.is_empty());
             assert_eq!(out, rec);
         }
         // a table filter leaves other tables alone
-        let fmt = InputFormat::Wal2json { column: "payload".into(), context_column: None, table: Some("public.ev".into()) };
+        let fmt = InputFormat::Wal2json {
+            column: "payload".into(),
+            context_column: None,
+            table: Some("public.ev".into()),
+        };
         let rec = json!({"action": "I", "schema": "public", "table": "other",
                          "columns": [{"name": "payload", "value": "{}"}]});
         assert!(run(&fmt, rec).1.is_empty());
@@ -259,7 +298,10 @@ mod tests {
 
     #[test]
     fn debezium_before_and_after_with_or_without_schemas() {
-        let fmt = InputFormat::Debezium { field: "payload".into(), context_column: Some("stream_id".into()) };
+        let fmt = InputFormat::Debezium {
+            field: "payload".into(),
+            context_column: Some("stream_id".into()),
+        };
         let event = json!({"before": null,
             "after": {"id": 1, "stream_id": 42, "payload": "{\"email\": \"$ec2$x\"}"}, "op": "c"});
         let (mut rec, docs, slots) = run(&fmt, event.clone());
@@ -284,7 +326,10 @@ mod tests {
         let (rec, docs, slots) = run(&InputFormat::Plain, json!({"a": 1}));
         assert_eq!((rec, docs.len(), slots[0].pointer.as_str()), (Value::Null, 1, ""));
         assert_eq!(token("a/b~c"), "a~1b~0c");
-        let fmt = InputFormat::Debezium { field: "a/b".into(), context_column: None };
+        let fmt = InputFormat::Debezium {
+            field: "a/b".into(),
+            context_column: None,
+        };
         let (mut rec, _, slots) = run(&fmt, json!({"after": {"a/b": {"x": 1}}}));
         put_back(&mut rec, &slots[0], json!(2));
         assert_eq!(rec, json!({"after": {"a/b": 2}}));

@@ -222,8 +222,17 @@ mod tests {
         assert!(c.needs(&h(1), 1, t0 + Duration::from_secs(2)));
         // another version of the same key is its own entry
         assert!(c.needs(&h(1), 2, t0));
-        assert!(matches!(c.status(KeyRef::Handle(KeyHandle::new(1).unwrap()), 1, t0), Some(Status::Granted(_))));
-        assert!(c.status(KeyRef::Handle(KeyHandle::new(1).unwrap()), 1, t0 + Duration::from_secs(3)).is_none());
+        assert!(matches!(
+            c.status(KeyRef::Handle(KeyHandle::new(1).unwrap()), 1, t0),
+            Some(Status::Granted(_))
+        ));
+        assert!(c
+            .status(
+                KeyRef::Handle(KeyHandle::new(1).unwrap()),
+                1,
+                t0 + Duration::from_secs(3)
+            )
+            .is_none());
     }
 
     #[test]
@@ -232,7 +241,14 @@ mod tests {
         let t0 = Instant::now();
         c.insert(&h(1), 1, Status::Shredded, None, t0, Duration::ZERO);
         c.insert(&h(2), 1, Status::Withheld, None, t0, Duration::from_secs(1000));
-        c.insert(&OwnedKeyRef::Id("k".into()), 3, Status::Unknown, None, t0, Duration::ZERO);
+        c.insert(
+            &OwnedKeyRef::Id("k".into()),
+            3,
+            Status::Unknown,
+            None,
+            t0,
+            Duration::ZERO,
+        );
         let later = t0 + Duration::from_secs(86_400 * 365);
         assert!(!c.needs(&h(1), 1, later));
         assert!(!c.needs(&h(2), 1, t0 + Duration::from_secs(9)));
@@ -260,10 +276,16 @@ mod tests {
         assert!(matches!(src.decryption_key(hd(3), 1), Ok(KeyLookup::Disabled)));
         let e = src.decryption_key(hd(4), 1).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied);
-        assert_eq!(src.decryption_key(hd(5), 1).err().unwrap().kind(), ErrorKind::UnknownKey);
+        assert_eq!(
+            src.decryption_key(hd(5), 1).err().unwrap().kind(),
+            ErrorKind::UnknownKey
+        );
         let e = src.decryption_key(hd(6), 1).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::NotReady);
-        assert_eq!(src.key_id_of(KeyHandle::new(1).unwrap()).as_deref(), Some("subject:alice"));
+        assert_eq!(
+            src.key_id_of(KeyHandle::new(1).unwrap()).as_deref(),
+            Some("subject:alice")
+        );
         // an expired grant is not used
         let mut late = c.at(t0 + Duration::from_secs(61));
         assert_eq!(late.decryption_key(hd(1), 1).err().unwrap().kind(), ErrorKind::NotReady);

@@ -76,6 +76,46 @@ impl From<event_crypto_core::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How deep a document read from text may nest: jsonb's limit (the core's decryptor refuses deeper documents).
+pub const MAX_NESTING: usize = event_crypto_core::jsonb::MAX_DEPTH;
+
+/// Checks that the JSON text `t` nests at most `limit` levels (arrays and objects) before it is parsed: the JSON
+/// parser recurses once per level, and input from outside must not exhaust the stack.
+pub fn check_nesting(t: &[u8], limit: usize) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in t {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(Error::Config(format!(
+                        "the JSON text nests more than {limit} levels deep"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a document from JSON text, its nesting checked first ([`MAX_NESTING`]).
+pub fn parse_document(t: &[u8]) -> Result<serde_json::Value> {
+    check_nesting(t, MAX_NESTING)?;
+    serde_json::from_slice(t).map_err(|e| Error::Config(format!("not a JSON document ({e})")))
+}
+
 /// Reads a private key file (`ecsk1:` + base64, as `event-crypto keygen` writes it). Refuses a file that other
 /// users may read.
 pub fn read_key_file(path: &Path) -> Result<PrivateKey> {
@@ -98,7 +138,11 @@ pub fn read_key_file(path: &Path) -> Result<PrivateKey> {
             .map_err(|e| Error::Config(format!("cannot read the key file {}: {e}", path.display())))?,
     );
     PrivateKey::parse_text(&text).map_err(|e| {
-        Error::Config(format!("the key file {} does not hold a private key: {}", path.display(), e.message()))
+        Error::Config(format!(
+            "the key file {} does not hold a private key: {}",
+            path.display(),
+            e.message()
+        ))
     })
 }
 
@@ -114,9 +158,10 @@ pub fn write_new_key_file(path: &Path) -> Result<PrivateKey> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => {
-            Error::Config(format!("{} exists already; a key file is never overwritten", path.display()))
-        }
+        std::io::ErrorKind::AlreadyExists => Error::Config(format!(
+            "{} exists already; a key file is never overwritten",
+            path.display()
+        )),
         _ => Error::Config(format!("cannot create {}: {e}", path.display())),
     })?;
     let text = key.to_text();
@@ -158,7 +203,9 @@ pub fn parse_on_withheld(s: &str) -> Result<OnWithheld> {
         "keep" => Ok(OnWithheld::Keep),
         "null" => Ok(OnWithheld::Null),
         "error" => Ok(OnWithheld::Error),
-        _ => Err(Error::Config("unknown on_withheld policy; use 'keep', 'null' or 'error'".into())),
+        _ => Err(Error::Config(
+            "unknown on_withheld policy; use 'keep', 'null' or 'error'".into(),
+        )),
     }
 }
 
@@ -259,8 +306,10 @@ impl Consumer {
             envelope_keys(d, &mut wanted);
         }
         let now = Instant::now();
-        let missing: Vec<(OwnedKeyRef, u32)> =
-            wanted.into_iter().filter(|(k, v)| self.cache.needs(k, *v, now)).collect();
+        let missing: Vec<(OwnedKeyRef, u32)> = wanted
+            .into_iter()
+            .filter(|(k, v)| self.cache.needs(k, *v, now))
+            .collect();
         if !missing.is_empty() {
             self.cache.purge(now);
             self.fetch(&missing)?;
@@ -340,23 +389,51 @@ impl Consumer {
     /// Opens one granted row: checks that it answers what was asked, then opens the grant with the private key.
     fn open(&self, asked: &OwnedKeyRef, version: u32, row: &postgres::Row) -> Result<(Status, Duration)> {
         let bad = |what: &str| Error::Grant(format!("a granted row has {what}"));
-        let key_id: String = row.try_get::<_, Option<String>>("key_id").ok().flatten().ok_or_else(|| bad("no key id"))?;
-        let handle_text: String = row.try_get::<_, Option<String>>("handle").ok().flatten().ok_or_else(|| bad("no handle"))?;
+        let key_id: String = row
+            .try_get::<_, Option<String>>("key_id")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no key id"))?;
+        let handle_text: String = row
+            .try_get::<_, Option<String>>("handle")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no handle"))?;
         let handle = (handle_text.len() == 16)
             .then(|| u64::from_str_radix(&handle_text, 16).ok())
             .flatten()
             .and_then(KeyHandle::new)
             .ok_or_else(|| bad("a malformed handle"))?;
-        let got_version: i32 = row.try_get::<_, Option<i32>>("version").ok().flatten().ok_or_else(|| bad("no version"))?;
-        let purpose: String = row.try_get::<_, Option<String>>("purpose").ok().flatten().ok_or_else(|| bad("no purpose"))?;
-        let algorithm: String =
-            row.try_get::<_, Option<String>>("algorithm").ok().flatten().ok_or_else(|| bad("no algorithm"))?;
-        let grant_data: Vec<u8> =
-            row.try_get::<_, Option<Vec<u8>>>("grant_data").ok().flatten().ok_or_else(|| bad("no grant"))?;
-        let issued_at: SystemTime =
-            row.try_get::<_, Option<SystemTime>>("issued_at").ok().flatten().ok_or_else(|| bad("no issued_at"))?;
-        let expires_at: SystemTime =
-            row.try_get::<_, Option<SystemTime>>("expires_at").ok().flatten().ok_or_else(|| bad("no expires_at"))?;
+        let got_version: i32 = row
+            .try_get::<_, Option<i32>>("version")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no version"))?;
+        let purpose: String = row
+            .try_get::<_, Option<String>>("purpose")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no purpose"))?;
+        let algorithm: String = row
+            .try_get::<_, Option<String>>("algorithm")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no algorithm"))?;
+        let grant_data: Vec<u8> = row
+            .try_get::<_, Option<Vec<u8>>>("grant_data")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no grant"))?;
+        let issued_at: SystemTime = row
+            .try_get::<_, Option<SystemTime>>("issued_at")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no issued_at"))?;
+        let expires_at: SystemTime = row
+            .try_get::<_, Option<SystemTime>>("expires_at")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no expires_at"))?;
         let matches = match asked {
             OwnedKeyRef::Handle(h) => *h == handle,
             OwnedKeyRef::Id(id) => *id == key_id,
@@ -386,7 +463,10 @@ impl Consumer {
             ))
         })?;
         let cipher = Cipher::new(algorithm, &key);
-        Ok((Status::Granted(Rc::new(cipher)), Duration::from_micros((expires - issued) as u64)))
+        Ok((
+            Status::Granted(Rc::new(cipher)),
+            Duration::from_micros((expires - issued) as u64),
+        ))
     }
 }
 
@@ -430,10 +510,22 @@ mod tests {
     /// An envelope of `plaintext` (JSON text) at object key `field`, as the extension writes it.
     fn envelope(field: &str, plaintext: &str, context: Option<&[u8]>) -> String {
         let cipher = Cipher::new(Algorithm::ChaCha20Poly1305, &KEY);
-        let key = SealKey { cipher: &cipher, key: KeyRef::Handle(KeyHandle::new(HANDLE).unwrap()), version: 1 };
+        let key = SealKey {
+            cipher: &cipher,
+            key: KeyRef::Handle(KeyHandle::new(HANDLE).unwrap()),
+            version: 1,
+        };
         let mut loc = Location::root();
         loc.push_key(field);
-        seal(&key, &loc, context, plaintext.as_bytes(), &[3u8; 12], &mut Scratch::default()).unwrap()
+        seal(
+            &key,
+            &loc,
+            context,
+            plaintext.as_bytes(),
+            &[3u8; 12],
+            &mut Scratch::default(),
+        )
+        .unwrap()
     }
 
     /// A consumer whose database cannot be reached: any fetch fails with a connection error.
@@ -449,8 +541,14 @@ mod tests {
 
     fn grant(c: &mut Consumer, lifetime: Duration) {
         let cipher = Cipher::new(Algorithm::ChaCha20Poly1305, &KEY);
-        c.cache_mut()
-            .insert(&handle(), 1, Status::Granted(Rc::new(cipher)), Some("subject:alice"), Instant::now(), lifetime);
+        c.cache_mut().insert(
+            &handle(),
+            1,
+            Status::Granted(Rc::new(cipher)),
+            Some("subject:alice"),
+            Instant::now(),
+            lifetime,
+        );
     }
 
     #[test]
@@ -476,9 +574,15 @@ mod tests {
         let mut c = offline();
         grant(&mut c, Duration::from_secs(60));
         let good = envelope("email", r#""a@x.io""#, Some(b"s1"));
-        let mut docs = vec![json!({"email": good.clone()}), json!({"email": good.clone()}), json!({"other": good})];
+        let mut docs = vec![
+            json!({"email": good.clone()}),
+            json!({"email": good.clone()}),
+            json!({"other": good}),
+        ];
         // the second is read under another context, the third at another field: both fail authentication
-        let r = c.decrypt_batch(&mut docs, &[Some(b"s1"), Some(b"s9"), Some(b"s1")]).unwrap();
+        let r = c
+            .decrypt_batch(&mut docs, &[Some(b"s1"), Some(b"s9"), Some(b"s1")])
+            .unwrap();
         assert!(r[0].is_ok());
         assert!(r[1].is_err() && r[2].is_err());
         let msg = r[1].as_ref().unwrap_err().to_string();
@@ -508,7 +612,8 @@ mod tests {
             let mut c = offline();
             c.config.on_shredded = on_shredded;
             c.config.on_withheld = on_withheld;
-            c.cache_mut().insert(&handle(), 1, status, None, Instant::now(), Duration::ZERO);
+            c.cache_mut()
+                .insert(&handle(), 1, status, None, Instant::now(), Duration::ZERO);
             let mut docs = vec![json!({"email": env.clone()})];
             let r = c.decrypt_batch(&mut docs, &[]).unwrap().pop().unwrap();
             (r.is_ok(), docs.pop().unwrap(), c.stats)
@@ -524,6 +629,18 @@ mod tests {
         assert!(ok && doc == json!({"email": null}));
         assert!(!run(Status::Withheld, OnShredded::Null, OnWithheld::Error).0);
         assert!(!run(Status::Unknown, OnShredded::Null, OnWithheld::Keep).0);
+    }
+
+    #[test]
+    fn nesting_is_checked_before_parsing() {
+        assert!(check_nesting(b"[[[1]]]", 3).is_ok());
+        assert!(check_nesting(b"[[[[1]]]]", 3).is_err());
+        // brackets inside strings do not count, escaped quotes do not end them
+        assert!(check_nesting(br#"[{"a": "[[[[\"[[[["}]"#, 2).is_ok());
+        assert!(check_nesting(b"[1],[2],[3],[4]", 1).is_ok());
+        let deep = "[".repeat(100_000);
+        assert!(matches!(parse_document(deep.as_bytes()), Err(Error::Config(m)) if m.contains("levels deep")));
+        assert_eq!(parse_document(br#"{"n": 1.50}"#).unwrap().to_string(), r#"{"n":1.50}"#);
     }
 
     #[test]

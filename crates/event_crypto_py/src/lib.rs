@@ -20,7 +20,12 @@ use std::path::PathBuf;
 
 create_exception!(event_crypto, Error, PyException, "Any failure of event_crypto.");
 create_exception!(event_crypto, ConfigError, Error, "A bad key file, policy or argument.");
-create_exception!(event_crypto, ConnectionError, Error, "The database could not be reached.");
+create_exception!(
+    event_crypto,
+    ConnectionError,
+    Error,
+    "The database could not be reached."
+);
 create_exception!(
     event_crypto,
     KeysRefused,
@@ -50,12 +55,12 @@ struct Consumer {
 
 /// The JSON text of a document given as a Python object or as JSON text.
 fn doc_text(py: Python<'_>, doc: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
-    let text: String = if let Ok(s) = doc.downcast::<PyString>() {
-        s.to_str()?.to_owned()
+    let text: String = if doc.is_instance_of::<PyString>() {
+        doc.extract()?
     } else {
         py.import("json")?.call_method1("dumps", (doc,))?.extract()?
     };
-    serde_json::from_str(&text).map_err(|e| ConfigError::new_err(format!("the document is not JSON ({e})")))
+    event_crypto_client::parse_document(text.as_bytes()).map_err(to_py)
 }
 
 fn to_object(py: Python<'_>, v: &serde_json::Value) -> PyResult<PyObject> {
@@ -71,7 +76,9 @@ impl Consumer {
         let mut config = ConsumerConfig::new(dsn, consumer, key);
         config.on_shredded = parse_on_shredded(on_shredded).map_err(to_py)?;
         config.on_withheld = parse_on_withheld(on_withheld).map_err(to_py)?;
-        Ok(Consumer { inner: Inner::new(config) })
+        Ok(Consumer {
+            inner: Inner::new(config),
+        })
     }
 
     /// Decrypts one document (a dict or list, or its JSON text) bound to `context` (the protected table's context
@@ -79,9 +86,7 @@ impl Consumer {
     #[pyo3(signature = (doc, context = None))]
     fn decrypt(&mut self, py: Python<'_>, doc: &Bound<'_, PyAny>, context: Option<&str>) -> PyResult<PyObject> {
         let mut v = doc_text(py, doc)?;
-        self.inner
-            .decrypt(&mut v, context.map(str::as_bytes))
-            .map_err(to_py)?;
+        self.inner.decrypt(&mut v, context.map(str::as_bytes)).map_err(to_py)?;
         to_object(py, &v)
     }
 
