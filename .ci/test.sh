@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of event_crypto on this machine, installing what is missing first (.ci/setup.sh):
 #   1. cargo fmt --check and cargo clippy -D warnings
-#   2. core unit, known-answer and frozen-vector tests (plain cargo test), and 30 s of cargo fuzz per target
+#   2. core unit, known-answer and frozen-vector tests (plain cargo test), the consumer library's and CLI's unit tests,
+#      and 30 s of cargo fuzz per target
 #   3. #[pg_test] tests inside PostgreSQL (cargo pgrx test)
 #   4. pg_regress golden files for the SQL API (tests/pg_regress)
 #   5. isolation tests (PostgreSQL's isolation tester: explicit interleavings of sessions, tests/isolation)
@@ -42,6 +43,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "core tests"
 cargo test -p event_crypto_core
+# the consumer library and CLI: key cache and expiry, batches, policies, key files, record formats, inspect
+cargo test -p event_crypto_client -p event_crypto_cli
 
 # Coverage-guided fuzzing of the envelope parser, field paths and the binary jsonb walks (cargo fuzz on the stable
 # toolchain, without a sanitizer: the targets assert their own properties). Seeds and the inputs of past finds are

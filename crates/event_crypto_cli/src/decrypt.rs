@@ -108,8 +108,16 @@ pub fn run(args: &DecryptArgs) -> Result<ExitCode, String> {
         let (t, s) = (&run.totals, &run.consumer.stats);
         eprintln!(
             "event-crypto: {} lines read, {} written, {} failed; {} fields decrypted, {} shredded, {} withheld; \
-             {} key fetches ({} keys)",
-            t.lines, t.written, t.failed, s.decrypted, s.shredded, s.withheld, s.fetches, s.keys_fetched
+             {} key {} ({} keys)",
+            t.lines,
+            t.written,
+            t.failed,
+            s.decrypted,
+            s.shredded,
+            s.withheld,
+            s.fetches,
+            if s.fetches == 1 { "fetch" } else { "fetches" },
+            s.keys_fetched
         );
     }
     match result {
@@ -163,6 +171,7 @@ impl<W: Write> Run<'_, W> {
                     break;
                 }
             }
+            self.totals.lines += lines.len() as u64;
             if !lines.is_empty() {
                 if let Flow::Stop = self.batch(name, first, &lines)? {
                     return Ok(Flow::Stop);
@@ -230,7 +239,6 @@ impl<W: Write> Run<'_, W> {
             }
         }
         for (i, rec) in records.into_iter().enumerate() {
-            self.totals.lines += 1;
             let n = first + i as u64;
             if let Some(e) = &errors[i] {
                 self.totals.failed += 1;

@@ -481,7 +481,11 @@ fn micros(t: SystemTime) -> i64 {
 fn fetch_error(consumer: &str, e: postgres::Error) -> Error {
     match e.as_db_error() {
         Some(db) if db.code().code() == "42501" => {
-            let mut m = format!("consumer \"{consumer}\": {}", db.message());
+            let mut m = if db.message().contains(&format!("\"{consumer}\"")) {
+                db.message().to_string()
+            } else {
+                format!("consumer \"{consumer}\": {}", db.message())
+            };
             if let Some(h) = db.hint() {
                 m.push_str(&format!(" ({h})"));
             }
