@@ -148,16 +148,21 @@ impl<W: Write> Run<'_, W> {
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let batch = self.args.batch as usize;
         let mut lineno = 0u64;
+        // the line buffers are kept from batch to batch
         let mut lines: Vec<Vec<u8>> = Vec::with_capacity(batch);
         loop {
-            lines.clear();
+            let mut count = 0;
             let first = lineno + 1;
             let mut eof = false;
             let mut bytes = 0u64;
-            while lines.len() < batch {
-                let mut line = Vec::new();
+            while count < batch {
+                if lines.len() == count {
+                    lines.push(Vec::new());
+                }
+                let line = &mut lines[count];
+                line.clear();
                 let n = reader
-                    .read_until(b'\n', &mut line)
+                    .read_until(b'\n', line)
                     .map_err(|e| format!("{name}: cannot read: {e}"))?;
                 if n == 0 {
                     eof = true;
@@ -165,15 +170,15 @@ impl<W: Write> Run<'_, W> {
                 }
                 bytes += n as u64;
                 lineno += 1;
-                lines.push(line);
+                count += 1;
                 // a pipe: decrypt what has arrived rather than wait for a full batch
                 if !regular && reader.buffer().is_empty() {
                     break;
                 }
             }
-            self.totals.lines += lines.len() as u64;
-            if !lines.is_empty() {
-                if let Flow::Stop = self.batch(name, first, &lines)? {
+            self.totals.lines += count as u64;
+            if count > 0 {
+                if let Flow::Stop = self.batch(name, first, &lines[..count])? {
                     return Ok(Flow::Stop);
                 }
                 self.out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;

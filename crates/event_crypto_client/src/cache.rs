@@ -165,6 +165,14 @@ pub struct CacheAt<'a> {
 
 impl KeySource for CacheAt<'_> {
     fn decryption_key(&mut self, key: KeyRef<'_>, version: u32) -> Result<KeyLookup> {
+        let status = match self.cache.status(key, version, self.now) {
+            Some(Status::Granted(c)) => return Ok(KeyLookup::Found(c.clone())),
+            Some(Status::Shredded) => return Ok(KeyLookup::Shredded),
+            Some(Status::Disabled) => return Ok(KeyLookup::Disabled),
+            // Some(true): withheld, Some(false): unknown, None: not fetched or expired
+            other => other.map(|s| matches!(s, Status::Withheld)),
+        };
+        // what follows "key" in the message: the key id where the database named it
         let label = match key {
             KeyRef::Id(_) => key.to_string(),
             KeyRef::Handle(h) => match self.cache.key_ids.get(&h) {
@@ -172,16 +180,13 @@ impl KeySource for CacheAt<'_> {
                 None => key.to_string(),
             },
         };
-        match self.cache.status(key, version, self.now) {
-            Some(Status::Granted(c)) => Ok(KeyLookup::Found(c.clone())),
-            Some(Status::Shredded) => Ok(KeyLookup::Shredded),
-            Some(Status::Disabled) => Ok(KeyLookup::Disabled),
-            Some(Status::Withheld) => Err(Error::new(
+        match status {
+            Some(true) => Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("key {label} version {version} is withheld from this consumer"),
             )
             .with_detail("The key id is outside the consumer's key pattern.")),
-            Some(Status::Unknown) => Err(Error::new(
+            Some(false) => Err(Error::new(
                 ErrorKind::UnknownKey,
                 format!("key {label} version {version} does not exist"),
             )),
