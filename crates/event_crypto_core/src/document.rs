@@ -480,6 +480,26 @@ fn open_envelope<K: KeySource>(
     result
 }
 
+/// Opens one envelope text found at `loc` of a document held in another form than jsonb (the `json` feature's
+/// decryptor): parses it, looks its key up in `keys` and authenticates it with `context`, exactly as
+/// [`Decryptor`] does for every envelope of a jsonb document. `Ok(None)`: the key or its version is shredded.
+/// Otherwise the plaintext (the JSON text of the value) is in `blob` at the returned range; the caller wipes `blob`
+/// when it is done with it. `aad` and `blob` are scratch buffers, reused from call to call.
+///
+/// Errors: those of the envelope (malformed, unsupported format, context mismatch, authentication, unknown key or
+/// version), [`ErrorKind::KeyDisabled`] for a disabled version, and whatever the key source returns (a source that
+/// withholds a key returns [`ErrorKind::PermissionDenied`]).
+pub fn open_at<K: KeySource>(
+    keys: &mut K,
+    text: &[u8],
+    loc: &Location,
+    context: Option<&[u8]>,
+    aad: &mut Vec<u8>,
+    blob: &mut Vec<u8>,
+) -> Result<Option<std::ops::Range<usize>>> {
+    open_envelope(keys, text, loc, context, None, aad, blob)
+}
+
 /// `key_label`: what follows "key" ([`key_label`]).
 fn not_bound(loc: &Location, key_label: &str, why: &str) -> Error {
     Error::new(

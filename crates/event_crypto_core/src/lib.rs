@@ -10,6 +10,7 @@
 //! - [`blind`]: the blind index;
 //! - [`hpke`]: RFC 9180 hybrid public key encryption (X25519, HKDF-SHA256, ChaCha20-Poly1305, base mode);
 //! - [`grant`]: data keys sealed to a consumer's public key, for decryption outside PostgreSQL;
+//! - `json` (feature `json`): decrypting documents held as `serde_json` values, as `decrypt_fields` does;
 //! - [`audit`]: the hash chain of the audit log;
 //! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
@@ -25,6 +26,8 @@ pub mod envelope;
 pub mod error;
 pub mod grant;
 pub mod hpke;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod jsonb;
 pub mod keysource;
 pub mod master;
