@@ -61,6 +61,13 @@ UPDATE event_crypto.keys SET created_at = now() - interval '2 days' WHERE key_id
 UPDATE event_crypto.keys SET wrapped_index_key = wrapped_key WHERE key_id = 'cust:alice@example.com';  -- damaged
 SELECT action, ok, detail - 'skipped_keys' AS detail, detail->'skipped_keys' ? 'cust:alice@example.com' AS names_alice
 FROM event_crypto.run_maintenance() WHERE action = 'scheduled_rotation';
+-- a consumer outside the database fetched her key (by key id and by handle)
+SELECT event_crypto.create_consumer('f-consumer', 'ecpk1:hUVCOQoK2vS0x5jsd9bR6rGKTsXLR9b8xgT35aMVcRE=', 'subject:%');
+SELECT pg_catalog.string_agg(r.status, ',' ORDER BY r.ordinality) AS fetched
+FROM event_crypto.consumer_keys('f-consumer', (SELECT jsonb_build_array(
+         jsonb_build_object('key_id', 'subject:alice@example.com', 'version', 2),
+         jsonb_build_object('handle', lpad(to_hex(handle), 16, '0'), 'version', 2))
+     FROM event_crypto.keys WHERE key_id = 'subject:alice@example.com' AND version = 1)) WITH ORDINALITY r;
 SELECT table_name, column_name FROM mentions('alice@example.com') ORDER BY 1, 2;
 
 -- Forgotten, as both kinds of subject.
