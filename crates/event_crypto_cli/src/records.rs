@@ -9,8 +9,9 @@
 //!   schemas) hold the row's columns; a jsonb column is a JSON string (io.debezium.data.Json) or, with other
 //!   converters, the value itself.
 //!
-//! The context of a row (a protected table's context column, see protect()) is the column's text value: a string
-//! as it is, a number or boolean as its JSON text, as PostgreSQL's output function writes them.
+//! The context of a row (a protected table's context column, see protect()) is the column's text value as
+//! PostgreSQL's output function writes it: a string as it is, a number as its JSON text (the digits as stored), a
+//! boolean as `t` or `f`.
 
 use serde_json::Value;
 
@@ -52,7 +53,8 @@ fn context_text(v: &Value) -> Result<Option<Vec<u8>>, String> {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.as_bytes().to_vec())),
         Value::Number(n) => Ok(Some(n.to_string().into_bytes())),
-        Value::Bool(b) => Ok(Some(if *b { b"true".to_vec() } else { b"false".to_vec() })),
+        // boolean's output function writes t and f
+        Value::Bool(b) => Ok(Some(if *b { b"t".to_vec() } else { b"f".to_vec() })),
         _ => Ok(Some(v.to_string().into_bytes())),
     }
 }
@@ -319,6 +321,16 @@ mod tests {
         assert!(!slots[1].as_string);
         put_back(&mut rec, &slots[1], json!({"e": 3}));
         assert_eq!(rec["payload"]["after"]["payload"], json!({"e": 3}));
+    }
+
+    #[test]
+    fn contexts_are_the_text_output_of_the_column() {
+        let t = |v: Value| context_text(&v).unwrap();
+        assert_eq!(t(json!("6f1c")), Some(b"6f1c".to_vec()));
+        assert_eq!(t(json!(42)), Some(b"42".to_vec()));
+        assert_eq!(t(serde_json::from_str("1.50").unwrap()), Some(b"1.50".to_vec()));
+        assert_eq!(t(json!(true)), Some(b"t".to_vec()));
+        assert_eq!(t(Value::Null), None);
     }
 
     #[test]
