@@ -155,6 +155,10 @@ pub fn extract(
             Ok(())
         }
         InputFormat::Debezium { field, context_column } => {
+            if record.is_null() {
+                // a tombstone (the value Kafka's log compaction removes a key with) passes through
+                return Ok(());
+            }
             let Value::Object(obj) = record else {
                 return Err("a Debezium change event is a JSON object".into());
             };
@@ -312,6 +316,10 @@ mod tests {
         assert_eq!(slots[0].context.as_deref(), Some(&b"42"[..]));
         put_back(&mut rec, &slots[0], json!({"email": "a@x.io"}));
         assert_eq!(rec["after"]["payload"], json!(r#"{"email":"a@x.io"}"#));
+
+        let (tombstone, docs, _) = run(&fmt, Value::Null);
+        assert!(tombstone.is_null() && docs.is_empty());
+        assert!(extract(&fmt, &mut json!([1]), 0, &mut vec![], &mut vec![]).is_err());
 
         let wrapped = json!({"schema": {}, "payload": {"before": {"stream_id": "s", "payload": {"e": 1}},
                                                           "after": {"stream_id": "s", "payload": {"e": 2}}}});
