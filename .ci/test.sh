@@ -42,7 +42,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "core tests"
-cargo test -p event_crypto_core
+cargo test -p event_crypto_core --features json
 # the consumer library and CLI: key cache and expiry, batches, policies, key files, record formats, inspect
 cargo test -p event_crypto_client -p event_crypto_cli
 
