@@ -82,34 +82,11 @@ pub const MAX_NESTING: usize = event_crypto_core::jsonb::MAX_DEPTH;
 /// Checks that the JSON text `t` nests at most `limit` levels (arrays and objects) before it is parsed: the JSON
 /// parser recurses once per level, and input from outside must not exhaust the stack.
 pub fn check_nesting(t: &[u8], limit: usize) -> Result<()> {
-    if t.len() <= limit {
-        // every level takes a byte
-        return Ok(());
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in t {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return Err(Error::Config(format!(
-                        "the JSON text nests more than {limit} levels deep"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+    // every level takes a byte; the core's scan is the one its JSON decryptor applies to plaintexts
+    if t.len() > limit && event_crypto_core::json::nesting(t, limit + 1) > limit {
+        return Err(Error::Config(format!(
+            "the JSON text nests more than {limit} levels deep"
+        )));
     }
     Ok(())
 }

@@ -360,6 +360,16 @@ pub trait KeySource {
     }
 }
 
+/// The error for an envelope whose key was shredded, under `on_shredded => 'error'`: it names the key as other
+/// messages do (for format 2, the key id its handle belongs to).
+pub(crate) fn shredded_error<K: KeySource + ?Sized>(keys: &mut K, text: &[u8], loc: &Location) -> Error {
+    let key_id = match Envelope::parse(std::str::from_utf8(text).unwrap_or(""), loc) {
+        Ok(e) => key_id_for_message(keys, e.key()),
+        Err(_) => String::new(),
+    };
+    Error::key_shredded(&key_id)
+}
+
 /// What follows "key" in a message about an envelope's key: the quoted key id (for format 2, the key id its
 /// handle belongs to), or "with handle …" when no key is known to have the handle.
 pub(crate) fn key_label<K: KeySource + ?Sized>(keys: &mut K, key: KeyRef<'_>) -> String {
@@ -581,11 +591,7 @@ impl<'a, K: KeySource> Decryptor<'a, K> {
             Ok(None) => {
                 self.shredded += 1;
                 if self.on_shredded == OnShredded::Error {
-                    let key_id = match Envelope::parse(std::str::from_utf8(text).unwrap_or(""), &self.loc) {
-                        Ok(e) => key_id_for_message(self.keys, e.key()),
-                        Err(_) => String::new(),
-                    };
-                    return Err(Error::key_shredded(&key_id));
+                    return Err(shredded_error(self.keys, text, &self.loc));
                 }
                 Ok(Opened::Shredded)
             }

@@ -18,7 +18,7 @@
 //! In addition, a key the source may not hand out (a consumer whose key pattern excludes it; the source returns
 //! an error of kind [`ErrorKind::PermissionDenied`]) follows [`OnWithheld`].
 
-use crate::document::{key_id_for_message, open_at, KeySource, OnShredded};
+use crate::document::{open_at, shredded_error, KeySource, OnShredded};
 use crate::envelope::{looks_like_envelope, Envelope, KeyHandle, KeyRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::jsonb::{too_deep, MAX_DEPTH};
@@ -239,11 +239,7 @@ impl<'a, K: KeySource> JsonDecryptor<'a, K> {
             Ok(None) => {
                 self.shredded += 1;
                 if self.on_shredded == OnShredded::Error {
-                    let key_id = match Envelope::parse(std::str::from_utf8(text).unwrap_or(""), &self.loc) {
-                        Ok(e) => key_id_for_message(self.keys, e.key()),
-                        Err(_) => String::new(),
-                    };
-                    return Err(Error::key_shredded(&key_id));
+                    return Err(shredded_error(self.keys, text, &self.loc));
                 }
                 Ok(unopened(self.on_shredded == OnShredded::Keep))
             }
@@ -292,7 +288,7 @@ fn parse_plaintext(pt: &[u8], depth: usize) -> Result<Value> {
 /// The depth of the most deeply nested value of the JSON text `t` relative to its top value (0 for a scalar or an
 /// empty container, 1 for `[1]` or `{"a":1}`), counting no further than `limit`. Not a validation: the parser does
 /// that afterwards.
-fn nesting(t: &[u8], limit: usize) -> usize {
+pub fn nesting(t: &[u8], limit: usize) -> usize {
     let (mut level, mut deepest) = (0usize, 0usize);
     let mut in_string = false;
     let mut escaped = false;
