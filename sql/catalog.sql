@@ -78,7 +78,9 @@ CREATE TABLE event_crypto.protected_columns (
     -- rows whose type fields_by_type does not name (or NULL) get the common fields only; false: such rows are
     -- refused (23514) unless fields_by_type has a "*" entry
     allow_unlisted_types boolean NOT NULL DEFAULT false,
-    CONSTRAINT protected_unlisted_needs_types CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL)
+    CONSTRAINT protected_unlisted_needs_types CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL),
+    -- the PII guard: what the trigger does about personal data it detects outside the configured fields
+    unprotected_pii text NOT NULL DEFAULT 'ignore' CHECK (unprotected_pii IN ('ignore', 'warn', 'error'))
 );
 COMMENT ON TABLE event_crypto.protected_columns IS
     'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';

@@ -269,3 +269,66 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_consumer(text, text, text, interva
                           event_crypto.revoke_consumer(text)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.consumer_keys(text, jsonb) TO event_crypto_consumer;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 17: PII detection (src/pii.rs, docs/pii.md)
+-- ---------------------------------------------------------------------------------------------------------------
+
+-- The PII guard of protected columns: what the protect trigger does about personal data outside the configured
+-- fields.
+ALTER TABLE event_crypto.protected_columns
+    ADD COLUMN unprotected_pii text NOT NULL DEFAULT 'ignore' CHECK (unprotected_pii IN ('ignore', 'warn', 'error'));
+
+-- protect() has a new last argument, unprotected_pii (and returns the table's row type, which has the new column)
+DROP FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean);
+CREATE FUNCTION event_crypto."protect"(
+	"table" regclass,
+	"column" name,
+	"fields" TEXT[] DEFAULT NULL,
+	"key_id" TEXT DEFAULT NULL,
+	"key_column" name DEFAULT NULL,
+	"key_prefix" TEXT DEFAULT 'subject:',
+	"context_column" name DEFAULT NULL,
+	"type_column" name DEFAULT NULL,
+	"fields_by_type" jsonb DEFAULT NULL,
+	"on_forgotten" TEXT DEFAULT 'error',
+	"view_name" name DEFAULT NULL,
+	"allow_unlisted_types" bool DEFAULT false,
+	"unprotected_pii" TEXT DEFAULT 'ignore'
+) RETURNS event_crypto.protected_columns
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'protect_wrapper';
+
+CREATE FUNCTION event_crypto."detect_pii"(
+	"payload" jsonb
+) RETURNS TABLE (
+	"path" TEXT,
+	"kind" TEXT,
+	"confidence" real
+)
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'detect_pii_wrapper';
+
+CREATE FUNCTION event_crypto."suggest_protection"(
+	"table" regclass,
+	"column" name,
+	"sample_rows" INT DEFAULT 1000
+) RETURNS TABLE (
+	"path" TEXT,
+	"kind" TEXT,
+	"rows" bigint,
+	"share" real,
+	"protect_call" TEXT
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'suggest_protection_wrapper';
+
+REVOKE ALL ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
+                       event_crypto.detect_pii(jsonb), event_crypto.suggest_protection(regclass, name, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
+                          event_crypto.suggest_protection(regclass, name, integer)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.detect_pii(jsonb) TO event_crypto_admin, event_crypto_encryptor;

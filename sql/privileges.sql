@@ -78,7 +78,7 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.shred_key(text), event_crypto.master_key_id(),
                           event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
                           event_crypto.verify_audit_log(),
-                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean),
+                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
                           event_crypto.unprotect(regclass, name),
                           event_crypto.add_blind_index(regclass, name, text, name, text, text),
                           event_crypto.drop_blind_index(regclass, name),
@@ -98,7 +98,8 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.key_id_digest(text), event_crypto.was_forgotten(text, text),
                           event_crypto.verify_forget_receipt(text, jsonb),
                           event_crypto.create_consumer(text, text, text, interval, text),
-                          event_crypto.revoke_consumer(text)
+                          event_crypto.revoke_consumer(text),
+                          event_crypto.suggest_protection(regclass, name, integer)
     TO event_crypto_admin;
 GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, bigint, bigint),
                            event_crypto.reencrypt_table(regclass, name, integer, name, bigint, bigint, bigint)
@@ -108,6 +109,9 @@ GRANT EXECUTE ON PROCEDURE event_crypto.rewrap_keys(integer, bigint, bigint, big
 GRANT EXECUTE ON FUNCTION event_crypto.reencrypt_fields(jsonb, text), event_crypto.needs_reencryption(jsonb, text[]),
                           event_crypto.uses_key_version(jsonb, text, integer)
     TO event_crypto_admin, event_crypto_encryptor;
+
+-- PII detection in a document: pure, for the admin and encryptor roles.
+GRANT EXECUTE ON FUNCTION event_crypto.detect_pii(jsonb) TO event_crypto_admin, event_crypto_encryptor;
 
 -- The naming of subject keys, for every role.
 GRANT EXECUTE ON FUNCTION event_crypto.subject_key_id(text, text, integer), event_crypto.subject_of_key_id(text, text)

@@ -18,6 +18,7 @@ mod jsonb;
 mod keys;
 mod maintenance;
 mod master;
+mod pii;
 mod policies;
 mod protect;
 mod reencrypt;

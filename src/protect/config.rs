@@ -87,6 +87,27 @@ pub struct Config {
     pub context: Option<Col>,
     pub new_key_when_forgotten: bool,
     pub blind: Vec<BlindSpec>,
+    /// The PII guard (`unprotected_pii`).
+    pub guard: PiiGuard,
+}
+
+/// What the protect trigger does about personal data outside the configured fields.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PiiGuard {
+    Ignore,
+    Warn,
+    Error,
+}
+
+impl PiiGuard {
+    pub fn parse(s: &str) -> Option<PiiGuard> {
+        match s {
+            "ignore" => Some(PiiGuard::Ignore),
+            "warn" => Some(PiiGuard::Warn),
+            "error" => Some(PiiGuard::Error),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -188,6 +209,7 @@ pub struct ConfigRow {
     pub fields_by_type: Option<Value>,
     pub on_forgotten: String,
     pub allow_unlisted_types: bool,
+    pub unprotected_pii: String,
 }
 
 /// A row of `event_crypto.blind_indexes`.
@@ -202,7 +224,7 @@ pub struct BlindRow {
 pub const CONFIG_ROW_COLUMNS: &str =
     "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
      context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-     allow_unlisted_types";
+     allow_unlisted_types, unprotected_pii";
 
 impl ConfigRow {
     /// Reads [`CONFIG_ROW_COLUMNS`] from a result row, starting at column `first` (1-based).
@@ -218,6 +240,7 @@ impl ConfigRow {
             fields_by_type: get_opt::<JsonB>(r, first + 7, "fields_by_type")?.map(|j| j.0),
             on_forgotten: get(r, first + 8, "on_forgotten")?,
             allow_unlisted_types: get(r, first + 9, "allow_unlisted_types")?,
+            unprotected_pii: get(r, first + 10, "unprotected_pii")?,
         })
     }
 }
@@ -387,6 +410,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         context,
         new_key_when_forgotten: row.on_forgotten == "new_key",
         blind,
+        guard: PiiGuard::parse(&row.unprotected_pii).unwrap_or(PiiGuard::Error),
     })
 }
 

@@ -14,7 +14,7 @@
 //! 4. encrypts the configured fields that are still plaintext under the row's key, creating the key on first use,
 //!    in the envelope format `event_crypto.envelope_format` names (2 by default: the key named by its handle).
 
-use super::config::{config, Col, Config, KeySpec};
+use super::config::{config, Col, Config, KeySpec, PiiGuard};
 use super::seals;
 use crate::jsonb::Jsonb;
 use crate::keys::{self, CachedKeys, KeyEntry, KeyUser};
@@ -465,6 +465,7 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     let may_hold_envelope = may_contain_envelope(&doc);
     // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
     if !needs && cfg.blind.is_empty() && !may_hold_envelope {
+        guard(&cfg, &doc)?;
         return Ok(None);
     }
 
@@ -569,6 +570,11 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             seal.entry.note_encrypted(seal.version, n);
             Ok(n > 0)
         });
+        match &encrypted {
+            // the document as it will be stored: configured fields are envelopes now
+            Some(e) => guard(&cfg, &e.document())?,
+            None => guard(&cfg, &doc)?,
+        }
         if let Some(e) = encrypted {
             let d = if json {
                 Some(e.into_json_datum()?)
@@ -578,7 +584,65 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             replace.push((&cfg.payload, d));
         }
     }
+    if !needs {
+        guard(&cfg, &doc)?;
+    }
     finish(&new, replace)
+}
+
+/// The PII guard (`unprotected_pii`): personal data in the document as it will be stored (its configured fields
+/// are envelopes by then, so whatever is found is outside them) is reported by path and kind, never by value, as
+/// a WARNING (`warn`) or by refusing the row (`error`, 23514). Keys that could be personal data themselves are
+/// shown as `…`.
+fn guard(cfg: &Config, doc: &event_crypto_core::jsonb::Document<'_>) -> Result<()> {
+    if cfg.guard == PiiGuard::Ignore {
+        return Ok(());
+    }
+    let report = event_crypto_core::pii::detect(doc)?;
+    if report.findings.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = report
+        .findings
+        .iter()
+        .take(SHOWN)
+        .map(|f| {
+            let p = event_crypto_core::pii::redacted_path(&f.path);
+            format!(
+                "{} ({})",
+                if p.is_empty() {
+                    "the whole document".into()
+                } else {
+                    format!("\"{p}\"")
+                },
+                f.kind.as_str()
+            )
+        })
+        .collect();
+    if report.findings.len() > SHOWN {
+        list.push(format!("and {} more", report.findings.len() - SHOWN));
+    }
+    let message = format!(
+        "column \"{}\" of protected table {} holds personal data outside its protected fields: {}",
+        cfg.payload.name,
+        cfg.table,
+        list.join(", ")
+    );
+    let hint = "Add the paths to the fields of event_crypto.protect() (event_crypto.suggest_protection() lists them), or protect() the column again with unprotected_pii => 'ignore' if they are not personal data.";
+    match cfg.guard {
+        PiiGuard::Error => Err(Error::new(ErrorKind::PlaintextRows, message)
+            .with_detail(
+                "unprotected_pii => 'error' refuses rows with personal data the configuration leaves in plaintext.",
+            )
+            .with_hint(hint)),
+        _ => {
+            pgrx::pg_sys::panic::ErrorReport::new(pgrx::PgSqlErrorCode::ERRCODE_WARNING, message, "")
+                .set_hint(hint)
+                .report(pgrx::PgLogLevel::WARNING);
+            Ok(())
+        }
+    }
 }
 
 /// The row with columns replaced, or None when nothing changes.

@@ -12,6 +12,7 @@
 //! - [`grant`]: data keys sealed to a consumer's public key, for decryption outside PostgreSQL;
 //! - `json` (feature `json`): decrypting documents held as `serde_json` values, as `decrypt_fields` does;
 //! - [`audit`]: the hash chain of the audit log;
+//! - [`pii`]: detection of personal data in documents (e-mail, phone, cards, IBANs, national ids, ...);
 //! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
 //! - [`random`]: keys and nonces from the OS CSPRNG;
@@ -33,6 +34,7 @@ pub mod keysource;
 pub mod master;
 pub mod names;
 pub mod path;
+pub mod pii;
 pub mod random;
 pub mod reencrypt;
 pub mod subject;
