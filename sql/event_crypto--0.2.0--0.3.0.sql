@@ -298,7 +298,7 @@ CREATE FUNCTION event_crypto."protect"(
 ) RETURNS event_crypto.protected_columns
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'protect_wrapper';
+AS 'MODULE_PATHNAME', 'protect_0_3_wrapper';
 
 CREATE FUNCTION event_crypto."detect_pii"(
 	"payload" jsonb

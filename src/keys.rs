@@ -266,6 +266,9 @@ pub struct Catalog {
     /// earlier release, until ALTER EXTENSION UPDATE: then envelopes are written in format 1).
     pub handles: bool,
     pub protected_columns: pg_sys::Oid,
+    /// Whether the configuration has the PII guard (`protected_columns.unprotected_pii`, from 0.3.0 on; under the
+    /// SQL objects of an earlier release every column reads as `'ignore'` until ALTER EXTENSION UPDATE).
+    pub pii_guard: bool,
     pub blind_indexes: pg_sys::Oid,
     pub legacy_subject_keys: pg_sys::Oid,
 }
@@ -368,7 +371,7 @@ pub fn catalog() -> Catalog {
             .select(
                 "SELECT c.relname::pg_catalog.text, c.oid, c.relowner, \
                         EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
-                                AND a.attname OPERATOR(pg_catalog.=) 'handle' AND NOT a.attisdropped) \
+                                AND a.attname OPERATOR(pg_catalog.=) ANY ('{handle,unprotected_pii}'::pg_catalog.name[]) AND NOT a.attisdropped) \
                  FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
                  WHERE n.nspname OPERATOR(pg_catalog.=) 'event_crypto' \
@@ -394,12 +397,13 @@ pub fn catalog() -> Catalog {
             .map(|(_, o, w, h)| (*o, *w, *h))
     };
     match (find("keys"), find("protected_columns"), find("blind_indexes")) {
-        (Some((keys, owner, handles)), Some((protected_columns, _, _)), Some((blind_indexes, _, _))) => {
+        (Some((keys, owner, handles)), Some((protected_columns, _, pii_guard)), Some((blind_indexes, _, _))) => {
             let c = Catalog {
                 keys,
                 owner,
                 handles,
                 protected_columns,
+                pii_guard,
                 blind_indexes,
                 legacy_subject_keys: find("legacy_subject_keys")
                     .map(|(o, _, _)| o)

@@ -13,7 +13,7 @@ use crate::access::{acting_role_oid, as_catalog_owner, as_restricted, Table};
 use crate::error::{spi_error, OrRaise};
 use crate::jsonb::Jsonb;
 use crate::protect::admin::literal;
-use crate::protect::config::{ConfigRow, CONFIG_ROW_COLUMNS};
+use crate::protect::config::{config_row_columns, ConfigRow};
 use crate::sqltypes::{Name, RegClass};
 use event_crypto_core::pii::{detect, Kind};
 use event_crypto_core::{Error, ErrorKind, Result};
@@ -195,9 +195,10 @@ fn protect_call<'a>(
             let r = c
                 .select(
                     &format!(
-                        "SELECT {CONFIG_ROW_COLUMNS} FROM event_crypto.protected_columns \
+                        "SELECT {columns} FROM event_crypto.protected_columns \
                          WHERE table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                           AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+                           AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                        columns = config_row_columns(),
                     ),
                     Some(1),
                     &[relid.into(), column.into()],

@@ -5,7 +5,9 @@
 # packaging/install.sh put it), runs ALTER EXTENSION event_crypto UPDATE (PostgreSQL chains the upgrade scripts
 # from R to this version), and checks that
 #   - every C symbol R's SQL objects name is defined by this library, and under R's objects (the server restarted
-#     before the update) rows read the same, a function removed since R fails with a clear error, nothing crashes;
+#     before the update) rows read the same, a function removed since R fails with a clear error, functions whose
+#     signature gained parameters work as R defined them (tests/upgrade/R/old-calls.sql against old-calls.out),
+#     nothing crashes;
 #   - every encrypted row reads as it did, the key catalog is the same, the audit chain verifies
 #     (tests/upgrade/R/decrypted.sql, before and after);
 #   - the update prints what it must (tests/upgrade/R/update-messages: one fixed string per line, when present);
@@ -114,6 +116,14 @@ CONF
            ! grep -q "was removed in event_crypto" "$S/removed.err"; then
             cat "$S/removed.err"
             echo "a function removed since $PREV did not fail with the clear error" >&2
+            return 1
+        fi
+    fi
+    # functions whose signature gained parameters since the release, called as it defined them (src/compat.rs)
+    if [ -f "$D/old-calls.sql" ]; then
+        if ! psql_db up -At -f "$D/old-calls.sql" > "$S/old-calls.txt" 2>&1 || ! diff -u "$D/old-calls.out" "$S/old-calls.txt"; then
+            cat "$S/old-calls.txt"
+            echo "a function called as $PREV defined it failed or answered differently under its SQL objects" >&2
             return 1
         fi
     fi

@@ -8,9 +8,7 @@
 //! The `config_check` trigger validates every row written to `event_crypto.protected_columns` and
 //! `event_crypto.blind_indexes`, whoever writes it (a superuser by hand, pg_restore, logical replication).
 
-use super::config::{
-    build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow, CONFIG_ROW_COLUMNS,
-};
+use super::config::{build, by_type_lists, parse_paths, resolve_col, type_name, ColumnType, ConfigRow};
 use crate::access::{acting_role, as_catalog_owner, with_safe_search_path, Privilege, Table};
 use crate::catalog::{get, get_opt, ANCESTORS, DESCENDANTS};
 use crate::error::{raise, spi_error, OrRaise};
@@ -112,6 +110,13 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
     }
     if super::config::PiiGuard::parse(&input.cfg.unprotected_pii).is_none() {
         return Err(Error::invalid_argument("unprotected_pii must be ignore, warn or error"));
+    }
+    if input.cfg.unprotected_pii != "ignore" && !crate::keys::catalog().pii_guard {
+        return Err(Error::new(
+            ErrorKind::NotReady,
+            "the PII guard needs the SQL objects of event_crypto 0.3.0",
+        )
+        .with_hint("Run ALTER EXTENSION event_crypto UPDATE."));
     }
     if let Some(k) = &input.cfg.key_id {
         check_key_id(k)?;
@@ -314,8 +319,11 @@ fn config_row(relid: pg_sys::Oid, column: &str) -> Option<PgHeapTuple<'static, A
 /// Calling it again updates the configuration. Needs the TRIGGER privilege on the table (its owner has it) and
 /// CREATE on the table's schema (for the view).
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe, requires = ["catalog"])]
-fn protect(
+///
+/// (Its C symbol is `protect_0_3_wrapper`: 0.2.0's SQL objects call `protect_wrapper` with one argument less,
+/// which `crate::compat` forwards here until ALTER EXTENSION UPDATE.)
+#[pg_extern(name = "protect", volatile, parallel_unsafe, requires = ["catalog"])]
+fn protect_0_3(
     table: Option<RegClass>,
     column: Option<Name>,
     fields: default!(Option<Vec<Option<String>>>, "NULL"),
@@ -393,34 +401,48 @@ fn protect(
     let role = acting_role();
     as_catalog_owner(|| {
         Spi::connect_mut(|c| {
+            // (the SQL objects of a release before 0.3.0 have no PII guard column; validate() allowed only 'ignore'
+            // there)
+            let (pii_column, pii_value, pii_set) = if crate::keys::catalog().pii_guard {
+                (
+                    ", unprotected_pii",
+                    ", $14",
+                    " unprotected_pii = EXCLUDED.unprotected_pii,",
+                )
+            } else {
+                ("", "", "")
+            };
+            let args = [
+                relid.into(),
+                column.as_str().into(),
+                input.cfg.fields.clone().into(),
+                input.cfg.key_id.as_deref().into(),
+                input.cfg.key_column.as_deref().into(),
+                input.cfg.key_prefix.as_str().into(),
+                input.cfg.context_column.as_deref().into(),
+                input.cfg.type_column.as_deref().into(),
+                input.cfg.fields_by_type.clone().map(JsonB).into(),
+                input.cfg.on_forgotten.as_str().into(),
+                view_oid.into(),
+                role.as_str().into(),
+                input.cfg.allow_unlisted_types.into(),
+                input.cfg.unprotected_pii.as_str().into(),
+            ];
             c.update(
-                "INSERT INTO event_crypto.protected_columns AS p \
-                    (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
-                     fields_by_type, on_forgotten, decrypted_view, protected_by, allow_unlisted_types, unprotected_pii) \
-                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12, $13, $14) \
-                 ON CONFLICT ON CONSTRAINT protected_columns_pkey DO UPDATE SET \
-                    fields = EXCLUDED.fields, key_id = EXCLUDED.key_id, key_column = EXCLUDED.key_column, \
-                    key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
-                    type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
-                    on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
-                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, unprotected_pii = EXCLUDED.unprotected_pii, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
+                &format!(
+                    "INSERT INTO event_crypto.protected_columns AS p \
+                        (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
+                         fields_by_type, on_forgotten, decrypted_view, protected_by, allow_unlisted_types{pii_column}) \
+                     VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12, $13{pii_value}) \
+                     ON CONFLICT ON CONSTRAINT protected_columns_pkey DO UPDATE SET \
+                        fields = EXCLUDED.fields, key_id = EXCLUDED.key_id, key_column = EXCLUDED.key_column, \
+                        key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
+                        type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
+                        on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
+                        allow_unlisted_types = EXCLUDED.allow_unlisted_types,{pii_set} protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by"
+                ),
                 None,
-                &[
-                    relid.into(),
-                    column.as_str().into(),
-                    input.cfg.fields.clone().into(),
-                    input.cfg.key_id.as_deref().into(),
-                    input.cfg.key_column.as_deref().into(),
-                    input.cfg.key_prefix.as_str().into(),
-                    input.cfg.context_column.as_deref().into(),
-                    input.cfg.type_column.as_deref().into(),
-                    input.cfg.fields_by_type.clone().map(JsonB).into(),
-                    input.cfg.on_forgotten.as_str().into(),
-                    view_oid.into(),
-                    role.as_str().into(),
-                    input.cfg.allow_unlisted_types.into(),
-                    input.cfg.unprotected_pii.as_str().into(),
-                ],
+                &args[..if pii_value.is_empty() { 13 } else { 14 }],
             )
             .map(|_| ())
             .map_err(spi_error)
@@ -1237,7 +1259,11 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
                 on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
                 allow_unlisted_types: attr::<bool>(tuple, &desc, "allow_unlisted_types")
                     .ok_or_else(|| Error::null_argument("allow_unlisted_types"))?,
-                unprotected_pii: required_text(text("unprotected_pii"), "unprotected_pii")?,
+                // (the SQL objects of a release before 0.3.0 have no PII guard: ignore)
+                unprotected_pii: required_text(
+                    text("unprotected_pii").or_else(|| (!crate::keys::catalog().pii_guard).then(|| "ignore".into())),
+                    "unprotected_pii",
+                )?,
             },
         })
     })();
@@ -1277,9 +1303,10 @@ fn refresh_decrypted_views(
         Spi::connect(|c| {
             c.select(
                 &format!(
-                    "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, decrypted_view::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
+                    "SELECT table_name::pg_catalog.oid, column_name::pg_catalog.text, decrypted_view::pg_catalog.oid, {columns} \
                      FROM event_crypto.protected_columns \
-                     WHERE $1::pg_catalog.oid IS NULL OR table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1, 2"
+                     WHERE $1::pg_catalog.oid IS NULL OR table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1, 2",
+                    columns = super::config::config_row_columns(),
                 ),
                 None,
                 &[table.map(|t| t.0).into()],

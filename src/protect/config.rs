@@ -220,14 +220,22 @@ pub struct BlindRow {
     pub normalize: Option<String>,
 }
 
-/// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order.
-pub const CONFIG_ROW_COLUMNS: &str =
-    "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
-     context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-     allow_unlisted_types, unprotected_pii";
+/// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order (under the SQL
+/// objects of a release before 0.3.0, which have no PII guard, `unprotected_pii` reads as `'ignore'`).
+pub fn config_row_columns() -> &'static str {
+    if crate::keys::catalog().pii_guard {
+        "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
+         context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
+         allow_unlisted_types, unprotected_pii"
+    } else {
+        "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
+         context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
+         allow_unlisted_types, 'ignore'::pg_catalog.text"
+    }
+}
 
 impl ConfigRow {
-    /// Reads [`CONFIG_ROW_COLUMNS`] from a result row, starting at column `first` (1-based).
+    /// Reads [`config_row_columns`] from a result row, starting at column `first` (1-based).
     pub fn from_spi(r: &SpiHeapTupleData<'_>, first: usize) -> Result<ConfigRow> {
         Ok(ConfigRow {
             table: get(r, first, "table_name")?,
@@ -256,10 +264,11 @@ fn read_rows(relid: pg_sys::Oid, column: &str) -> Result<(Option<ConfigRow>, Vec
             let t = client
                 .select(
                     &format!(
-                        "{ANCESTORS}SELECT p.table_name::pg_catalog.oid, {CONFIG_ROW_COLUMNS} \
+                        "{ANCESTORS}SELECT p.table_name::pg_catalog.oid, {columns} \
                          FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
                          WHERE p.column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
-                         ORDER BY up.depth LIMIT 1"
+                         ORDER BY up.depth LIMIT 1",
+                        columns = super::config::config_row_columns(),
                     ),
                     Some(1),
                     &args,

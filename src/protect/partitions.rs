@@ -18,7 +18,7 @@
 //!   `forget_subject` still reaches its rows.
 
 use super::admin::{create_protect_trigger, protect_trigger_of};
-use super::config::{ConfigRow, KeySpec, CONFIG_ROW_COLUMNS};
+use super::config::{ConfigRow, KeySpec};
 use super::trigger::row_binding;
 use crate::access::{as_catalog_owner, Table};
 use crate::catalog::{get, ANCESTORS, DESCENDANTS};
@@ -226,9 +226,10 @@ fn protected_from(relid: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, String, Config
             c.select(
                 &format!(
                     "{ANCESTORS}SELECT DISTINCT ON (p.column_name) p.table_name::pg_catalog.oid, p.column_name::pg_catalog.text, \
-                            {CONFIG_ROW_COLUMNS} \
+                            {columns} \
                      FROM event_crypto.protected_columns p JOIN up ON p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) up.oid \
-                     ORDER BY p.column_name, up.depth"
+                     ORDER BY p.column_name, up.depth",
+                    columns = super::config::config_row_columns(),
                 ),
                 None,
                 &[relid.into()],
@@ -392,14 +393,23 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
             continue;
         }
         as_catalog_owner(|| {
+            // (the SQL objects of a release before 0.3.0 have no PII guard column)
+            let pii = if crate::keys::catalog().pii_guard {
+                " unprotected_pii,"
+            } else {
+                ""
+            };
+            let p_pii = if pii.is_empty() { "" } else { " p.unprotected_pii," };
             crate::catalog::modify(
-                "INSERT INTO event_crypto.protected_columns \
-                    (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
-                     fields_by_type, on_forgotten, allow_unlisted_types, unprotected_pii, protected_by) \
-                 SELECT $1::pg_catalog.oid::pg_catalog.regclass, p.column_name, p.fields, p.key_id, p.key_column, p.key_prefix, \
-                        p.context_column, p.type_column, p.fields_by_type, p.on_forgotten, p.allow_unlisted_types, p.unprotected_pii, p.protected_by \
-                 FROM event_crypto.protected_columns p \
-                 WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $2 AND p.column_name OPERATOR(pg_catalog.=) $3::pg_catalog.name",
+                &format!(
+                    "INSERT INTO event_crypto.protected_columns \
+                        (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
+                         fields_by_type, on_forgotten, allow_unlisted_types,{pii} protected_by) \
+                     SELECT $1::pg_catalog.oid::pg_catalog.regclass, p.column_name, p.fields, p.key_id, p.key_column, p.key_prefix, \
+                            p.context_column, p.type_column, p.fields_by_type, p.on_forgotten, p.allow_unlisted_types,{p_pii} p.protected_by \
+                     FROM event_crypto.protected_columns p \
+                     WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $2 AND p.column_name OPERATOR(pg_catalog.=) $3::pg_catalog.name"
+                ),
                 &[relid.into(), owner.into(), column.as_str().into()],
             )?;
             crate::catalog::modify(
