@@ -14,6 +14,7 @@
 //! - [`audit`]: the hash chain of the audit log;
 //! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
+//! - [`token`]: tokenization (deterministic stand-in values, keyed per key id);
 //! - [`random`]: keys and nonces from the OS CSPRNG;
 //! - [`error`]: the one error type.
 
@@ -36,6 +37,7 @@ pub mod path;
 pub mod random;
 pub mod reencrypt;
 pub mod subject;
+pub mod token;
 
 pub use aead::{Algorithm, Cipher, SecretKey};
 pub use error::{Error, ErrorKind, Result};
