@@ -277,7 +277,7 @@ fn luhn_fill(digits: &[u8; 16], pos: usize) -> u8 {
     let mut doubled_at_pos = false;
     for (i, &d) in digits.iter().enumerate() {
         // positions counted from the right, the rightmost being 1; even ones are doubled
-        let doubled = (16 - i) % 2 == 0;
+        let doubled = (16 - i).is_multiple_of(2);
         if i == pos {
             doubled_at_pos = doubled;
             continue;
@@ -315,7 +315,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += v;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
