@@ -119,12 +119,14 @@ GRANT EXECUTE ON FUNCTION event_crypto.subject_key_id(text, text, integer), even
 
 GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
                           event_crypto.encrypt_value(jsonb, text, text),
-                          event_crypto.blind_index(text, text, text)
+                          event_crypto.blind_index(text, text, text),
+                          event_crypto.tokenize(text, text, text)
     TO event_crypto_encryptor;
 GRANT EXECUTE ON FUNCTION event_crypto.decrypt_fields(jsonb, text, text),
                           event_crypto.decrypt_value(text, text, text),
                           event_crypto.decrypt_row(jsonb, regclass, name, text, text, text, text),
-                          event_crypto.export_subject(text, regclass[], text)
+                          event_crypto.export_subject(text, regclass[], text),
+                          event_crypto.detokenize(text)
     TO event_crypto_decryptor;
 
 -- Consumers outside the database fetch the keys of the consumers registered to their role (docs/consumers.md).

@@ -21,6 +21,7 @@ use event_crypto_core::envelope::{check_key_id, Format, KeyHandle, KeyNames, Key
 use event_crypto_core::master::{KeyPurpose, MasterKeyRing, WrapContext};
 use event_crypto_core::random::random_key;
 use event_crypto_core::reencrypt::{Newest, NewestKey};
+use event_crypto_core::token::Tokenizer;
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -54,6 +55,8 @@ pub struct KeyEntry {
     /// of this backend: fields decrypted under it, or for a disabled version, attempts (see `usage`).
     versions: Vec<(u32, VersionState, Rc<Counter>)>,
     indexer: Option<std::result::Result<BlindIndexer, Error>>,
+    /// The token function, derived from the same blind-index root under its own label (`event_crypto_core::token`).
+    tokenizer: Option<std::result::Result<Tokenizer, Error>>,
     /// Encryptions under the active version, and fields decrypted when decryption auditing is on (per key id),
     /// counted by this backend (see `usage`).
     encryptions: Rc<Counter>,
@@ -179,6 +182,18 @@ impl KeyEntry {
             return s == subject;
         }
         event_crypto_core::subject::parse_subject_key_id(prefix, &self.key_id).is_some_and(|(s, _)| s == subject)
+    }
+
+    /// The key id's token function (`crate::tokens`).
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        if self.shredded {
+            return Err(Error::key_shredded(&self.key_id));
+        }
+        match &self.tokenizer {
+            Some(Ok(t)) => Ok(t),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::unknown_key(&self.key_id)),
+        }
     }
 
     pub fn indexer(&self) -> Result<&BlindIndexer> {
@@ -688,12 +703,19 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
             active = Some(row.version);
         }
     }
-    // The blind-index root of the newest live version (all versions of a key id carry the same root).
-    let indexer = rows
+    // The blind-index root of the newest live version (all versions of a key id carry the same root): the blind
+    // index and the token function are derived from it, each under its own label.
+    let root = rows
         .iter()
         .rev()
         .find(|r| r.status != "shredded")
-        .map(|row| unwrap_row(key_id, row, KeyPurpose::BlindIndex).map(|root| BlindIndexer::new(&root, key_id)));
+        .map(|row| unwrap_row(key_id, row, KeyPurpose::BlindIndex));
+    let indexer = root.as_ref().map(|r| {
+        r.as_ref()
+            .map(|root| BlindIndexer::new(root, key_id))
+            .map_err(Clone::clone)
+    });
+    let tokenizer = root.map(|r| r.map(|root| Tokenizer::new(&root, key_id)));
     KeyEntry {
         key_id: key_id.to_string(),
         // every row of a key id has its handle (the catalog's trigger keys_handle keeps them equal)
@@ -702,6 +724,7 @@ fn build_entry(key_id: &str, rows: &[Row]) -> KeyEntry {
         active,
         versions,
         indexer,
+        tokenizer,
         encryptions: Rc::default(),
         audited: Rc::default(),
         legacy_owners: Vec::new(),

@@ -24,6 +24,7 @@ mod protect;
 mod reencrypt;
 mod retire;
 mod sqltypes;
+mod tokens;
 mod tombstones;
 mod triggers;
 mod usage;
@@ -90,6 +91,7 @@ extension_sql_file!(
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
 extension_sql_file!("../sql/tombstones.sql", name = "tombstones", requires = ["catalog"]);
 extension_sql_file!("../sql/consumers.sql", name = "consumers", requires = ["catalog"]);
+extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["catalog"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -569,12 +569,13 @@ fn maintenance_action(action: Option<&str>) -> JsonB {
 }
 
 /// The actions of a maintenance run, in the order `run_maintenance()` takes them.
-pub const ACTIONS: [&str; 5] = [
+pub const ACTIONS: [&str; 6] = [
     "flush_usage",
     "usage_rotation",
     "scheduled_rotation",
     "retention",
     "retire",
+    "token_purge",
 ];
 
 /// Performs one maintenance action (one of [`ACTIONS`]) and returns what it did; raises for an unknown one.
@@ -585,6 +586,7 @@ pub fn run_action(action: &str) -> Value {
     match action {
         "flush_usage" => crate::maintenance::flush(),
         "retire" => crate::retire::destroy_due(),
+        "token_purge" => crate::tokens::purge(),
         "usage_rotation" => {
             let limit = crate::guc::ROTATE_AFTER_ENCRYPTIONS.get();
             let mut r = rotate_due(Due::Usage(f64::from(limit)), "usage_rotation");
@@ -610,7 +612,7 @@ pub fn run_action(action: &str) -> Value {
         }
         _ => raise(
             Error::invalid_argument("unknown maintenance action")
-                .with_hint("One of flush_usage, usage_rotation, scheduled_rotation, retention, retire."),
+                .with_hint("One of flush_usage, usage_rotation, scheduled_rotation, retention, retire, token_purge."),
         ),
     }
 }

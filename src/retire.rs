@@ -233,6 +233,24 @@ pub fn usage(key_id: &str, version: u32) -> Result<Vec<ColumnUsage>> {
             Err(caught) => out.extend(readable.iter().map(|c| unknown(&t.name, c, caught.message.clone()))),
         }
     }
+    // the token vault (schema event_crypto, not among the candidates): its values are under a key version too
+    if let Some(h) = key.handle {
+        let n = crate::access::as_catalog_owner(|| {
+            crate::catalog::one::<i64>(
+                "SELECT pg_catalog.count(*) FROM event_crypto.token_vault \
+                 WHERE key_handle OPERATOR(pg_catalog.=) $1 AND key_version OPERATOR(pg_catalog.=) $2",
+                &[h.to_i64().into(), (version as i32).into()],
+            )
+        })?
+        .unwrap_or(0);
+        out.push(ColumnUsage {
+            label: "event_crypto.token_vault".to_string(),
+            column: "value".to_string(),
+            rows: Some(n),
+            unreadable: 0,
+            note: None,
+        });
+    }
     Ok(out)
 }
 

@@ -310,10 +310,14 @@ pub fn forget(subject: &str, prefix: &str) -> Value {
         }),
     };
     let key_ids = subject_key_ids(prefix, subject);
+    // the subject's tokens: found by their key ids' handles (taken before the shred, which moves the rows under
+    // the key ids' tombstones), deleted with the keys
+    let handles = crate::tokens::handles_of(&key_ids);
     let mut destroyed = 0;
     for k in &key_ids {
         destroyed += keys::shred_key(k).or_raise();
     }
+    let tokens_purged = crate::tokens::delete_for(&handles);
 
     // Clear the subject's blind index values, table by table, as each table's owner.
     let mut cleared: i64 = 0;
@@ -329,12 +333,13 @@ pub fn forget(subject: &str, prefix: &str) -> Value {
             Err((name, why)) => skips.push(skipped(sc.relid, &sc.column, name.as_deref(), why)),
         }
     }
-    let already = destroyed == 0 && tombstones == 0;
+    let already = destroyed == 0 && tombstones == 0 && tokens_purged == 0;
     let details = json!({
         "key_prefix": prefix,
         "versions_destroyed": destroyed,
         "tombstones": tombstones,
         "blind_index_rows_cleared": cleared,
+        "tokens_purged": tokens_purged,
         "tables": touched,
         "skipped": skips,
         "complete": skips.is_empty(),
@@ -464,9 +469,12 @@ fn export_subject(
             Err((name, why)) => skips.push(skipped(sc.relid, &sc.column, name.as_deref(), why)),
         }
     }
+    // the subject's tokens (tokenize() under its key ids), with the values they stand for
+    let tokens = crate::tokens::export(&subject_key_ids(&prefix, subject));
+    let token_count = tokens.len();
     // SAFETY: reads this backend's recovery state.
     let standby = unsafe { pg_sys::RecoveryInProgress() };
-    let mut receipt = json!({"subject": subject, "key_prefix": prefix, "tables": out, "skipped": skips, "complete": skips.is_empty()});
+    let mut receipt = json!({"subject": subject, "key_prefix": prefix, "tables": out, "tokens": tokens, "skipped": skips, "complete": skips.is_empty()});
     if standby {
         // A hot standby cannot write the audit log: the export is answered, said to be unaudited in the result,
         // and logged in the standby's server log.
@@ -480,7 +488,7 @@ fn export_subject(
             "export_subject",
             Some(named.as_deref().unwrap_or(subject)),
             &[],
-            json!({"key_prefix": prefix, "rows": rows_total, "tables": receipt["tables"].as_array().map_or(0, Vec::len), "skipped": receipt["skipped"]}),
+            json!({"key_prefix": prefix, "rows": rows_total, "tables": receipt["tables"].as_array().map_or(0, Vec::len), "tokens": token_count, "skipped": receipt["skipped"]}),
         );
     }
     JsonB(receipt)

@@ -15,6 +15,7 @@
 //! - [`pii`]: detection of personal data in documents (e-mail, phone, cards, IBANs, national ids, ...);
 //! - [`digest`]: keyed digests of key ids, which the catalog keeps instead of shredded key ids and subject ids;
 //! - [`subject`]: the key ids of subjects (an injective naming, generations included);
+//! - [`token`]: tokenization (deterministic stand-in values, keyed per key id);
 //! - [`random`]: keys and nonces from the OS CSPRNG;
 //! - [`error`]: the one error type.
 
@@ -38,6 +39,7 @@ pub mod pii;
 pub mod random;
 pub mod reencrypt;
 pub mod subject;
+pub mod token;
 
 pub use aead::{Algorithm, Cipher, SecretKey};
 pub use error::{Error, ErrorKind, Result};

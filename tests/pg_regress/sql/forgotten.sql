@@ -68,12 +68,18 @@ FROM event_crypto.consumer_keys('f-consumer', (SELECT jsonb_build_array(
          jsonb_build_object('key_id', 'subject:alice@example.com', 'version', 2),
          jsonb_build_object('handle', lpad(to_hex(handle), 16, '0'), 'version', 2))
      FROM event_crypto.keys WHERE key_id = 'subject:alice@example.com' AND version = 1)) WITH ORDINALITY r;
+-- her e-mail address was tokenized under her key (issue 17): the vault holds the token and the value encrypted,
+-- named by the key's handle, never the address or the key id
+SELECT event_crypto.tokenize('alice@example.com', 'subject:alice@example.com', 'email') AS alice_token,
+       event_crypto.tokenize('alice@example.com', 'subject:alice@example.com') AS alice_opaque \gset
+SELECT event_crypto.detokenize(:'alice_token') AS detokenized;
 SELECT table_name, column_name FROM mentions('alice@example.com') ORDER BY 1, 2;
 
 -- Forgotten, as both kinds of subject.
 SELECT event_crypto.forget_subject('alice@example.com', 'subject:') AS receipt \gset
 SELECT event_crypto.forget_subject('alice@example.com', 'cust:') AS cust_receipt \gset
 SELECT :'receipt'::jsonb - 'audit_id' AS receipt;
+SELECT event_crypto.detokenize(:'alice_token') IS NULL AS email_token_gone, event_crypto.detokenize(:'alice_opaque') IS NULL AS opaque_token_gone;
 SELECT :'cust_receipt'::jsonb - 'audit_id' - 'tables' AS receipt;
 -- nothing of event_crypto's names alice any more, in any table or column (bob, who was not forgotten, is found:
 -- the search works)
