@@ -78,7 +78,9 @@ CREATE TABLE event_crypto.protected_columns (
     -- rows whose type fields_by_type does not name (or NULL) get the common fields only; false: such rows are
     -- refused (23514) unless fields_by_type has a "*" entry
     allow_unlisted_types boolean NOT NULL DEFAULT false,
-    CONSTRAINT protected_unlisted_needs_types CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL)
+    CONSTRAINT protected_unlisted_needs_types CHECK (NOT allow_unlisted_types OR type_column IS NOT NULL),
+    -- 'zstd': values longer than event_crypto.compress_threshold are compressed before encryption (format 2)
+    compress       text        NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd'))
 );
 COMMENT ON TABLE event_crypto.protected_columns IS
     'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';

@@ -269,3 +269,65 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_consumer(text, text, text, interva
                           event_crypto.revoke_consumer(text)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.consumer_keys(text, jsonb) TO event_crypto_consumer;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 17: compression before encryption (envelope format 2 flag 0x02, docs/format.md#compression). A new last
+-- parameter `compress text DEFAULT 'none'` on encrypt_fields, encrypt_value and protect(), and the column's setting
+-- in protected_columns (used by the protect trigger and by reencrypt_table on the column).
+-- ---------------------------------------------------------------------------------------------------------------
+
+ALTER TABLE event_crypto.protected_columns
+    ADD COLUMN compress text NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd'));
+
+DROP FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text);
+CREATE FUNCTION event_crypto."encrypt_fields"(
+	"payload" jsonb,
+	"fields" TEXT[],
+	"key_id" TEXT,
+	"context" TEXT DEFAULT NULL,
+	"compress" TEXT DEFAULT 'none'
+) RETURNS jsonb
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'encrypt_fields_wrapper';
+
+DROP FUNCTION event_crypto.encrypt_value(jsonb, text, text);
+CREATE FUNCTION event_crypto."encrypt_value"(
+	"value" jsonb,
+	"key_id" TEXT,
+	"context" TEXT DEFAULT NULL,
+	"compress" TEXT DEFAULT 'none'
+) RETURNS TEXT
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'encrypt_value_wrapper';
+
+DROP FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean);
+CREATE FUNCTION event_crypto."protect"(
+	"table" regclass,
+	"column" name,
+	"fields" TEXT[] DEFAULT NULL,
+	"key_id" TEXT DEFAULT NULL,
+	"key_column" name DEFAULT NULL,
+	"key_prefix" TEXT DEFAULT 'subject:',
+	"context_column" name DEFAULT NULL,
+	"type_column" name DEFAULT NULL,
+	"fields_by_type" jsonb DEFAULT NULL,
+	"on_forgotten" TEXT DEFAULT 'error',
+	"view_name" name DEFAULT NULL,
+	"allow_unlisted_types" bool DEFAULT false,
+	"compress" TEXT DEFAULT 'none'
+) RETURNS event_crypto.protected_columns
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'protect_wrapper';
+
+REVOKE ALL ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text, text),
+                       event_crypto.encrypt_value(jsonb, text, text, text),
+                       event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text)
+    TO event_crypto_admin;
+GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text, text),
+                          event_crypto.encrypt_value(jsonb, text, text, text)
+    TO event_crypto_encryptor;

@@ -107,6 +107,7 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
             ));
         }
     }
+    event_crypto_core::compress::Compression::parse(&input.cfg.compress, 0)?;
     if !["error", "new_key"].contains(&input.cfg.on_forgotten.as_str()) {
         return Err(Error::invalid_argument("on_forgotten must be error or new_key"));
     }
@@ -325,6 +326,7 @@ fn protect(
     on_forgotten: default!(Option<String>, "'error'"),
     view_name: default!(Option<Name>, "NULL"),
     allow_unlisted_types: default!(Option<bool>, false),
+    compress: default!(Option<String>, "'none'"),
 ) -> pgrx::composite_type!('static, "protected_columns") {
     crate::keys::require_writable("call event_crypto.protect()").or_raise();
     let _citus = crate::citus::SequentialDdl::begin();
@@ -333,6 +335,7 @@ fn protect(
     let key_prefix = required(key_prefix, "key_prefix");
     let on_forgotten = required(on_forgotten, "on_forgotten");
     let allow_unlisted_types = required(allow_unlisted_types, "allow_unlisted_types");
+    let compress = required(compress, "compress");
     let fields: Vec<String> = fields
         .unwrap_or_default()
         .into_iter()
@@ -358,6 +361,7 @@ fn protect(
             fields_by_type: fields_by_type.map(|j| j.0),
             on_forgotten,
             allow_unlisted_types,
+            compress,
         },
     };
     validate(&input).or_raise();
@@ -390,14 +394,14 @@ fn protect(
             c.update(
                 "INSERT INTO event_crypto.protected_columns AS p \
                     (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
-                     fields_by_type, on_forgotten, decrypted_view, protected_by, allow_unlisted_types) \
-                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12, $13) \
+                     fields_by_type, on_forgotten, decrypted_view, protected_by, allow_unlisted_types, compress) \
+                 VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_catalog.oid::pg_catalog.regclass, $12, $13, $14) \
                  ON CONFLICT ON CONSTRAINT protected_columns_pkey DO UPDATE SET \
                     fields = EXCLUDED.fields, key_id = EXCLUDED.key_id, key_column = EXCLUDED.key_column, \
                     key_prefix = EXCLUDED.key_prefix, context_column = EXCLUDED.context_column, \
                     type_column = EXCLUDED.type_column, fields_by_type = EXCLUDED.fields_by_type, \
                     on_forgotten = EXCLUDED.on_forgotten, decrypted_view = EXCLUDED.decrypted_view, \
-                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
+                    allow_unlisted_types = EXCLUDED.allow_unlisted_types, compress = EXCLUDED.compress, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
                 None,
                 &[
                     relid.into(),
@@ -413,6 +417,7 @@ fn protect(
                     view_oid.into(),
                     role.as_str().into(),
                     input.cfg.allow_unlisted_types.into(),
+                    input.cfg.compress.as_str().into(),
                 ],
             )
             .map(|_| ())
@@ -429,7 +434,7 @@ fn protect(
             "table": t.name, "column": column, "fields": input.cfg.fields, "key_column": input.cfg.key_column,
             "key_prefix": input.cfg.key_column.as_ref().map(|_| &input.cfg.key_prefix), "context_column": input.cfg.context_column,
             "type_column": input.cfg.type_column, "fields_by_type": input.cfg.fields_by_type,
-            "on_forgotten": input.cfg.on_forgotten, "allow_unlisted_types": input.cfg.allow_unlisted_types, "view": view,
+            "on_forgotten": input.cfg.on_forgotten, "allow_unlisted_types": input.cfg.allow_unlisted_types, "compress": input.cfg.compress, "view": view,
             "inheritors": inheritors,
         }),
     );
@@ -1229,6 +1234,7 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
                 on_forgotten: required_text(text("on_forgotten"), "on_forgotten")?,
                 allow_unlisted_types: attr::<bool>(tuple, &desc, "allow_unlisted_types")
                     .ok_or_else(|| Error::null_argument("allow_unlisted_types"))?,
+                compress: required_text(text("compress"), "compress")?,
             },
         })
     })();

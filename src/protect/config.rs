@@ -87,6 +87,8 @@ pub struct Config {
     pub context: Option<Col>,
     pub new_key_when_forgotten: bool,
     pub blind: Vec<BlindSpec>,
+    /// `compress`: 'none' or 'zstd' (the threshold is read when a row is written).
+    pub compress: String,
 }
 
 impl Config {
@@ -188,6 +190,8 @@ pub struct ConfigRow {
     pub fields_by_type: Option<Value>,
     pub on_forgotten: String,
     pub allow_unlisted_types: bool,
+    /// 'none' or 'zstd'.
+    pub compress: String,
 }
 
 /// A row of `event_crypto.blind_indexes`.
@@ -202,7 +206,7 @@ pub struct BlindRow {
 pub const CONFIG_ROW_COLUMNS: &str =
     "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
      context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-     allow_unlisted_types";
+     allow_unlisted_types, compress";
 
 impl ConfigRow {
     /// Reads [`CONFIG_ROW_COLUMNS`] from a result row, starting at column `first` (1-based).
@@ -218,6 +222,7 @@ impl ConfigRow {
             fields_by_type: get_opt::<JsonB>(r, first + 7, "fields_by_type")?.map(|j| j.0),
             on_forgotten: get(r, first + 8, "on_forgotten")?,
             allow_unlisted_types: get(r, first + 9, "allow_unlisted_types")?,
+            compress: get(r, first + 10, "compress")?,
         })
     }
 }
@@ -376,6 +381,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    event_crypto_core::compress::Compression::parse(&row.compress, 0)?;
     Ok(Config {
         table,
         payload,
@@ -387,6 +393,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         context,
         new_key_when_forgotten: row.on_forgotten == "new_key",
         blind,
+        compress: row.compress,
     })
 }
 

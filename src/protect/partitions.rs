@@ -395,9 +395,9 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
             crate::catalog::modify(
                 "INSERT INTO event_crypto.protected_columns \
                     (table_name, column_name, fields, key_id, key_column, key_prefix, context_column, type_column, \
-                     fields_by_type, on_forgotten, allow_unlisted_types, protected_by) \
+                     fields_by_type, on_forgotten, allow_unlisted_types, compress, protected_by) \
                  SELECT $1::pg_catalog.oid::pg_catalog.regclass, p.column_name, p.fields, p.key_id, p.key_column, p.key_prefix, \
-                        p.context_column, p.type_column, p.fields_by_type, p.on_forgotten, p.allow_unlisted_types, p.protected_by \
+                        p.context_column, p.type_column, p.fields_by_type, p.on_forgotten, p.allow_unlisted_types, p.compress, p.protected_by \
                  FROM event_crypto.protected_columns p \
                  WHERE p.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $2 AND p.column_name OPERATOR(pg_catalog.=) $3::pg_catalog.name",
                 &[relid.into(), owner.into(), column.as_str().into()],
