@@ -9,6 +9,9 @@ use event_crypto_core::path::{LocStep, Location};
 /// (algorithm, location, context, plaintext JSON)
 type Case<'a> = (Algorithm, &'a [LocStep<'a>], Option<&'a [u8]>, &'a str);
 
+/// (algorithm, location, context, version) of a compressed vector.
+type CompressedCase<'a> = (Algorithm, &'a [LocStep<'a>], Option<&'a [u8]>, u32);
+
 /// The handle of the format 2 vectors.
 const FROZEN_HANDLE: u64 = 0x5ec2_f00d_0000_0007;
 
@@ -66,7 +69,7 @@ fn main() {
         }
     }
     // compressed (format 2, flag 0x02): nonce 0x11, 0x12, 0x13
-    let compressed: &[(Algorithm, &[LocStep], Option<&[u8]>, u32)] = &[
+    let compressed: &[CompressedCase] = &[
         (Algorithm::Aes256Gcm, &[LocStep::Key("doc")], None, 7),
         (
             Algorithm::ChaCha20Poly1305,

@@ -172,15 +172,16 @@ fn run(d: &mut DCtx<'_>, frame: &[u8], path: &str, out: &mut Vec<u8>, cap: usize
             *out = bigger;
         }
         let pos = out.len();
-        let mut output = OutBuffer::around_pos(out, pos);
-        let hint = d.decompress_stream(&mut output, &mut input).map_err(|code| {
-            bad(&format!(
-                "the compressed value is not a valid zstd frame ({})",
-                zstd_safe::get_error_name(code)
-            ))
-        })?;
-        let full = output.pos() == output.capacity();
-        drop(output);
+        let (hint, full) = {
+            let mut output = OutBuffer::around_pos(out, pos);
+            let hint = d.decompress_stream(&mut output, &mut input).map_err(|code| {
+                bad(&format!(
+                    "the compressed value is not a valid zstd frame ({})",
+                    zstd_safe::get_error_name(code)
+                ))
+            })?;
+            (hint, output.pos() == output.capacity())
+        };
         if hint == 0 {
             if input.pos() != frame.len() {
                 return Err(bad("bytes follow the compressed value's zstd frame"));
