@@ -3,7 +3,8 @@
 
 Given the master key and rows of the key catalog (event_crypto.keys: key_id, version, algorithm, wrapped_key,
 handle), it decrypts envelopes of format 1 and 2 at a field location, with an optional context.
-Needs Python 3.9+ and the `cryptography` package.
+Needs Python 3.9+ and the `cryptography` package; for compressed envelopes (format 2 flag 0x02) also the
+`zstandard` package (imported only when such an envelope is read).
 """
 import base64
 import struct
@@ -13,6 +14,27 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ALGORITHMS = {1: "aes-256-gcm", 2: "chacha20-poly1305"}
+FLAG_CONTEXT, FLAG_COMPRESSED = 0x01, 0x02
+MAX_DECOMPRESSED = 2**28 - 1        # the longest string a jsonb value holds
+MAX_WINDOW_LOG = 23
+
+
+def decompress(frame):
+    """One zstd frame, decompressed with a hard cap on the output, never by the size the frame declares: the input
+    goes in 16 bytes at a time, so one call yields at most a few blocks (128 KiB each) before the cap is checked."""
+    import zstandard
+
+    d = zstandard.ZstdDecompressor(max_window_size=2**MAX_WINDOW_LOG).decompressobj()
+    out = bytearray()
+    for i in range(0, len(frame), 16):
+        if d.eof:
+            raise ValueError("bytes follow the zstd frame")
+        out += d.decompress(frame[i:i + 16])
+        if len(out) > MAX_DECOMPRESSED:
+            raise ValueError("the compressed value expands beyond the limit")
+    if not d.eof or d.unused_data:
+        raise ValueError("not exactly one complete zstd frame")
+    return bytes(out)
 
 
 def b64url_decode(s):
@@ -85,7 +107,8 @@ def unwrap(master_key, key_id, version, algorithm_name, wrapped, purpose="data")
 def decrypt(text, steps, context, catalog, master_key):
     """catalog: rows (key_id, version, algorithm, wrapped_key, handle) of event_crypto.keys."""
     fmt, algorithm, flags, ref, version, header, rest = parse(text)
-    if flags & ~1 or algorithm not in ALGORITHMS:
+    known = FLAG_CONTEXT | (FLAG_COMPRESSED if fmt == 2 else 0)
+    if flags & ~known or algorithm not in ALGORITHMS:
         raise ValueError("malformed header")
     if fmt == 2:
         rows = [r for r in catalog if r[4] == ref and r[1] == version]   # WHERE handle = h AND version = v
@@ -107,4 +130,7 @@ def decrypt(text, steps, context, catalog, master_key):
     elif context is not None:
         raise ValueError("envelope not bound to a context")
     aead = AESGCM(key) if algorithm == 1 else ChaCha20Poly1305(key)
-    return aead.decrypt(rest[:12], rest[12:], aad).decode()
+    plaintext = aead.decrypt(rest[:12], rest[12:], aad)
+    if flags & FLAG_COMPRESSED:
+        plaintext = decompress(plaintext)
+    return plaintext.decode()

@@ -279,7 +279,40 @@ GRANT EXECUTE ON FUNCTION event_crypto.consumer_keys(text, jsonb) TO event_crypt
 ALTER TABLE event_crypto.protected_columns
     ADD COLUMN unprotected_pii text NOT NULL DEFAULT 'ignore' CHECK (unprotected_pii IN ('ignore', 'warn', 'error'));
 
--- protect() has a new last argument, unprotected_pii (and returns the table's row type, which has the new column)
+-- ---------------------------------------------------------------------------------------------------------------
+-- Issue 17: compression before encryption (envelope format 2 flag 0x02, docs/format.md#compression). A new last
+-- parameter `compress text DEFAULT 'none'` on encrypt_fields, encrypt_value and protect(), and the column's setting
+-- in protected_columns (used by the protect trigger and by reencrypt_table on the column).
+-- ---------------------------------------------------------------------------------------------------------------
+
+ALTER TABLE event_crypto.protected_columns
+    ADD COLUMN compress text NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd'));
+
+DROP FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text);
+CREATE FUNCTION event_crypto."encrypt_fields"(
+	"payload" jsonb,
+	"fields" TEXT[],
+	"key_id" TEXT,
+	"context" TEXT DEFAULT NULL,
+	"compress" TEXT DEFAULT 'none'
+) RETURNS jsonb
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'encrypt_fields_0_3_wrapper';
+
+DROP FUNCTION event_crypto.encrypt_value(jsonb, text, text);
+CREATE FUNCTION event_crypto."encrypt_value"(
+	"value" jsonb,
+	"key_id" TEXT,
+	"context" TEXT DEFAULT NULL,
+	"compress" TEXT DEFAULT 'none'
+) RETURNS TEXT
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'encrypt_value_0_3_wrapper';
+
+-- protect() has two new last arguments, unprotected_pii and compress (and returns the table's row type, which has
+-- the new columns)
 DROP FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean);
 CREATE FUNCTION event_crypto."protect"(
 	"table" regclass,
@@ -294,7 +327,8 @@ CREATE FUNCTION event_crypto."protect"(
 	"on_forgotten" TEXT DEFAULT 'error',
 	"view_name" name DEFAULT NULL,
 	"allow_unlisted_types" bool DEFAULT false,
-	"unprotected_pii" TEXT DEFAULT 'ignore'
+	"unprotected_pii" TEXT DEFAULT 'ignore',
+	"compress" TEXT DEFAULT 'none'
 ) RETURNS event_crypto.protected_columns
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
@@ -326,9 +360,9 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'suggest_protection_wrapper';
 
-REVOKE ALL ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
+REVOKE ALL ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
                        event_crypto.detect_pii(jsonb), event_crypto.suggest_protection(regclass, name, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
                           event_crypto.suggest_protection(regclass, name, integer)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.detect_pii(jsonb) TO event_crypto_admin, event_crypto_encryptor;
@@ -375,3 +409,11 @@ AS 'MODULE_PATHNAME', 'detokenize_wrapper';
 REVOKE ALL ON FUNCTION event_crypto.tokenize(text, text, text), event_crypto.detokenize(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_crypto.tokenize(text, text, text) TO event_crypto_encryptor;
 GRANT EXECUTE ON FUNCTION event_crypto.detokenize(text) TO event_crypto_decryptor;
+
+-- (compression, above: the new signatures' grants)
+REVOKE ALL ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text, text),
+                       event_crypto.encrypt_value(jsonb, text, text, text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text, text),
+                          event_crypto.encrypt_value(jsonb, text, text, text)
+    TO event_crypto_encryptor;

@@ -78,7 +78,7 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.shred_key(text), event_crypto.master_key_id(),
                           event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
                           event_crypto.verify_audit_log(),
-                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text),
+                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
                           event_crypto.unprotect(regclass, name),
                           event_crypto.add_blind_index(regclass, name, text, name, text, text),
                           event_crypto.drop_blind_index(regclass, name),
@@ -117,8 +117,8 @@ GRANT EXECUTE ON FUNCTION event_crypto.detect_pii(jsonb) TO event_crypto_admin, 
 GRANT EXECUTE ON FUNCTION event_crypto.subject_key_id(text, text, integer), event_crypto.subject_of_key_id(text, text)
     TO event_crypto_admin, event_crypto_encryptor, event_crypto_decryptor;
 
-GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text),
-                          event_crypto.encrypt_value(jsonb, text, text),
+GRANT EXECUTE ON FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text, text),
+                          event_crypto.encrypt_value(jsonb, text, text, text),
                           event_crypto.blind_index(text, text, text),
                           event_crypto.tokenize(text, text, text)
     TO event_crypto_encryptor;

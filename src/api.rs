@@ -79,16 +79,23 @@ fn shred_key(key_id: Option<&str>) -> i32 {
 }
 
 /// Encrypts the fields the paths select, each under a fresh nonce, bound to its path and the context.
-#[pg_extern(volatile, parallel_safe)]
-fn encrypt_fields(
+/// compress: 'none' (default) or 'zstd' (values longer than event_crypto.compress_threshold bytes of JSON text are
+/// compressed first when that makes them smaller; envelope format 2 only).
+///
+/// (C symbol `encrypt_fields_0_3_wrapper`: 0.2.0's SQL objects call `encrypt_fields_wrapper` without `compress`,
+/// which `crate::compat` forwards here until ALTER EXTENSION UPDATE.)
+#[pg_extern(name = "encrypt_fields", volatile, parallel_safe)]
+fn encrypt_fields_0_3(
     payload: Option<Jsonb>,
     fields: Option<Array<'_, &str>>,
     key_id: Option<&str>,
     context: default!(Option<&str>, "NULL"),
+    compress: default!(Option<&str>, "'none'"),
 ) -> Option<Jsonb> {
     let fields = required(fields, "fields");
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
+    let compression = crate::guc::compression(required(compress, "compress")).or_raise();
     let payload = payload?;
     let doc = payload.document();
     let entry = keys::usable(key_id).or_raise();
@@ -96,7 +103,9 @@ fn encrypt_fields(
     let key = entry.key_ref(keys::write_format()).or_raise();
     let encrypted = with_selector(&fields, |selector| {
         Jsonb::build(|out| {
-            let n = Encryptor::new(&cipher, key, version, context).encrypt_document(&doc, selector, out)?;
+            let n = Encryptor::new(&cipher, key, version, context)
+                .compress(compression)
+                .encrypt_document(&doc, selector, out)?;
             entry.note_encrypted(version, n);
             Ok(n > 0)
         })
@@ -120,21 +129,26 @@ fn decrypt_fields(
     Some(decrypted.unwrap_or(payload))
 }
 
-/// Encrypts one JSON value; returns the envelope text.
-#[pg_extern(volatile, parallel_safe)]
-fn encrypt_value(
+/// Encrypts one JSON value; returns the envelope text. compress: as for encrypt_fields.
+///
+/// (C symbol `encrypt_value_0_3_wrapper`: see `encrypt_fields`.)
+#[pg_extern(name = "encrypt_value", volatile, parallel_safe)]
+fn encrypt_value_0_3(
     value: Option<Jsonb>,
     key_id: Option<&str>,
     context: default!(Option<&str>, "NULL"),
+    compress: default!(Option<&str>, "'none'"),
 ) -> Option<String> {
     let key_id = required(key_id, "key_id");
     let context = check_context(context).or_raise();
+    let compression = crate::guc::compression(required(compress, "compress")).or_raise();
     let value = value?;
     let v = value.document().value().or_raise();
     let entry = keys::usable(key_id).or_raise();
     let (version, cipher) = entry.encryption_key().or_raise();
     let key = entry.key_ref(keys::write_format()).or_raise();
     let envelope = Encryptor::new(&cipher, key, version, context)
+        .compress(compression)
         .encrypt_value(&v)
         .or_raise();
     entry.note_encrypted(version, 1);

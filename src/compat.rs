@@ -104,7 +104,7 @@ unsafe fn forward(
 }
 
 /// 0.2.0's `protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean)`: the 0.3.0
-/// function with the defaults of the parameters it gained (`unprotected_pii => 'ignore'`).
+/// function with the defaults of the parameters it gained (`unprotected_pii => 'ignore'`, `compress => 'none'`).
 #[no_mangle]
 pub extern "C" fn pg_finfo_protect_wrapper() -> &'static pg_sys::Pg_finfo_record {
     &V1
@@ -124,8 +124,60 @@ pub unsafe extern "C-unwind" fn protect_wrapper(fcinfo: pg_sys::FunctionCallInfo
             fcinfo,
             "protect",
             12,
-            &["ignore".into_datum()],
+            &["ignore".into_datum(), "none".into_datum()],
             crate::protect::admin::protect_0_3_wrapper,
+        )
+    }
+}
+
+/// 0.2.0's `encrypt_fields(jsonb, text[], text, text)`: the 0.3.0 function with `compress => 'none'`.
+#[no_mangle]
+pub extern "C" fn pg_finfo_encrypt_fields_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
+}
+
+/// See [`pg_finfo_encrypt_fields_wrapper`].
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo` of 0.2.0's `encrypt_fields()`.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn encrypt_fields_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::IntoDatum;
+    // SAFETY: 0.3.0's encrypt_fields() is 0.2.0's plus a trailing parameter.
+    unsafe {
+        forward(
+            fcinfo,
+            "encrypt_fields",
+            4,
+            &["none".into_datum()],
+            crate::api::encrypt_fields_0_3_wrapper,
+        )
+    }
+}
+
+/// 0.2.0's `encrypt_value(jsonb, text, text)`: the 0.3.0 function with `compress => 'none'`.
+#[no_mangle]
+pub extern "C" fn pg_finfo_encrypt_value_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
+}
+
+/// See [`pg_finfo_encrypt_value_wrapper`].
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo` of 0.2.0's `encrypt_value()`.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn encrypt_value_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::IntoDatum;
+    // SAFETY: 0.3.0's encrypt_value() is 0.2.0's plus a trailing parameter.
+    unsafe {
+        forward(
+            fcinfo,
+            "encrypt_value",
+            3,
+            &["none".into_datum()],
+            crate::api::encrypt_value_0_3_wrapper,
         )
     }
 }

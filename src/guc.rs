@@ -19,6 +19,8 @@ pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_KEY_
 pub static RETIRE_WAIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_RETIRE_WAIT);
 pub static CITUS_KEY_REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static ENVELOPE_FORMAT: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static COMPRESS_THRESHOLD: GucSetting<i32> =
+    GucSetting::<i32>::new(event_crypto_core::compress::DEFAULT_THRESHOLD as i32);
 
 /// Seconds between disabling a retired key version and its destruction by the maintenance run: 7 days.
 pub const DEFAULT_RETIRE_WAIT: i32 = 7 * 86_400;
@@ -125,6 +127,16 @@ pub fn init() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
+        c"event_crypto.compress_threshold",
+        c"With compress => 'zstd', values whose JSON text is longer than this many bytes are compressed before encryption.",
+        c"Shorter values are never compressed; longer ones are when zstd makes them smaller. Compression reveals how compressible a value is through its length: see README (Compression).",
+        &COMPRESS_THRESHOLD,
+        0,
+        event_crypto_core::compress::MAX_DECOMPRESSED_LEN as i32,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
         c"event_crypto.envelope_format",
         c"Envelope format new encryptions write: 2 (the key named by its handle) or 1 (by its key id).",
         c"Both formats are always read. Format 2 envelopes do not carry the key id (a subject id in it would reach every copy of the data) and are shorter; format 1 is for programs outside the database that only read it. Re-encryption (reencrypt_table, reencrypt_fields) moves envelopes to the format set here.",
@@ -202,6 +214,12 @@ pub fn master_key_command() -> Option<String> {
 /// [`crate::keys::write_format`], which writes format 1 while the catalog has no handles).
 pub fn envelope_format() -> Format {
     Format::from_number(i64::from(ENVELOPE_FORMAT.get())).unwrap_or(Format::DEFAULT)
+}
+
+/// The compression of `compress => name` ('none' or 'zstd'), with the threshold `event_crypto.compress_threshold`.
+pub fn compression(name: &str) -> event_crypto_core::Result<event_crypto_core::compress::Compression> {
+    let threshold = usize::try_from(COMPRESS_THRESHOLD.get()).unwrap_or(0);
+    event_crypto_core::compress::Compression::parse(name, threshold)
 }
 
 pub fn citus_key_request_timeout_ms() -> i32 {

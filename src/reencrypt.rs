@@ -401,9 +401,12 @@ fn plan_row(
         return RowPlan::Keep;
     }
     let mut out = Vec::new();
-    let r = Reencryptor::new(&mut keys, context)
-        .format(format)
-        .reencrypt_document(&doc, &mut out);
+    // a protected column's envelopes are compressed as its configuration says; others keep their own
+    let mut reencryptor = Reencryptor::new(&mut keys, context).format(format);
+    if let Some(cfg) = cfg {
+        reencryptor = reencryptor.compression(crate::guc::compression(&cfg.compress).or_raise());
+    }
+    let r = reencryptor.reencrypt_document(&doc, &mut out);
     let datum: &[u8] = match r {
         Ok(true) => &out,
         Ok(false) => payload.bytes(),

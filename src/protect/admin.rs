@@ -105,16 +105,17 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
             ));
         }
     }
+    event_crypto_core::compress::Compression::parse(&input.cfg.compress, 0)?;
     if !["error", "new_key"].contains(&input.cfg.on_forgotten.as_str()) {
         return Err(Error::invalid_argument("on_forgotten must be error or new_key"));
     }
     if super::config::PiiGuard::parse(&input.cfg.unprotected_pii).is_none() {
         return Err(Error::invalid_argument("unprotected_pii must be ignore, warn or error"));
     }
-    if input.cfg.unprotected_pii != "ignore" && !crate::keys::catalog().pii_guard {
+    if (input.cfg.unprotected_pii != "ignore" || input.cfg.compress != "none") && !crate::keys::catalog().pii_guard {
         return Err(Error::new(
             ErrorKind::NotReady,
-            "the PII guard needs the SQL objects of event_crypto 0.3.0",
+            "the PII guard and compression need the SQL objects of event_crypto 0.3.0",
         )
         .with_hint("Run ALTER EXTENSION event_crypto UPDATE."));
     }
@@ -337,6 +338,7 @@ fn protect_0_3(
     view_name: default!(Option<Name>, "NULL"),
     allow_unlisted_types: default!(Option<bool>, false),
     unprotected_pii: default!(Option<String>, "'ignore'"),
+    compress: default!(Option<String>, "'none'"),
 ) -> pgrx::composite_type!('static, "protected_columns") {
     crate::keys::require_writable("call event_crypto.protect()").or_raise();
     let _citus = crate::citus::SequentialDdl::begin();
@@ -346,6 +348,7 @@ fn protect_0_3(
     let on_forgotten = required(on_forgotten, "on_forgotten");
     let allow_unlisted_types = required(allow_unlisted_types, "allow_unlisted_types");
     let unprotected_pii = required(unprotected_pii, "unprotected_pii");
+    let compress = required(compress, "compress");
     let fields: Vec<String> = fields
         .unwrap_or_default()
         .into_iter()
@@ -372,6 +375,7 @@ fn protect_0_3(
             on_forgotten,
             allow_unlisted_types,
             unprotected_pii,
+            compress,
         },
     };
     validate(&input).or_raise();
@@ -401,13 +405,13 @@ fn protect_0_3(
     let role = acting_role();
     as_catalog_owner(|| {
         Spi::connect_mut(|c| {
-            // (the SQL objects of a release before 0.3.0 have no PII guard column; validate() allowed only 'ignore'
-            // there)
+            // (the SQL objects of a release before 0.3.0 have neither the PII guard's column nor compress; validate()
+            // allowed only their defaults there)
             let (pii_column, pii_value, pii_set) = if crate::keys::catalog().pii_guard {
                 (
-                    ", unprotected_pii",
-                    ", $14",
-                    " unprotected_pii = EXCLUDED.unprotected_pii,",
+                    ", unprotected_pii, compress",
+                    ", $14, $15",
+                    " unprotected_pii = EXCLUDED.unprotected_pii, compress = EXCLUDED.compress,",
                 )
             } else {
                 ("", "", "")
@@ -427,6 +431,7 @@ fn protect_0_3(
                 role.as_str().into(),
                 input.cfg.allow_unlisted_types.into(),
                 input.cfg.unprotected_pii.as_str().into(),
+                input.cfg.compress.as_str().into(),
             ];
             c.update(
                 &format!(
@@ -442,7 +447,7 @@ fn protect_0_3(
                         allow_unlisted_types = EXCLUDED.allow_unlisted_types,{pii_set} protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by"
                 ),
                 None,
-                &args[..if pii_value.is_empty() { 13 } else { 14 }],
+                &args[..if pii_value.is_empty() { 13 } else { 15 }],
             )
             .map(|_| ())
             .map_err(spi_error)
@@ -459,7 +464,7 @@ fn protect_0_3(
             "key_prefix": input.cfg.key_column.as_ref().map(|_| &input.cfg.key_prefix), "context_column": input.cfg.context_column,
             "type_column": input.cfg.type_column, "fields_by_type": input.cfg.fields_by_type,
             "on_forgotten": input.cfg.on_forgotten, "allow_unlisted_types": input.cfg.allow_unlisted_types,
-            "unprotected_pii": input.cfg.unprotected_pii, "view": view,
+            "unprotected_pii": input.cfg.unprotected_pii, "compress": input.cfg.compress, "view": view,
             "inheritors": inheritors,
         }),
     );
@@ -1263,6 +1268,11 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
                 unprotected_pii: required_text(
                     text("unprotected_pii").or_else(|| (!crate::keys::catalog().pii_guard).then(|| "ignore".into())),
                     "unprotected_pii",
+                )?,
+                // (the SQL objects of a release before 0.3.0 have no compression: none)
+                compress: required_text(
+                    text("compress").or_else(|| (!crate::keys::catalog().pii_guard).then(|| "none".into())),
+                    "compress",
                 )?,
             },
         })

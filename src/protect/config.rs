@@ -89,6 +89,8 @@ pub struct Config {
     pub blind: Vec<BlindSpec>,
     /// The PII guard (`unprotected_pii`).
     pub guard: PiiGuard,
+    /// `compress`: 'none' or 'zstd' (the threshold is read when a row is written).
+    pub compress: String,
 }
 
 /// What the protect trigger does about personal data outside the configured fields.
@@ -210,6 +212,8 @@ pub struct ConfigRow {
     pub on_forgotten: String,
     pub allow_unlisted_types: bool,
     pub unprotected_pii: String,
+    /// 'none' or 'zstd'.
+    pub compress: String,
 }
 
 /// A row of `event_crypto.blind_indexes`.
@@ -221,16 +225,17 @@ pub struct BlindRow {
 }
 
 /// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order (under the SQL
-/// objects of a release before 0.3.0, which have no PII guard, `unprotected_pii` reads as `'ignore'`).
+/// objects of a release before 0.3.0, which have neither the PII guard nor compression, `unprotected_pii` reads as
+/// `'ignore'` and `compress` as `'none'`).
 pub fn config_row_columns() -> &'static str {
     if crate::keys::catalog().pii_guard {
         "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
          context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-         allow_unlisted_types, unprotected_pii"
+         allow_unlisted_types, unprotected_pii, compress"
     } else {
         "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
          context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-         allow_unlisted_types, 'ignore'::pg_catalog.text"
+         allow_unlisted_types, 'ignore'::pg_catalog.text, 'none'::pg_catalog.text"
     }
 }
 
@@ -249,6 +254,7 @@ impl ConfigRow {
             on_forgotten: get(r, first + 8, "on_forgotten")?,
             allow_unlisted_types: get(r, first + 9, "allow_unlisted_types")?,
             unprotected_pii: get(r, first + 10, "unprotected_pii")?,
+            compress: get(r, first + 11, "compress")?,
         })
     }
 }
@@ -408,6 +414,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    event_crypto_core::compress::Compression::parse(&row.compress, 0)?;
     Ok(Config {
         table,
         payload,
@@ -420,6 +427,7 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         new_key_when_forgotten: row.on_forgotten == "new_key",
         blind,
         guard: PiiGuard::parse(&row.unprotected_pii).unwrap_or(PiiGuard::Error),
+        compress: row.compress,
     })
 }
 

@@ -393,13 +393,17 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
             continue;
         }
         as_catalog_owner(|| {
-            // (the SQL objects of a release before 0.3.0 have no PII guard column)
+            // (the SQL objects of a release before 0.3.0 have neither the PII guard's column nor compress)
             let pii = if crate::keys::catalog().pii_guard {
-                " unprotected_pii,"
+                " unprotected_pii, compress,"
             } else {
                 ""
             };
-            let p_pii = if pii.is_empty() { "" } else { " p.unprotected_pii," };
+            let p_pii = if pii.is_empty() {
+                ""
+            } else {
+                " p.unprotected_pii, p.compress,"
+            };
             crate::catalog::modify(
                 &format!(
                     "INSERT INTO event_crypto.protected_columns \

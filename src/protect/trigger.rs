@@ -566,7 +566,9 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
         // the format event_crypto.envelope_format names (format 2: the key named by its handle)
         let key = seal.entry.key_ref(keys::write_format())?;
         let encrypted = Jsonb::build(|out| {
-            let n = Encryptor::new(&seal.cipher, key, seal.version, context).encrypt_document(&doc, selector, out)?;
+            let n = Encryptor::new(&seal.cipher, key, seal.version, context)
+                .compress(crate::guc::compression(&cfg.compress)?)
+                .encrypt_document(&doc, selector, out)?;
             seal.entry.note_encrypted(seal.version, n);
             Ok(n > 0)
         });

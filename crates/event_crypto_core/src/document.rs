@@ -2,7 +2,11 @@
 //! replaced, everything else is copied byte for byte.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::envelope::{looks_like_envelope, seal_into, Envelope, KeyHandle, KeyRef, Scratch, SealKey};
+use crate::compress::{maybe_compress, Compression};
+use crate::envelope::{
+    compression_needs_format_2, looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyRef, Scratch, SealKey,
+    FLAG_COMPRESSED,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::jsonb::{
     copy_value, new_datum_buffer, parse_json, set_varlena_header, too_deep, write_json, write_string, Container,
@@ -32,6 +36,7 @@ fn is_envelope_at(s: &[u8], loc: &Location) -> bool {
 struct Buffers {
     scratch: Scratch,
     plaintext: Vec<u8>,
+    packed: Vec<u8>,
     loc: Location,
 }
 
@@ -43,22 +48,29 @@ thread_local! {
 pub struct Encryptor<'a> {
     key: SealKey<'a>,
     context: Option<&'a [u8]>,
+    compression: Compression,
     scratch: Scratch,
     plaintext: Vec<u8>,
+    /// The compressed plaintext (when compression is asked for).
+    packed: Vec<u8>,
     loc: Location,
     count: usize,
+    /// Values sealed compressed.
+    pub compressed: usize,
 }
 
 impl Drop for Encryptor<'_> {
     fn drop(&mut self) {
         // the plaintext buffer is wiped before it waits for the next encryptor
         zeroize::Zeroize::zeroize(&mut self.plaintext);
+        zeroize::Zeroize::zeroize(&mut self.packed);
         let bufs = Buffers {
             scratch: std::mem::take(&mut self.scratch),
             plaintext: std::mem::take(&mut self.plaintext),
+            packed: std::mem::take(&mut self.packed),
             loc: std::mem::take(&mut self.loc),
         };
-        if bufs.plaintext.capacity() <= 1 << 16 {
+        if bufs.plaintext.capacity() <= 1 << 16 && bufs.packed.capacity() <= 1 << 16 {
             let _ = SPARE.try_with(|s| s.replace(Some(bufs)));
         }
     }
@@ -72,11 +84,30 @@ impl<'a> Encryptor<'a> {
         Encryptor {
             key: SealKey { cipher, key, version },
             context,
+            compression: Compression::None,
             scratch: bufs.scratch,
             plaintext: bufs.plaintext,
+            packed: bufs.packed,
             loc: bufs.loc,
             count: 0,
+            compressed: 0,
         }
+    }
+
+    /// Compresses values before sealing them as `compression` says (values longer than its threshold, when that
+    /// makes them smaller). Needs envelope format 2: encrypting with compression under a key reference of format 1
+    /// fails ([`ErrorKind::Unsupported`]).
+    pub fn compress(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Refuses compression with envelopes of format 1 (no flag for it).
+    fn check_compression(&self) -> Result<()> {
+        if !self.compression.is_none() && self.key.key.format() != Format::V2 {
+            return Err(compression_needs_format_2());
+        }
+        Ok(())
     }
 
     /// Appends the envelope of `v` (bound to the current location) to `out`.
@@ -100,22 +131,31 @@ impl<'a> Encryptor<'a> {
             );
         }
         let nonce: [u8; NONCE_LEN] = crate::random::nonce()?;
+        let packed = maybe_compress(self.compression, &self.plaintext, &mut self.packed)?;
+        let (payload, flags) = if packed {
+            (&self.packed, FLAG_COMPRESSED)
+        } else {
+            (&self.plaintext, 0)
+        };
         seal_into(
             &self.key,
             &self.loc,
             self.context,
-            &self.plaintext,
+            payload,
+            flags,
             &nonce,
             &mut self.scratch,
             out,
         )?;
         self.count += 1;
+        self.compressed += usize::from(packed);
         Ok(())
     }
 
     /// Encrypts a single value bound to the document root (`encrypt_value`); returns the envelope text.
     pub fn encrypt_value(&mut self, v: &Value<'_>) -> Result<String> {
         self.key.check()?;
+        self.check_compression()?;
         let mut out = Vec::new();
         self.loc = Location::root();
         self.seal_value(v, &mut out)?;
@@ -135,6 +175,7 @@ impl<'a> Encryptor<'a> {
             .with_hint("Use event_crypto.encrypt_value() to encrypt a single value."));
         }
         self.key.check()?;
+        self.check_compression()?;
         check_root_fits(&root, selector)?;
         self.count = 0;
         self.loc = Location::root();

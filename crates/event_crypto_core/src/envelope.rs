@@ -6,6 +6,7 @@
 //! format 1: prefix "$ec1$", header = algorithm(1) flags(1) key_id_len(1) key_id(key_id_len, UTF-8) key_version(4, big-endian)
 //! format 2: prefix "$ec2$", header = (algorithm << 4 | flags)(1) key_handle(8, big-endian, not 0) key_version(LEB128, minimal)
 //! aad     = prefix header location 0x00 [ u32be(len(context)) context ]     -- context part only when flag 0x01
+//! flags   = 0x01: bound to a context; 0x02 (format 2 only): the plaintext is a zstd frame of the JSON text
 //! ```
 //!
 //! Format 1 names the key by its id, format 2 by the key id's handle: a random 64-bit number the key catalog stores
@@ -26,6 +27,8 @@ pub const PREFIX_V1: &str = "$ec1$";
 pub const PREFIX_V2: &str = "$ec2$";
 /// Flag: the envelope is bound to a context.
 pub const FLAG_CONTEXT: u8 = 0x01;
+/// Flag (format 2 only): the plaintext is a zstd frame of the value's JSON text ([`crate::compress`]).
+pub const FLAG_COMPRESSED: u8 = 0x02;
 /// The longest key id, in bytes.
 pub const MAX_KEY_ID_LEN: usize = 255;
 /// The longest string PostgreSQL stores inside a jsonb value (JENTRY_OFFLENMASK).
@@ -356,17 +359,47 @@ pub fn seal(
 ) -> Result<String> {
     key.check()?;
     let mut out = Vec::new();
-    seal_into(key, location, context, plaintext, nonce, scratch, &mut out)?;
+    seal_into(key, location, context, plaintext, 0, nonce, scratch, &mut out)?;
     String::from_utf8(out).map_err(|_| Error::new(ErrorKind::MalformedEnvelope, "an envelope is not ASCII"))
 }
 
+/// [`seal`] of a value already compressed: `frame` is a zstd frame of the value's JSON text, and the envelope
+/// carries [`FLAG_COMPRESSED`]. Format 2 only. (For frozen vectors and tests; encryption compresses through
+/// [`crate::document::Encryptor::compress`].)
+pub fn seal_compressed(
+    key: &SealKey<'_>,
+    location: &Location,
+    context: Option<&[u8]>,
+    frame: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    scratch: &mut Scratch,
+) -> Result<String> {
+    key.check()?;
+    if key.key.format() != Format::V2 {
+        return Err(compression_needs_format_2());
+    }
+    let mut out = Vec::new();
+    seal_into(key, location, context, frame, FLAG_COMPRESSED, nonce, scratch, &mut out)?;
+    String::from_utf8(out).map_err(|_| Error::new(ErrorKind::MalformedEnvelope, "an envelope is not ASCII"))
+}
+
+/// The error of asking for compression while writing envelopes of format 1 (which has no compressed flag).
+pub fn compression_needs_format_2() -> Error {
+    Error::new(ErrorKind::Unsupported, "compression needs envelope format 2")
+        .with_detail("Envelopes of format 1 have no flag for a compressed value; event_crypto.envelope_format is 1.")
+        .with_hint("Set event_crypto.envelope_format = 2, or encrypt with compress => 'none'.")
+}
+
 /// [`seal`], appending the envelope text to `out` (no allocation once the buffers have grown). The caller has
-/// checked the key ([`SealKey::check`]).
+/// checked the key ([`SealKey::check`]). `extra_flags`: 0, or [`FLAG_COMPRESSED`] (format 2) when `plaintext` is
+/// a zstd frame.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_into(
     key: &SealKey<'_>,
     location: &Location,
     context: Option<&[u8]>,
     plaintext: &[u8],
+    extra_flags: u8,
     nonce: &[u8; NONCE_LEN],
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
@@ -381,7 +414,8 @@ pub(crate) fn seal_into(
             &format!("the envelope would be {text_len} bytes; a jsonb string holds at most {MAX_ENVELOPE_LEN}"),
         ));
     }
-    let flags = if context.is_some() { FLAG_CONTEXT } else { 0 };
+    debug_assert!(extra_flags & !FLAG_COMPRESSED == 0 && (extra_flags == 0 || format == Format::V2));
+    let flags = if context.is_some() { FLAG_CONTEXT } else { 0 } | extra_flags;
     let blob = &mut scratch.blob;
     blob.clear();
     blob.reserve(blob_len);
@@ -451,7 +485,7 @@ fn parse_header_v2(blob: &[u8]) -> std::result::Result<(Algorithm, u8, ParsedKey
     };
     let algorithm = Algorithm::from_code(first >> 4).ok_or("the algorithm code is unknown")?;
     let flags = first & 0x0f;
-    if flags & !FLAG_CONTEXT != 0 {
+    if flags & !(FLAG_CONTEXT | FLAG_COMPRESSED) != 0 {
         return Err("reserved flag bits are set");
     }
     let Some(h) = blob.get(1..9) else {
@@ -524,6 +558,11 @@ impl Envelope {
 
     pub fn has_context(&self) -> bool {
         self.flags & FLAG_CONTEXT != 0
+    }
+
+    /// Whether the plaintext is a zstd frame of the value's JSON text (format 2 flag 0x02); opening decompresses it.
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
     }
 
     pub fn nonce(&self) -> [u8; NONCE_LEN] {
@@ -642,7 +681,17 @@ impl Envelope {
         if !cipher.open_in_place(&nonce, aad, &mut self.blob[ct_start..tag_start], &tag) {
             return Err(fail("the authentication tag does not match"));
         }
-        Ok(ct_start..tag_start)
+        if !self.is_compressed() {
+            return Ok(ct_start..tag_start);
+        }
+        // Authenticated first, then decompressed (bounded: crate::compress) into a buffer that replaces the blob;
+        // the compressed plaintext is wiped.
+        let mut plain = Vec::new();
+        let r = crate::compress::decompress(&self.blob[ct_start..tag_start], &location.display(), &mut plain);
+        zeroize::Zeroize::zeroize(&mut self.blob);
+        r?;
+        self.blob = plain;
+        Ok(0..self.blob.len())
     }
 }
 
@@ -882,7 +931,7 @@ mod tests {
                 "{first:#x}"
             );
         }
-        for first in [0x12, 0x14, 0x18, 0x1f, 0x22] {
+        for first in [0x14, 0x18, 0x1c, 0x1f, 0x24] {
             assert_eq!(
                 detail(&blob(first, 5, &[1])),
                 "reserved flag bits are set",

@@ -8,6 +8,7 @@
 //! - [`document`]: encrypting and decrypting the fields of a JSON document;
 //! - [`reencrypt`]: moving envelopes to the newest key version, and which versions a document uses;
 //! - [`blind`]: the blind index;
+//! - [`compress`]: zstd compression of values before encryption (opt-in), with bounded decompression;
 //! - [`hpke`]: RFC 9180 hybrid public key encryption (X25519, HKDF-SHA256, ChaCha20-Poly1305, base mode);
 //! - [`grant`]: data keys sealed to a consumer's public key, for decryption outside PostgreSQL;
 //! - `json` (feature `json`): decrypting documents held as `serde_json` values, as `decrypt_fields` does;
@@ -22,6 +23,7 @@
 pub mod aead;
 pub mod audit;
 pub mod blind;
+pub mod compress;
 pub mod digest;
 pub mod document;
 pub mod envelope;

@@ -3,12 +3,13 @@
 //! a document uses, without decrypting anything.
 
 use crate::aead::{Cipher, NONCE_LEN};
+use crate::compress::{maybe_compress, Compression, DEFAULT_THRESHOLD};
 use crate::document::{
     key_label, may_hold_envelope, rewrite_children, root_envelope, ChildRewriter, KeyLookup, KeySource,
 };
 use crate::envelope::{
-    looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyNames, KeyRef, Scratch, SealKey, PREFIX_V1,
-    PREFIX_V2,
+    looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyNames, KeyRef, Scratch, SealKey, FLAG_COMPRESSED,
+    PREFIX_V1, PREFIX_V2,
 };
 use crate::error::{Error, Result};
 use crate::jsonb::{
@@ -57,9 +58,12 @@ pub struct Reencryptor<'a, K: KeySource + NewestKey> {
     keys: &'a mut K,
     context: Option<&'a [u8]>,
     format: Format,
+    /// `None`: each envelope keeps its own (a compressed one is compressed again); `Some`: the column's setting.
+    compression: Option<Compression>,
     loc: Location,
     aad: Vec<u8>,
     blob: Vec<u8>,
+    packed: Vec<u8>,
     scratch: Scratch,
     /// Envelopes moved to a newer version.
     pub reencrypted: usize,
@@ -72,6 +76,7 @@ pub struct Reencryptor<'a, K: KeySource + NewestKey> {
 impl<K: KeySource + NewestKey> Drop for Reencryptor<'_, K> {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.blob);
+        zeroize::Zeroize::zeroize(&mut self.packed);
     }
 }
 
@@ -81,9 +86,11 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
             keys,
             context,
             format: Format::DEFAULT,
+            compression: None,
             loc: Location::root(),
             aad: Vec::new(),
             blob: Vec::new(),
+            packed: Vec::new(),
             scratch: Scratch::default(),
             reencrypted: 0,
             current: 0,
@@ -94,6 +101,14 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
     /// Writes envelopes in `format` (default: [`Format::DEFAULT`]); envelopes in the other format move to it.
     pub fn format(mut self, format: Format) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Compresses re-encrypted values as `compression` says (a protected column's setting). Without it, each
+    /// envelope keeps its own: a compressed one is compressed again (with the default threshold), others are not.
+    /// Envelopes written in format 1 are never compressed (that format has no flag for it).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
         self
     }
 
@@ -166,6 +181,14 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
             }
         };
         let nonce: Result<[u8; NONCE_LEN]> = crate::random::nonce();
+        let compression = match (target, self.compression) {
+            (Format::V1, _) => Compression::None,
+            (Format::V2, Some(c)) => c,
+            (Format::V2, None) if env.is_compressed() => Compression::Zstd {
+                threshold: DEFAULT_THRESHOLD,
+            },
+            (Format::V2, None) => Compression::None,
+        };
         let handle = match env.key() {
             KeyRef::Handle(h) => Some(h),
             KeyRef::Id(_) => None,
@@ -189,8 +212,22 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
                     version: newest.version,
                 };
                 let pt = &env.blob()[range];
+                let packed = &mut self.packed;
                 key.check()
-                    .and_then(|()| seal_into(&key, &self.loc, self.context, pt, &nonce, &mut self.scratch, out))
+                    .and_then(|()| maybe_compress(compression, pt, packed))
+                    .and_then(|p| {
+                        let (payload, flags) = if p { (&packed[..], FLAG_COMPRESSED) } else { (pt, 0) };
+                        seal_into(
+                            &key,
+                            &self.loc,
+                            self.context,
+                            payload,
+                            flags,
+                            &nonce,
+                            &mut self.scratch,
+                            out,
+                        )
+                    })
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };

@@ -206,6 +206,103 @@ const FROZEN_V2: &[FrozenV2] = &[
     ),
 ];
 
+/// Compressed format 2 envelopes (flag 0x02: the plaintext is a zstd frame of the JSON text), made by
+/// `examples/gen_vectors.rs` (zstd level 3, libzstd 1.5.7) with data key 0x42 * 32, key handle 5ec2f00d00000007 and
+/// nonce 0x11, 0x12, 0x13 * 12; plaintexts from [`compressed_plaintext`]. Never edit these.
+/// (algorithm, location, context, version, envelope)
+type FrozenCompressed = (
+    Algorithm,
+    &'static [LocStep<'static>],
+    Option<&'static str>,
+    u32,
+    &'static str,
+);
+
+const FROZEN_COMPRESSED: &[FrozenCompressed] = &[
+    (
+        Algorithm::Aes256Gcm,
+        &[LocStep::Key("doc")],
+        None,
+        7,
+        "$ec2$El7C8A0AAAAHBxEREREREREREREREZvSBO4Ns4B6Ppx8sxiimvpRUCDaYy24GcI9_GKQPZNyTxZnSqkKJrRGpFC7YukrP_w_StZuA6HSr4iVOmWmn7qGG7LZMSM8c0LNGLTKK_mLPEL6ivu3IwZ-EwzBAJGmVxOr6lfz",
+    ),
+    (
+        Algorithm::ChaCha20Poly1305,
+        &[LocStep::Key("items"), LocStep::Index(1), LocStep::Key("note")],
+        Some("stream-7"),
+        7,
+        "$ec2$I17C8A0AAAAHBxISEhISEhISEhISEn9D3eZZ_PVSihASVpJ7Kd3CGa6gf8DHvjwBkSsBOhobjS2gnnlGLUkcFSb5SaH8MeSExVzf066UlJ0ASdkk",
+    ),
+    (
+        Algorithm::Aes256Gcm,
+        &[],
+        None,
+        300,
+        "$ec2$El7C8A0AAAAHrAITExMTExMTExMTExMpXz-quhAxZ1ljEDfldTXu-YRaDt0dHPdUwIyP4Gyz6uPyf1SvYcEn2MlFASjwhDw0avFGkYeEDKEyhr3cyMjFdUYAoD2_0LLbBpOQatHXAtA2qYyBb6leOrrf1hSjuMr1uB1NdA",
+    ),
+];
+
+/// The plaintexts of [`FROZEN_COMPRESSED`] (as in `examples/gen_vectors.rs`).
+fn compressed_plaintext(i: usize) -> String {
+    match i {
+        0 => format!(
+            "{{\"note\":\"{}\",\"n\":[1,2,3]}}",
+            "the quick brown fox jumps over the lazy dog. ".repeat(8)
+        ),
+        1 => format!("\"{}\"", "lorem ipsum dolor sit amet ".repeat(12)),
+        _ => format!(
+            "[{}]",
+            (0..15)
+                .map(|n| format!("{{\"sku\":\"A-{n}\",\"qty\":1}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+#[test]
+fn frozen_compressed_envelopes_decrypt_forever() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let handle = KeyHandle::new(FROZEN_HANDLE).unwrap();
+    for (i, (alg, steps, ctx, version, text)) in FROZEN_COMPRESSED.iter().enumerate() {
+        let loc = Location::from_steps(steps);
+        let env = Envelope::parse(text, &loc).unwrap();
+        assert_eq!(env.format, Format::V2);
+        assert_eq!(env.algorithm, *alg);
+        assert_eq!(env.key(), KeyRef::Handle(handle));
+        assert_eq!(env.key_version, *version);
+        assert_eq!(env.has_context(), ctx.is_some());
+        assert!(env.is_compressed());
+        assert_eq!(env.nonce(), [0x11 + i as u8; 12]);
+        let c = Cipher::new(*alg, &[0x42; 32]);
+        let pt = env
+            .clone()
+            .open(&c, &loc, ctx.map(str::as_bytes), &mut Vec::new())
+            .unwrap();
+        let expected = compressed_plaintext(i);
+        assert_eq!(std::str::from_utf8(&pt).unwrap(), expected, "vector {i}");
+        // the envelope is shorter than the plaintext
+        assert!(text.len() < expected.len(), "vector {i}");
+        // the flag cleared (or another flag set) does not authenticate / is refused
+        let mut b = b64.decode(&text[5..]).unwrap();
+        assert_eq!(b[0] & 0x0f & 0x02, 0x02);
+        b[0] &= !0x02;
+        let t = format!("$ec2${}", b64.encode(&b));
+        let e = Envelope::parse(&t, &loc)
+            .unwrap()
+            .open(&c, &loc, ctx.map(str::as_bytes), &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AuthenticationFailed, "vector {i}");
+        b[0] |= 0x02 | 0x04;
+        let t = format!("$ec2${}", b64.encode(&b));
+        assert_eq!(
+            Envelope::parse(&t, &loc).unwrap_err().kind(),
+            ErrorKind::MalformedEnvelope
+        );
+    }
+}
+
 #[test]
 fn frozen_v2_envelopes_decrypt_forever() {
     let handle = KeyHandle::new(FROZEN_HANDLE).unwrap();

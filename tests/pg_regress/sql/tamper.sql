@@ -130,7 +130,8 @@ SELECT pg_temp.try(pg_temp.with_bytes(p, 9, 1, '\x01'), 'stream-1') AS version_e
        pg_temp.try(pg_temp.with_bytes(p, 9, 1, '\x8200'), 'stream-1') AS not_minimal,
        pg_temp.try(pg_temp.with_bytes(p, 9, 1, '\x8080808008'), 'stream-1') AS out_of_range
 FROM env2;
--- byte 0: the context flag cleared, a reserved flag bit set, the other algorithm, an unknown algorithm
+-- byte 0: the context flag cleared, the compressed flag (bit 1) set (authenticated: XX001), a reserved flag bit set,
+-- the other algorithm, an unknown algorithm
 SELECT pg_temp.try(pg_temp.with_bytes(p, 0, 1, '\x10'), 'stream-1') AS no_context_flag,
        pg_temp.try(pg_temp.with_bytes(p, 0, 1, '\x13'), 'stream-1') AS flag_bit_1,
        pg_temp.try(pg_temp.with_bytes(p, 0, 1, '\x19'), 'stream-1') AS flag_bit_3,

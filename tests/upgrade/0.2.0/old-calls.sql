@@ -13,4 +13,8 @@ INSERT INTO u2_old_calls (subject, payload) VALUES ('s1', '{"email": "a@example.
 SELECT payload->>'email' LIKE '$ec%' AS email_encrypted, payload->>'phone' LIKE '$ec%' AS phone_encrypted, payload->'n' AS n
 FROM u2_old_calls;
 SELECT event_crypto.decrypt_fields(payload) FROM u2_old_calls;
+SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields('{"a": "x", "b": 2}', '{a}', 'u2:aes'));
+SELECT event_crypto.decrypt_fields(event_crypto.encrypt_fields('{"a": "x"}', ARRAY['a'], 'u2:aes', 'ctx'), 'ctx');
+SELECT event_crypto.decrypt_value(event_crypto.encrypt_value('"v"', 'u2:aes'));
+SELECT event_crypto.decrypt_value(event_crypto.encrypt_value('[1, 2]', 'u2:chacha', context => 'c'), 'c');
 ROLLBACK;
