@@ -440,26 +440,7 @@ impl Location {
         while i + 5 <= e.len() {
             let n = u32::from_be_bytes([e[i + 1], e[i + 2], e[i + 3], e[i + 4]]) as usize;
             if e[i] == 0x01 {
-                let key = String::from_utf8_lossy(&e[i + 5..i + 5 + n]);
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                let bare = !key.is_empty()
-                    && !key
-                        .chars()
-                        .any(|c| matches!(c, '.' | '[' | ']' | '"' | '\\') || c.is_control());
-                if bare {
-                    out.push_str(&key);
-                } else {
-                    out.push('"');
-                    for c in key.chars() {
-                        if c == '"' || c == '\\' {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                    out.push('"');
-                }
+                push_key(&mut out, &e[i + 5..i + 5 + n]);
                 i += 5 + n;
             } else {
                 out.push_str(&format!("[{n}]"));
@@ -467,6 +448,31 @@ impl Location {
             }
         }
         out
+    }
+}
+
+/// Appends an object key to a path in the pattern syntax `protect()` takes: after a `.` unless the path is empty,
+/// bare when it can be, double-quoted (with `"` and `\\` escaped) otherwise.
+pub fn push_key(path: &mut String, key: &[u8]) {
+    let key = String::from_utf8_lossy(key);
+    if !path.is_empty() {
+        path.push('.');
+    }
+    let bare = !key.is_empty()
+        && !key
+            .chars()
+            .any(|c| matches!(c, '.' | '[' | ']' | '"' | '\\') || c.is_control());
+    if bare {
+        path.push_str(&key);
+    } else {
+        path.push('"');
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                path.push('\\');
+            }
+            path.push(c);
+        }
+        path.push('"');
     }
 }
 

@@ -1244,30 +1244,6 @@ fn free_text(b: &[u8], h: &Hints, out: &mut Vec<(Kind, f32)>) {
 // Documents
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Appends one key to a path in the `protect()` syntax: bare when it can be, double-quoted otherwise.
-fn push_key(path: &mut String, key: &[u8]) {
-    let key = String::from_utf8_lossy(key);
-    if !path.is_empty() {
-        path.push('.');
-    }
-    let bare = !key.is_empty()
-        && !key
-            .chars()
-            .any(|c| matches!(c, '.' | '[' | ']' | '"' | '\\') || c.is_control());
-    if bare {
-        path.push_str(&key);
-    } else {
-        path.push('"');
-        for c in key.chars() {
-            if c == '"' || c == '\\' {
-                path.push('\\');
-            }
-            path.push(c);
-        }
-        path.push('"');
-    }
-}
-
 struct Walk {
     found: Vec<Finding>,
     index: HashMap<(String, Kind), usize>,
@@ -1320,7 +1296,7 @@ impl Walk {
                 for pair in c.pairs() {
                     let (k, child) = pair?;
                     let mark = path.len();
-                    push_key(path, k);
+                    crate::path::push_key(path, k);
                     self.value(child, path, Some(k), key, depth + 1)?;
                     path.truncate(mark);
                     if self.truncated {
