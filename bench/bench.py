@@ -126,7 +126,9 @@ def main():
 
     three = "ARRAY['email','phone','ssn']"
     # A checkpoint before each timed write round, so that one round's WAL does not land in the next round's time.
-    truncate = "TRUNCATE t_plain, t_ec, t_ec_single, t_ec_none, t_plain_noidx, t_ec_noidx, t_cbc, t_pgp, t_pgp_s2k0, t_md5; CHECKPOINT"
+    truncate = "TRUNCATE t_plain, t_ec, t_ec_single, t_ec_none, t_ec_pii, t_plain_noidx, t_ec_noidx, t_cbc, t_pgp, t_pgp_s2k0, t_md5; CHECKPOINT"
+    # the PII guard's warnings (one a row) go nowhere in that job's session
+    quiet = truncate + "; SET client_min_messages = error; SET log_min_messages = error"
     ins = "INSERT INTO {t} (stream_id, subject_id, type, payload) SELECT stream_id, subject_id, type, payload FROM src"
     copy = "COPY {t} (stream_id, subject_id, type, payload) FROM '/tmp/event_crypto_bench.copy'"
     jobs = [
@@ -142,6 +144,7 @@ def main():
         ("insert", "event_crypto trigger, per-subject keys", truncate, ins.format(t="t_ec")),
         ("insert", "event_crypto trigger, one key", truncate, ins.format(t="t_ec_single")),
         ("insert", "event_crypto trigger, nothing to encrypt", truncate, ins.format(t="t_ec_none")),
+        ("insert", "event_crypto trigger, per-subject keys, PII guard warning", quiet, ins.format(t="t_ec_pii")),
         ("insert", "stored (encrypted) rows into the unprotected table", truncate, ins.format(t="t_plain").replace("FROM src", "FROM src_stored")),
         ("insert", "replay: stored rows into the protected table, envelopes checked", truncate, ins.format(t="t_ec").replace("FROM src", "FROM src_stored")),
         ("insert", "pgcrypto AES-CBC trigger", truncate, ins.format(t="t_cbc")),
@@ -155,6 +158,14 @@ def main():
         ("blind index", "event_crypto blind_index", "", "SELECT count(event_crypto.blind_index(payload->>'email', 'bench-index')) FROM src"),
         ("blind index", "pgcrypto hmac, literal key", "", "SELECT count(hmac(payload->>'email', 'bench-literal-key-0123456789abcdef', 'sha256')) FROM src"),
     ]
+    for size, n in (("4k", "2,000"), ("64k", "200")):
+        group = f"compression, {n} docs of {size.upper().replace('K', ' KB')}"
+        jobs += [
+            (group, "encrypt, compress => 'none'", "", f"SELECT count(event_crypto.encrypt_fields(d, '{{body}}', 'bench-key')) FROM docs_{size}"),
+            (group, "encrypt, compress => 'zstd'", "", f"SELECT count(event_crypto.encrypt_fields(d, '{{body}}', 'bench-key', compress => 'zstd')) FROM docs_{size}"),
+            (group, "decrypt, stored uncompressed", "", f"SELECT count(event_crypto.decrypt_fields(p)) FROM enc_{size}_none"),
+            (group, "decrypt, stored compressed", "", f"SELECT count(event_crypto.decrypt_fields(p)) FROM enc_{size}_zstd"),
+        ]
     if not args.skip_slow:
         at = [label for _, label, _, _ in jobs].index("pgp_sym_encrypt s2k-mode=0 trigger")
         jobs.insert(at, ("insert", "pgp_sym_encrypt defaults trigger", truncate, ins.format(t="t_pgp")))
@@ -280,11 +291,23 @@ def write_report(args, results, tps, consumer):
         "copy": ("copy", "plain COPY"),
         "blind index": ("blind index", "pgcrypto hmac, literal key"),
     }
+    for group, _ in results:
+        if group.startswith("compression"):
+            baselines[group] = (group, "encrypt, compress => 'none'")
     for (group, label), v in results.items():
         base = baselines[group]
         r = ratio((group, label), base)
         rtxt = "baseline" if (group, label) == base else (f"{r:.2f}x the baseline" if group in ("insert", "insert, no index", "copy") else f"{1 / r:.2f}x faster than the baseline" if r < 1 else f"{r:.2f}x slower than the baseline")
         lines.append(f"| {group} | {label} | {fmt_ms(v)} | {rtxt} |")
+    # sizes of the compression job's documents: JSON text, and as stored (jsonb, after PostgreSQL's own TOAST compression)
+    lines += ["", "Sizes of the compression job's documents (mean per document; stored: `pg_column_size`, after PostgreSQL's "
+              "own TOAST compression):", "", "| documents | plaintext JSON | encrypted JSON, none | encrypted JSON, zstd | stored plaintext | stored, none | stored, zstd |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for size in ("4k", "64k"):
+        row = psql("-c", f"SELECT round(avg(octet_length(d.d::text))), round(avg(octet_length(n.p::text))), round(avg(octet_length(z.p::text))), "
+                   f"round(avg(pg_column_size(d.d))), round(avg(pg_column_size(n.p))), round(avg(pg_column_size(z.p))) "
+                   f"FROM docs_{size} d JOIN enc_{size}_none n USING (i) JOIN enc_{size}_zstd z USING (i)").strip().split("|")
+        lines.append(f"| {size.upper().replace('K', ' KB')} | " + " | ".join(f"{int(float(x)):,} B" for x in row) + " |")
     lines += ["", f"pgbench, {args.pgbench_seconds} s a run, median of {args.rounds} runs; the unprotected and the protected runs alternate.", "",
               "| pgbench, single-row inserts | unprotected TPS | protected TPS | protected / unprotected |", "| --- | --- | --- | --- |"]
     for clients in (1, 2, 4):
