@@ -156,4 +156,13 @@ SELECT count(*) AS alice_rows, count(DISTINCT payload->>'email') AS alice_email_
 -- new rows of the forgotten subject are refused, replays of its rows too (their tokens are no tokens any more)
 INSERT INTO tf_events (subject, payload) VALUES ('alice', '{"customer_id": "C-1"}');                  -- 23514
 INSERT INTO tf_events (subject, payload) SELECT subject, payload FROM tf_events WHERE id = 1;           -- 23514
+-- with on_forgotten => 'new_key' the replay is accepted: its tokens, no tokens of the new key generation, are
+-- tokenized again as values (its encrypted field, an envelope under the shredded key, is kept)
+SELECT count(*) FROM event_crypto.protect('tf_events', 'payload', fields => ARRAY['address'], key_column => 'subject',
+                                          key_prefix => 'tfs:', on_forgotten => 'new_key',
+                                          tokenize_fields => ARRAY['email:email', 'customer_id', 'card:card', 'tags[*]', 'ref:opaque']);
+INSERT INTO tf_events (subject, payload) SELECT subject, payload FROM tf_events WHERE id = 1
+RETURNING payload->>'customer_id' <> (SELECT payload->>'customer_id' FROM tf_events WHERE id = 1) AS retokenized,
+          event_crypto.detokenize(payload->>'customer_id') = (SELECT payload->>'customer_id' FROM tf_events WHERE id = 1) AS stands_for_old_token,
+          payload->>'address' = (SELECT payload->>'address' FROM tf_events WHERE id = 1) AS envelope_kept;
 ROLLBACK;
