@@ -129,6 +129,10 @@ INSERT INTO tf_guarded VALUES (1, 'alice', '{"name": "Alice", "email": "alice@ex
 RETURNING gid, doc->>'email' LIKE '%@example.com' AS email_token, doc->>'card' ~ '^[0-9]{12}1111$' AS card_token;
 INSERT INTO tf_guarded VALUES (2, 'alice', '{"email": "alice@example.com", "contact": "alice@example.com"}');  -- 23514
 
+-- suggest_protection does not list the tokens at tokenized paths, and its protect() call keeps tokenize_fields
+INSERT INTO tf_events (subject, payload) VALUES ('bob', '{"email": "bob@example.org", "contact": "bob@example.org"}');
+SELECT path, kind, rows, protect_call FROM event_crypto.suggest_protection('tf_events', 'payload');
+
 -- an inserter without any event_crypto role: the trigger makes the subject's key and writes the vault as the
 -- catalog owner; the inserter can neither tokenize, detokenize nor read the vault
 CREATE ROLE tf_writer;
