@@ -82,7 +82,9 @@ CREATE TABLE event_crypto.protected_columns (
     -- the PII guard: what the trigger does about personal data it detects outside the configured fields
     unprotected_pii text NOT NULL DEFAULT 'ignore' CHECK (unprotected_pii IN ('ignore', 'warn', 'error')),
     -- 'zstd': values longer than event_crypto.compress_threshold are compressed before encryption (format 2)
-    compress       text        NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd'))
+    compress       text        NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd')),
+    -- paths whose string values the trigger replaces by their tokens (path, or path:opaque|card|email)
+    tokenize_fields text[]     NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE event_crypto.protected_columns IS
     'What event_crypto.protect() encrypts on insert and update. Written only by protect() and friends; every row is validated by a trigger.';

@@ -288,6 +288,11 @@ ALTER TABLE event_crypto.protected_columns
 ALTER TABLE event_crypto.protected_columns
     ADD COLUMN compress text NOT NULL DEFAULT 'none' CONSTRAINT protected_compress CHECK (compress IN ('none', 'zstd'));
 
+-- Issue 17: protect(..., tokenize_fields): paths whose string values the protect trigger replaces by their tokens
+-- (docs/tokens.md#protect-tokenize_fields). After compress: the column order of catalog.sql.
+ALTER TABLE event_crypto.protected_columns
+    ADD COLUMN tokenize_fields text[] NOT NULL DEFAULT '{}';
+
 DROP FUNCTION event_crypto.encrypt_fields(jsonb, text[], text, text);
 CREATE FUNCTION event_crypto."encrypt_fields"(
 	"payload" jsonb,
@@ -311,7 +316,7 @@ VOLATILE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'encrypt_value_0_3_wrapper';
 
--- protect() has two new last arguments, unprotected_pii and compress (and returns the table's row type, which has
+-- protect() has three new last arguments, unprotected_pii, compress and tokenize_fields (and returns the table's row type, which has
 -- the new columns)
 DROP FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean);
 CREATE FUNCTION event_crypto."protect"(
@@ -328,7 +333,8 @@ CREATE FUNCTION event_crypto."protect"(
 	"view_name" name DEFAULT NULL,
 	"allow_unlisted_types" bool DEFAULT false,
 	"unprotected_pii" TEXT DEFAULT 'ignore',
-	"compress" TEXT DEFAULT 'none'
+	"compress" TEXT DEFAULT 'none',
+	"tokenize_fields" TEXT[] DEFAULT NULL
 ) RETURNS event_crypto.protected_columns
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
@@ -360,9 +366,9 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'suggest_protection_wrapper';
 
-REVOKE ALL ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
+REVOKE ALL ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text, text[]),
                        event_crypto.detect_pii(jsonb), event_crypto.suggest_protection(regclass, name, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
+GRANT EXECUTE ON FUNCTION event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text, text[]),
                           event_crypto.suggest_protection(regclass, name, integer)
     TO event_crypto_admin;
 GRANT EXECUTE ON FUNCTION event_crypto.detect_pii(jsonb) TO event_crypto_admin, event_crypto_encryptor;

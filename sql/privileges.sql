@@ -78,7 +78,7 @@ GRANT EXECUTE ON FUNCTION event_crypto.create_key(text, text), event_crypto.rota
                           event_crypto.shred_key(text), event_crypto.master_key_id(),
                           event_crypto.master_key_status(), event_crypto.rewrap_keys_batch(integer),
                           event_crypto.verify_audit_log(),
-                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text),
+                          event_crypto.protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean, text, text, text[]),
                           event_crypto.unprotect(regclass, name),
                           event_crypto.add_blind_index(regclass, name, text, name, text, text),
                           event_crypto.drop_blind_index(regclass, name),

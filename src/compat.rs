@@ -104,7 +104,8 @@ unsafe fn forward(
 }
 
 /// 0.2.0's `protect(regclass, name, text[], text, name, text, name, name, jsonb, text, name, boolean)`: the 0.3.0
-/// function with the defaults of the parameters it gained (`unprotected_pii => 'ignore'`, `compress => 'none'`).
+/// function with the defaults of the parameters it gained (`unprotected_pii => 'ignore'`, `compress => 'none'`,
+/// `tokenize_fields => NULL`).
 #[no_mangle]
 pub extern "C" fn pg_finfo_protect_wrapper() -> &'static pg_sys::Pg_finfo_record {
     &V1
@@ -124,7 +125,7 @@ pub unsafe extern "C-unwind" fn protect_wrapper(fcinfo: pg_sys::FunctionCallInfo
             fcinfo,
             "protect",
             12,
-            &["ignore".into_datum(), "none".into_datum()],
+            &["ignore".into_datum(), "none".into_datum(), None],
             crate::protect::admin::protect_0_3_wrapper,
         )
     }

@@ -281,9 +281,9 @@ pub struct Catalog {
     /// earlier release, until ALTER EXTENSION UPDATE: then envelopes are written in format 1).
     pub handles: bool,
     pub protected_columns: pg_sys::Oid,
-    /// Whether the configuration has the columns of 0.3.0 (`protected_columns.unprotected_pii` and `compress`;
-    /// under the SQL objects of an earlier release every column reads as `'ignore'` and `'none'` until ALTER
-    /// EXTENSION UPDATE).
+    /// Whether the configuration has the columns of 0.3.0 (`protected_columns.unprotected_pii`, `compress` and
+    /// `tokenize_fields`; under the SQL objects of an earlier release every column reads as `'ignore'`, `'none'` and
+    /// `'{}'` until ALTER EXTENSION UPDATE).
     pub pii_guard: bool,
     pub blind_indexes: pg_sys::Oid,
     pub legacy_subject_keys: pg_sys::Oid,

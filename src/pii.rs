@@ -15,6 +15,7 @@ use crate::jsonb::Jsonb;
 use crate::protect::admin::literal;
 use crate::protect::config::{config_row_columns, ConfigRow};
 use crate::sqltypes::{Name, RegClass};
+use event_crypto_core::path::FieldPath;
 use event_crypto_core::pii::{detect, Kind};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
@@ -165,7 +166,28 @@ fn suggest(relid: pg_sys::Oid, column: &str, sample_rows: i32) -> Result<Vec<Sug
     if counts.is_empty() {
         return Ok(Vec::new());
     }
-    let call = protect_call(&t, relid, column, counts.keys().map(|(p, _)| p.as_str()))?;
+    // what is found at a tokenized path is a token (and a path is encrypted or tokenized, not both): not reported
+    let existing = existing_config(relid, column)?;
+    let tokenized: Vec<FieldPath> = existing
+        .as_ref()
+        .map(|c| {
+            c.tokenize_fields
+                .iter()
+                .filter_map(|t| crate::protect::config::parse_token_field(t).ok().map(|(p, _)| p))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !tokenized.is_empty() {
+        counts.retain(|(path, _), _| {
+            FieldPath::parse(path).map_or(true, |p| {
+                !tokenized.iter().any(|t| crate::protect::config::paths_overlap(t, &p))
+            })
+        });
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
+    }
+    let call = protect_call(&t, column, existing, counts.keys().map(|(p, _)| p.as_str()))?;
     let mut rows: Vec<Suggestion> = counts
         .into_iter()
         .map(|((path, kind), n)| {
@@ -182,15 +204,9 @@ fn suggest(relid: pg_sys::Oid, column: &str, sample_rows: i32) -> Result<Vec<Sug
     Ok(rows)
 }
 
-/// The protect() call that encrypts `paths` too: the column's configuration with the paths added, or a new one
-/// keyed per subject by a column with a usual name (else one key for the table), with `unprotected_pii => 'warn'`.
-fn protect_call<'a>(
-    t: &Table,
-    relid: pg_sys::Oid,
-    column: &str,
-    paths: impl Iterator<Item = &'a str>,
-) -> Result<String> {
-    let existing: Option<ConfigRow> = as_catalog_owner(|| {
+/// The configuration row of `relid`.`column`, if it is protected.
+fn existing_config(relid: pg_sys::Oid, column: &str) -> Result<Option<ConfigRow>> {
+    as_catalog_owner(|| {
         Spi::connect(|c| -> Result<Option<ConfigRow>> {
             let r = c
                 .select(
@@ -206,7 +222,17 @@ fn protect_call<'a>(
                 .map_err(spi_error)?;
             r.into_iter().next().map(|r| ConfigRow::from_spi(&r, 1)).transpose()
         })
-    })?;
+    })
+}
+
+/// The protect() call that encrypts `paths` too: the column's configuration with the paths added, or a new one
+/// keyed per subject by a column with a usual name (else one key for the table), with `unprotected_pii => 'warn'`.
+fn protect_call<'a>(
+    t: &Table,
+    column: &str,
+    existing: Option<ConfigRow>,
+    paths: impl Iterator<Item = &'a str>,
+) -> Result<String> {
     let mut fields: BTreeSet<String> = existing
         .as_ref()
         .map(|c| c.fields.iter().cloned().collect())
@@ -249,11 +275,24 @@ fn protect_call<'a>(
                 c.unprotected_pii.as_str()
             };
             args.push(format!("unprotected_pii => {}", literal(guard)));
+            if c.compress != "none" {
+                args.push(format!("compress => {}", literal(&c.compress)));
+            }
+            if !c.tokenize_fields.is_empty() {
+                args.push(format!(
+                    "tokenize_fields => ARRAY[{}]",
+                    c.tokenize_fields
+                        .iter()
+                        .map(|f| literal(f))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
         }
         None => {
             let subject = SUBJECT_COLUMNS
                 .iter()
-                .find(|c| **c != column && crate::reencrypt::column_type(relid, c).is_some());
+                .find(|c| **c != column && crate::reencrypt::column_type(t.oid, c).is_some());
             match subject {
                 Some(c) => args.push(format!("key_column => {}", literal(c))),
                 None => args.push(format!("key_id => {}", literal(&format!("table:{}", t.relname)))),

@@ -86,6 +86,24 @@ pub fn tokenize_with(entry: &KeyEntry, value: &str, format: TokenFormat) -> Resu
     })
 }
 
+/// Whether `token` is a token of `entry`'s key id in `format` (the vault holds it under its handle): the protect
+/// trigger keeps such a value as it is.
+pub fn is_token_of(entry: &KeyEntry, token: &str, format: TokenFormat) -> Result<bool> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Ok(false);
+    }
+    let handle = entry.handle.ok_or_else(no_handles)?.to_i64();
+    as_catalog_owner(|| {
+        crate::catalog::one::<bool>(
+            "SELECT true FROM event_crypto.token_vault \
+             WHERE token OPERATOR(pg_catalog.=) $1 AND key_handle OPERATOR(pg_catalog.=) $2 \
+               AND format OPERATOR(pg_catalog.=) $3",
+            &[token.into(), handle.into(), format.name().into()],
+        )
+    })
+    .map(|r| r.is_some())
+}
+
 /// The token of a value under a key id: `opaque` (`tok_` and 22 characters), `card` (16 digits, Luhn-valid, the
 /// last four kept) or `email` (the domain kept). The same value gets the same token under the same key id.
 #[pg_extern(volatile, parallel_unsafe)]

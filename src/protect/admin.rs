@@ -112,10 +112,12 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
     if super::config::PiiGuard::parse(&input.cfg.unprotected_pii).is_none() {
         return Err(Error::invalid_argument("unprotected_pii must be ignore, warn or error"));
     }
-    if (input.cfg.unprotected_pii != "ignore" || input.cfg.compress != "none") && !crate::keys::catalog().pii_guard {
+    if (input.cfg.unprotected_pii != "ignore" || input.cfg.compress != "none" || !input.cfg.tokenize_fields.is_empty())
+        && !crate::keys::catalog().pii_guard
+    {
         return Err(Error::new(
             ErrorKind::NotReady,
-            "the PII guard and compression need the SQL objects of event_crypto 0.3.0",
+            "the PII guard, compression and tokenize_fields need the SQL objects of event_crypto 0.3.0",
         )
         .with_hint("Run ALTER EXTENSION event_crypto UPDATE."));
     }
@@ -136,6 +138,35 @@ pub fn validate(input: &ConfigInput) -> Result<()> {
         let mut all = fields.clone();
         all.extend(parse_paths(texts)?);
         Selector::new(&all)?;
+    }
+    // a value is either encrypted or tokenized: no tokenize_fields path may meet a path of fields (or of any
+    // type's list), at the same place or above or below it
+    super::config::token_selectors(&input.cfg.tokenize_fields)?;
+    let encrypted: Vec<FieldPath> = fields
+        .iter()
+        .cloned()
+        .chain(
+            by_type
+                .iter()
+                .map(|(_, t)| parse_paths(t))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    for t in &input.cfg.tokenize_fields {
+        let (p, _) = super::config::parse_token_field(t)?;
+        if let Some(e) = encrypted.iter().find(|e| super::config::paths_overlap(&p, e)) {
+            return Err(Error::invalid_argument(format!(
+                "tokenize_fields \"{}\" overlaps the encrypted field \"{}\"",
+                event_crypto_core::aead::truncate_for_message(p.text()),
+                event_crypto_core::aead::truncate_for_message(e.text())
+            ))
+            .with_detail(
+                "A value is either encrypted (fields, fields_by_type) or tokenized (tokenize_fields), not both.",
+            )
+            .with_hint("Remove the path from one of the lists."));
+        }
     }
     if input.cfg.key_column.is_some() {
         check_key_prefix(&input.cfg.key_prefix)?;
@@ -339,6 +370,7 @@ fn protect_0_3(
     allow_unlisted_types: default!(Option<bool>, false),
     unprotected_pii: default!(Option<String>, "'ignore'"),
     compress: default!(Option<String>, "'none'"),
+    tokenize_fields: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> pgrx::composite_type!('static, "protected_columns") {
     crate::keys::require_writable("call event_crypto.protect()").or_raise();
     let _citus = crate::citus::SequentialDdl::begin();
@@ -354,6 +386,15 @@ fn protect_0_3(
         .into_iter()
         .map(|f| {
             f.unwrap_or_else(|| raise(Error::null_argument("fields").with_detail("the array contains a NULL element")))
+        })
+        .collect();
+    let tokenize_fields: Vec<String> = tokenize_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            f.unwrap_or_else(|| {
+                raise(Error::null_argument("tokenize_fields").with_detail("the array contains a NULL element"))
+            })
         })
         .collect();
     let t = Table::open(relid).or_raise();
@@ -376,6 +417,7 @@ fn protect_0_3(
             allow_unlisted_types,
             unprotected_pii,
             compress,
+            tokenize_fields,
         },
     };
     validate(&input).or_raise();
@@ -409,9 +451,10 @@ fn protect_0_3(
             // allowed only their defaults there)
             let (pii_column, pii_value, pii_set) = if crate::keys::catalog().pii_guard {
                 (
-                    ", unprotected_pii, compress",
-                    ", $14, $15",
-                    " unprotected_pii = EXCLUDED.unprotected_pii, compress = EXCLUDED.compress,",
+                    ", unprotected_pii, compress, tokenize_fields",
+                    ", $14, $15, $16",
+                    " unprotected_pii = EXCLUDED.unprotected_pii, compress = EXCLUDED.compress, \
+                     tokenize_fields = EXCLUDED.tokenize_fields,",
                 )
             } else {
                 ("", "", "")
@@ -432,6 +475,7 @@ fn protect_0_3(
                 input.cfg.allow_unlisted_types.into(),
                 input.cfg.unprotected_pii.as_str().into(),
                 input.cfg.compress.as_str().into(),
+                input.cfg.tokenize_fields.clone().into(),
             ];
             c.update(
                 &format!(
@@ -447,7 +491,7 @@ fn protect_0_3(
                         allow_unlisted_types = EXCLUDED.allow_unlisted_types,{pii_set} protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by"
                 ),
                 None,
-                &args[..if pii_value.is_empty() { 13 } else { 15 }],
+                &args[..if pii_value.is_empty() { 13 } else { 16 }],
             )
             .map(|_| ())
             .map_err(spi_error)
@@ -464,7 +508,8 @@ fn protect_0_3(
             "key_prefix": input.cfg.key_column.as_ref().map(|_| &input.cfg.key_prefix), "context_column": input.cfg.context_column,
             "type_column": input.cfg.type_column, "fields_by_type": input.cfg.fields_by_type,
             "on_forgotten": input.cfg.on_forgotten, "allow_unlisted_types": input.cfg.allow_unlisted_types,
-            "unprotected_pii": input.cfg.unprotected_pii, "compress": input.cfg.compress, "view": view,
+            "unprotected_pii": input.cfg.unprotected_pii, "compress": input.cfg.compress,
+            "tokenize_fields": input.cfg.tokenize_fields, "view": view,
             "inheritors": inheritors,
         }),
     );
@@ -1274,6 +1319,16 @@ pub fn check_config_row(trigger: &PgTrigger<'_>) -> Result<()> {
                     text("compress").or_else(|| (!crate::keys::catalog().pii_guard).then(|| "none".into())),
                     "compress",
                 )?,
+                // (the SQL objects of a release before 0.3.0 have no tokenization: none)
+                tokenize_fields: attr::<Vec<Option<String>>>(tuple, &desc, "tokenize_fields")
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|f| {
+                        f.ok_or_else(|| {
+                            Error::null_argument("tokenize_fields").with_detail("the array contains a NULL element")
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
             },
         })
     })();

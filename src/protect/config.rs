@@ -13,7 +13,8 @@ use crate::access::as_catalog_owner;
 use crate::catalog::{get, get_opt, ANCESTORS};
 use crate::error::spi_error;
 use event_crypto_core::blind::Normalize;
-use event_crypto_core::path::{FieldPath, Location, Selector};
+use event_crypto_core::path::{FieldPath, Location, Selector, Step};
+use event_crypto_core::token::TokenFormat;
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiHeapTupleData;
@@ -91,6 +92,12 @@ pub struct Config {
     pub guard: PiiGuard,
     /// `compress`: 'none' or 'zstd' (the threshold is read when a row is written).
     pub compress: String,
+    /// `tokenize_fields`: the paths whose string values are replaced by their tokens, one selector per format
+    /// (empty: nothing is tokenized).
+    pub tokenize: Vec<(TokenFormat, Selector)>,
+    /// The paths of `tokenize_fields` (the PII guard does not report what it finds at them: tokens look like
+    /// e-mail addresses and card numbers).
+    pub token_paths: Vec<FieldPath>,
 }
 
 /// What the protect trigger does about personal data outside the configured fields.
@@ -214,6 +221,8 @@ pub struct ConfigRow {
     pub unprotected_pii: String,
     /// 'none' or 'zstd'.
     pub compress: String,
+    /// `tokenize_fields`: field paths, each optionally followed by `:opaque`, `:card` or `:email`.
+    pub tokenize_fields: Vec<String>,
 }
 
 /// A row of `event_crypto.blind_indexes`.
@@ -225,17 +234,17 @@ pub struct BlindRow {
 }
 
 /// The columns of `event_crypto.protected_columns` that [`ConfigRow::from_spi`] reads, in its order (under the SQL
-/// objects of a release before 0.3.0, which have neither the PII guard nor compression, `unprotected_pii` reads as
-/// `'ignore'` and `compress` as `'none'`).
+/// objects of a release before 0.3.0, which have neither the PII guard nor compression nor tokenization,
+/// `unprotected_pii` reads as `'ignore'`, `compress` as `'none'` and `tokenize_fields` as empty).
 pub fn config_row_columns() -> &'static str {
     if crate::keys::catalog().pii_guard {
         "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
          context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-         allow_unlisted_types, unprotected_pii, compress"
+         allow_unlisted_types, unprotected_pii, compress, tokenize_fields"
     } else {
         "table_name::pg_catalog.text, fields, key_id, key_column::pg_catalog.text, key_prefix, \
          context_column::pg_catalog.text, type_column::pg_catalog.text, fields_by_type, on_forgotten, \
-         allow_unlisted_types, 'ignore'::pg_catalog.text, 'none'::pg_catalog.text"
+         allow_unlisted_types, 'ignore'::pg_catalog.text, 'none'::pg_catalog.text, '{}'::pg_catalog.text[]"
     }
 }
 
@@ -255,6 +264,7 @@ impl ConfigRow {
             allow_unlisted_types: get(r, first + 9, "allow_unlisted_types")?,
             unprotected_pii: get(r, first + 10, "unprotected_pii")?,
             compress: get(r, first + 11, "compress")?,
+            tokenize_fields: get::<Vec<String>>(r, first + 12, "tokenize_fields")?,
         })
     }
 }
@@ -415,6 +425,12 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         })
         .collect::<Result<Vec<_>>>()?;
     event_crypto_core::compress::Compression::parse(&row.compress, 0)?;
+    let tokenize = token_selectors(&row.tokenize_fields)?;
+    let token_paths = row
+        .tokenize_fields
+        .iter()
+        .map(|t| parse_token_field(t).map(|(p, _)| p))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Config {
         table,
         payload,
@@ -428,7 +444,82 @@ pub fn build(column: &str, desc: &PgTupleDesc<'_>, row: ConfigRow, blind: Vec<Bl
         blind,
         guard: PiiGuard::parse(&row.unprotected_pii).unwrap_or(PiiGuard::Error),
         compress: row.compress,
+        tokenize,
+        token_paths,
     })
+}
+
+/// One entry of `tokenize_fields`: a field path in the syntax of `fields`, optionally followed by `:` and a token
+/// format (`email:email`, `card.number:card`; without a suffix, `opaque`). The format is what follows the last `:`
+/// outside double quotes; a key that contains `:` is written quoted (`"a:b"`, `"a:b":card`). An unknown format
+/// is refused (22023), never taken as part of the key.
+pub fn parse_token_field(text: &str) -> Result<(FieldPath, TokenFormat)> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut colon = None;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ':' if !quoted => colon = Some(i),
+            _ => {}
+        }
+    }
+    let (path, format) = match colon {
+        Some(i) => {
+            let format = TokenFormat::parse(&text[i + 1..]).map_err(|_| {
+                Error::invalid_argument(format!(
+                    "tokenize_fields entry \"{}\" names an unknown token format",
+                    event_crypto_core::aead::truncate_for_message(text)
+                ))
+                .with_hint(
+                    "Write path, path:opaque, path:card or path:email; quote keys that contain a colon (\"a:b\").",
+                )
+            })?;
+            (&text[..i], format)
+        }
+        None => (text, TokenFormat::Opaque),
+    };
+    Ok((FieldPath::parse(path)?, format))
+}
+
+/// Whether two paths can select the same value, or one a value inside the other's (`a` and `a.b`, `items[*].x`
+/// and `items[0]`).
+pub fn paths_overlap(a: &FieldPath, b: &FieldPath) -> bool {
+    a.steps().iter().zip(b.steps()).all(|(x, y)| match (x, y) {
+        (Step::Key(k), Step::Key(l)) => k == l,
+        (Step::Index(i), Step::Index(j)) => i == j,
+        (Step::Wildcard, Step::Index(_) | Step::Wildcard) | (Step::Index(_), Step::Wildcard) => true,
+        _ => false,
+    })
+}
+
+/// The selectors of `tokenize_fields`, one per format used (checked: no two entries overlap).
+pub fn token_selectors(texts: &[String]) -> Result<Vec<(TokenFormat, Selector)>> {
+    let parsed = texts.iter().map(|t| parse_token_field(t)).collect::<Result<Vec<_>>>()?;
+    for (i, (a, _)) in parsed.iter().enumerate() {
+        if let Some((b, _)) = parsed[..i].iter().find(|(b, _)| paths_overlap(a, b)) {
+            return Err(Error::invalid_argument(format!(
+                "tokenize_fields \"{}\" and \"{}\" overlap",
+                event_crypto_core::aead::truncate_for_message(b.text()),
+                event_crypto_core::aead::truncate_for_message(a.text())
+            ))
+            .with_detail("Each value is tokenized once, in one format."));
+        }
+    }
+    let mut out = Vec::new();
+    for format in [TokenFormat::Opaque, TokenFormat::Card, TokenFormat::Email] {
+        let paths: Vec<FieldPath> = parsed
+            .iter()
+            .filter(|(_, f)| *f == format)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !paths.is_empty() {
+            out.push((format, Selector::new(&paths)?));
+        }
+    }
+    Ok(out)
 }
 
 fn load(relid: pg_sys::Oid, column: &str, desc: &PgTupleDesc<'_>) -> Result<Option<Config>> {

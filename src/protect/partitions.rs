@@ -393,16 +393,17 @@ fn keep_detached_protected(relid: pg_sys::Oid, former_parent: pg_sys::Oid) -> Re
             continue;
         }
         as_catalog_owner(|| {
-            // (the SQL objects of a release before 0.3.0 have neither the PII guard's column nor compress)
+            // (the SQL objects of a release before 0.3.0 have neither the PII guard's column nor compress nor
+            // tokenize_fields)
             let pii = if crate::keys::catalog().pii_guard {
-                " unprotected_pii, compress,"
+                " unprotected_pii, compress, tokenize_fields,"
             } else {
                 ""
             };
             let p_pii = if pii.is_empty() {
                 ""
             } else {
-                " p.unprotected_pii, p.compress,"
+                " p.unprotected_pii, p.compress, p.tokenize_fields,"
             };
             crate::catalog::modify(
                 &format!(

@@ -23,6 +23,7 @@ use event_crypto_core::document::{
 };
 use event_crypto_core::envelope::{looks_like_envelope, KeyRef};
 use event_crypto_core::jsonb::{parse_json, write_json, Parsed, Value as JsonbValue};
+use event_crypto_core::path::{FieldPath, Location};
 use event_crypto_core::subject::{check_subject, parse_subject_key_id, subject_key_id};
 use event_crypto_core::{Error, ErrorKind, Result};
 use pgrx::prelude::*;
@@ -426,7 +427,19 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     } else {
         unsafe { Jsonb::from_datum_packed(datum) }
     };
-    let doc = payload.document();
+    // 0.: tokenization (tokenize_fields) comes first: the rest of the trigger sees the tokens as plain strings
+    let tokenized = tokenize_row(&cfg, &new, &user, &payload.document())?;
+    let doc = match &tokenized {
+        Some(t) => t.document(),
+        None => payload.document(),
+    };
+    let into_datum = |j: Jsonb| -> Result<Option<pg_sys::Datum>> {
+        Ok(if json {
+            Some(j.into_json_datum()?)
+        } else {
+            j.into_datum()
+        })
+    };
     let selector = match &cfg.type_col {
         None => &cfg.fields,
         Some(c) => {
@@ -466,7 +479,10 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
     // Most rows of an event table: nothing to encrypt, no envelope, no blind index. Nothing to read or check.
     if !needs && cfg.blind.is_empty() && !may_hold_envelope {
         guard(&cfg, &doc)?;
-        return Ok(None);
+        return match tokenized {
+            Some(t) => finish(&new, vec![(&cfg.payload, into_datum(t)?)]),
+            None => Ok(None),
+        };
     }
 
     // The subject's text is needed for the envelopes the row brings and for the long way to its key.
@@ -577,19 +593,101 @@ pub(crate) fn protect_row(trigger: &PgTrigger<'_>) -> Result<Option<*mut pg_sys:
             Some(e) => guard(&cfg, &e.document())?,
             None => guard(&cfg, &doc)?,
         }
-        if let Some(e) = encrypted {
-            let d = if json {
-                Some(e.into_json_datum()?)
-            } else {
-                e.into_datum()
-            };
-            replace.push((&cfg.payload, d));
+        if let Some(e) = encrypted.or(tokenized) {
+            replace.push((&cfg.payload, into_datum(e)?));
+        }
+    } else {
+        guard(&cfg, &doc)?;
+        if let Some(t) = tokenized {
+            replace.push((&cfg.payload, into_datum(t)?));
         }
     }
-    if !needs {
-        guard(&cfg, &doc)?;
-    }
     finish(&new, replace)
+}
+
+/// Tokenization (`tokenize_fields`): every string value at a tokenized path is replaced by its token under the
+/// row's key (the key its fields are encrypted with: the fixed key id, or the subject's key, created on first use as
+/// encryption creates it), recorded in the token vault by the catalog owner (`crate::tokens::tokenize_with`). A
+/// value that already is a token of this key in the path's format is kept (replays, restores, updates). JSON null
+/// is kept; any other value that is not a string refuses the row (23514), naming the path, never the value.
+/// Returns the new document, or `None` when nothing was replaced.
+fn tokenize_row(
+    cfg: &Config,
+    new: &Row,
+    user: &KeyUser<'_>,
+    doc: &event_crypto_core::jsonb::Document<'_>,
+) -> Result<Option<Jsonb>> {
+    if cfg.tokenize.is_empty() {
+        return Ok(None);
+    }
+    let mut entry: Option<Rc<KeyEntry>> = None;
+    let mut row_key = || -> Result<Rc<KeyEntry>> {
+        if let Some(e) = &entry {
+            return Ok(e.clone());
+        }
+        let e = match &cfg.key {
+            KeySpec::Fixed(k) => keys::ensure_key(k, user)?,
+            KeySpec::Column { col, prefix } => {
+                let s = new.text(col).ok_or_else(|| null_key_column(cfg, col))?;
+                subject_key(cfg, col, prefix, &s, user)?.1
+            }
+        };
+        entry = Some(e.clone());
+        Ok(e)
+    };
+    let mut current: Option<Jsonb> = None;
+    let mut out = Vec::new();
+    for (format, selector) in &cfg.tokenize {
+        let d = match &current {
+            Some(j) => j.document(),
+            None => *doc,
+        };
+        let mut f = |loc: &Location, v: &JsonbValue<'_>| -> Result<Option<String>> {
+            let path = loc.display();
+            let JsonbValue::String(s) = v else {
+                return Err(Error::new(
+                    ErrorKind::PlaintextRows,
+                    format!(
+                        "field \"{path}\" of column \"{}\" of protected table {} is a JSON {}, not a string: it cannot be tokenized",
+                        cfg.payload.name,
+                        cfg.table,
+                        v.type_name()
+                    ),
+                )
+                .with_detail("tokenize_fields replaces string values by their tokens; the row is refused rather than stored in plaintext.")
+                .with_hint("Store the value as a JSON string, or move the path from tokenize_fields to fields (encrypted)."));
+            };
+            let s = std::str::from_utf8(s).map_err(|_| Error::invalid_argument("a jsonb string is not UTF-8"))?;
+            let e = row_key()?;
+            if crate::tokens::is_token_of(&e, s, *format)? {
+                return Ok(None);
+            }
+            crate::tokens::tokenize_with(&e, s, *format).map(Some).map_err(|err| {
+                let mut e2 = Error::new(
+                    err.kind(),
+                    format!(
+                        "field \"{path}\" of column \"{}\" of protected table {} cannot be tokenized as {}: {}",
+                        cfg.payload.name,
+                        cfg.table,
+                        format.name(),
+                        err.message()
+                    ),
+                );
+                if let Some(d) = err.detail() {
+                    e2 = e2.with_detail(d.to_string());
+                }
+                if let Some(h) = err.hint() {
+                    e2 = e2.with_hint(h.to_string());
+                }
+                e2
+            })
+        };
+        let n = event_crypto_core::document::replace_selected(&d, selector, &mut f, &mut out)?;
+        if n > 0 {
+            current = Some(Jsonb::from_bytes(&out));
+        }
+    }
+    Ok(current)
 }
 
 /// The PII guard (`unprotected_pii`): personal data in the document as it will be stored (its configured fields
@@ -600,7 +698,15 @@ fn guard(cfg: &Config, doc: &event_crypto_core::jsonb::Document<'_>) -> Result<(
     if cfg.guard == PiiGuard::Ignore {
         return Ok(());
     }
-    let report = event_crypto_core::pii::detect(doc)?;
+    let mut report = event_crypto_core::pii::detect(doc)?;
+    // what is found at a tokenized path is a token (e-mail and card tokens look like what they stand for)
+    if !cfg.token_paths.is_empty() {
+        report.findings.retain(|f| {
+            FieldPath::parse(&f.path).map_or(true, |p| {
+                !cfg.token_paths.iter().any(|t| super::config::paths_overlap(t, &p))
+            })
+        });
+    }
     if report.findings.is_empty() {
         return Ok(());
     }

@@ -973,3 +973,104 @@ pub(crate) fn may_hold_envelope(c: Container<'_>, depth: usize) -> Result<bool> 
     }
     Ok(false)
 }
+
+/// Replaces selected values of a document by strings (the protect trigger's `tokenize_fields`): walks the document
+/// as [`Encryptor::encrypt_document`] does and calls `f` with the location and value of every selected field that is
+/// present and not JSON null (a value without the shape its paths expect counts as selected, as for encryption).
+/// `f` returns the replacement string, or `None` to keep the value. Writes the new document (a datum with its
+/// header) into `out` and returns how many values were replaced; when 0, the document can be kept as it is.
+pub fn replace_selected(
+    doc: &Document<'_>,
+    selector: &Selector,
+    f: &mut dyn FnMut(&Location, &Value<'_>) -> Result<Option<String>>,
+    out: &mut Vec<u8>,
+) -> Result<usize> {
+    struct Walk<'f> {
+        f: &'f mut dyn FnMut(&Location, &Value<'_>) -> Result<Option<String>>,
+        loc: Location,
+        count: usize,
+    }
+    impl Walk<'_> {
+        fn container(&mut self, c: Container<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+            if depth > MAX_DEPTH {
+                return Err(too_deep());
+            }
+            if c.is_object() {
+                let mut w = ContainerWriter::object_like(out, &c)?;
+                for (i, pair) in c.pairs().enumerate() {
+                    crate::check_interrupts_every(i);
+                    let (k, v) = pair?;
+                    let ty = match node.key(k) {
+                        Some(n) => {
+                            let mark = self.loc.push_key_bytes(k);
+                            let ty = self.child(v, n, out, depth);
+                            self.loc.truncate(mark);
+                            ty?
+                        }
+                        None => copy_value(out, &v)?,
+                    };
+                    w.done(out, ty)?;
+                }
+            } else {
+                let mut w = ContainerWriter::array(out, c.len())?;
+                for (i, e) in c.elements().enumerate() {
+                    crate::check_interrupts_every(i);
+                    let v = e?;
+                    let ty = match node.index(i) {
+                        Some(n) => {
+                            let mark = self.loc.push_index(i);
+                            let ty = self.child(v, n, out, depth);
+                            self.loc.truncate(mark);
+                            ty?
+                        }
+                        None => copy_value(out, &v)?,
+                    };
+                    w.done(out, ty)?;
+                }
+            }
+            Ok(())
+        }
+
+        fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
+            let selected = match &v {
+                _ if node.is_selected() => true,
+                Value::Object(c) | Value::Array(c) if node.fits(c.is_object(), c.is_array()) => {
+                    self.container(*c, node, out, depth + 1)?;
+                    return Ok(T_CONTAINER);
+                }
+                Value::Null => false,
+                _ => node.has_children(),
+            };
+            if !selected || matches!(v, Value::Null) {
+                return copy_value(out, &v);
+            }
+            match (self.f)(&self.loc, &v)? {
+                Some(s) => {
+                    self.count += 1;
+                    Ok(write_string(out, s.as_bytes()))
+                }
+                None => copy_value(out, &v),
+            }
+        }
+    }
+    let root = doc.root();
+    if root.is_scalar() {
+        return Err(Error::invalid_argument(format!(
+            "payload must be a JSON object or array, not a {}",
+            doc.value()?.type_name()
+        )));
+    }
+    // (a root the paths cannot look into has nothing selected: the document is kept)
+    if !selector.root().fits(root.is_object(), root.is_array()) {
+        return Ok(0);
+    }
+    let mut w = Walk {
+        f,
+        loc: Location::root(),
+        count: 0,
+    };
+    new_datum_buffer(out);
+    w.container(root, selector.root(), out, 0)?;
+    set_varlena_header(out)?;
+    Ok(w.count)
+}

@@ -3,7 +3,7 @@
 
 use event_crypto_core::aead::{Algorithm, Cipher};
 use event_crypto_core::document::{
-    check_context, needs_encryption, value_at, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
+    check_context, needs_encryption, replace_selected, value_at, Decryptor, Encryptor, KeyLookup, KeySource, OnShredded,
 };
 use event_crypto_core::envelope::{looks_like_envelope, Envelope, Format, KeyHandle, KeyRef};
 use event_crypto_core::jsonb::{from_json_text, to_json_text, Document};
@@ -562,4 +562,62 @@ fn envelope_overhead_of_an_email_under_a_subject_key() {
         assert!(n <= 72, "version {version}: {n} bytes");
     }
     assert_eq!(overhead(K, i32::MAX as u32), 71);
+}
+
+/// replace_selected (the protect trigger's tokenize_fields): selected values are handed over with their location,
+/// nulls and absent paths are skipped, what the callback keeps stays, everything else is copied.
+#[test]
+fn replace_selected_hands_over_selected_values() {
+    let doc = json!({"email": "a@x.io", "n": 1, "tags": ["t1", null, 3], "keep": "k", "nil": null,
+                     "obj": {"id": "i"}, "other": {"deep": "d"}});
+    let b = bin(&doc);
+    let d = Document::from_datum(&b).unwrap();
+    let paths: Vec<FieldPath> = ["email", "tags[*]", "keep", "nil", "missing", "obj.id"]
+        .iter()
+        .map(|p| FieldPath::parse(p).unwrap())
+        .collect();
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let n = replace_selected(
+        &d,
+        &Selector::new(&paths).unwrap(),
+        &mut |loc, v| {
+            seen.push(loc.display());
+            Ok(match v {
+                event_crypto_core::jsonb::Value::String(s) if *s != b"k" => {
+                    Some(format!("T({})", String::from_utf8_lossy(s)))
+                }
+                _ => None,
+            })
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, 3);
+    seen.sort(); // (jsonb orders keys by length first)
+    assert_eq!(seen, ["email", "keep", "obj.id", "tags[0]", "tags[2]"]);
+    assert_eq!(
+        val(&out),
+        json!({"email": "T(a@x.io)", "n": 1, "tags": ["T(t1)", null, 3], "keep": "k", "nil": null,
+               "obj": {"id": "T(i)"}, "other": {"deep": "d"}})
+    );
+    // an error from the callback stops the walk
+    let e = replace_selected(
+        &d,
+        &Selector::new(&paths).unwrap(),
+        &mut |_, _| Err(Error::invalid_argument("no")),
+        &mut out,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // a root the paths cannot look into: nothing selected
+    let arr = bin(&json!(["a"]));
+    let n = replace_selected(
+        &Document::from_datum(&arr).unwrap(),
+        &Selector::new(&paths).unwrap(),
+        &mut |_, _| Ok(Some("x".into())),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, 0);
 }
