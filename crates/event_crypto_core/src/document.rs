@@ -185,54 +185,9 @@ impl<'a> Encryptor<'a> {
         Ok(self.count)
     }
 
+    #[inline]
     fn rewrite(&mut self, c: Container<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(too_deep());
-        }
-        if c.is_object() {
-            let mut w = ContainerWriter::object_like(out, &c)?;
-            for (i, pair) in c.pairs().enumerate() {
-                crate::check_interrupts_every(i);
-                let (k, v) = pair?;
-                let ty = match node.key(k) {
-                    Some(n) => {
-                        let mark = self.loc.push_key_bytes(k);
-                        self.child_at(mark, v, n, out, depth)?
-                    }
-                    None => copy_value(out, &v)?,
-                };
-                w.done(out, ty)?;
-            }
-        } else {
-            let mut w = ContainerWriter::array(out, c.len())?;
-            for (i, e) in c.elements().enumerate() {
-                crate::check_interrupts_every(i);
-                let v = e?;
-                let ty = match node.index(i) {
-                    Some(n) => {
-                        let mark = self.loc.push_index(i);
-                        self.child_at(mark, v, n, out, depth)?
-                    }
-                    None => copy_value(out, &v)?,
-                };
-                w.done(out, ty)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Encryptor::child`] at a location pushed just before (`mark`), which it pops again.
-    fn child_at(
-        &mut self,
-        mark: usize,
-        v: Value<'_>,
-        node: &SelectorNode,
-        out: &mut Vec<u8>,
-        depth: usize,
-    ) -> Result<EntryType> {
-        let ty = self.child(v, node, out, depth);
-        self.loc.truncate(mark);
-        ty
+        rewrite_selected(self, c, node, out, depth)
     }
 
     fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
@@ -893,6 +848,88 @@ pub(crate) fn root_envelope<'a>(doc: &Document<'a>) -> Result<Option<&'a [u8]>> 
     })
 }
 
+/// A walk that rebuilds every container it enters and rewrites the children a selector selects (encryption, the
+/// protect trigger's tokenization); the others are copied as they are.
+pub(crate) trait SelectedRewriter {
+    /// The location of the child being written (pushed and popped by [`rewrite_selected`]).
+    fn location(&mut self) -> &mut Location;
+    /// Writes one child the selector names (at the current location) and returns its entry type.
+    fn selected_child(
+        &mut self,
+        v: Value<'_>,
+        node: &SelectorNode,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<EntryType>;
+}
+
+/// Rewrites container `c` into `out` under selector `node`: object keys kept byte for byte, children the selector
+/// names written by `r.selected_child` at their location, the others copied.
+#[inline]
+pub(crate) fn rewrite_selected<R: SelectedRewriter + ?Sized>(
+    r: &mut R,
+    c: Container<'_>,
+    node: &SelectorNode,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    if c.is_object() {
+        let mut w = ContainerWriter::object_like(out, &c)?;
+        for (i, pair) in c.pairs().enumerate() {
+            crate::check_interrupts_every(i);
+            let (k, v) = pair?;
+            let ty = match node.key(k) {
+                Some(n) => {
+                    let mark = r.location().push_key_bytes(k);
+                    let ty = r.selected_child(v, n, out, depth);
+                    r.location().truncate(mark);
+                    ty?
+                }
+                None => copy_value(out, &v)?,
+            };
+            w.done(out, ty)?;
+        }
+    } else {
+        let mut w = ContainerWriter::array(out, c.len())?;
+        for (i, e) in c.elements().enumerate() {
+            crate::check_interrupts_every(i);
+            let v = e?;
+            let ty = match node.index(i) {
+                Some(n) => {
+                    let mark = r.location().push_index(i);
+                    let ty = r.selected_child(v, n, out, depth);
+                    r.location().truncate(mark);
+                    ty?
+                }
+                None => copy_value(out, &v)?,
+            };
+            w.done(out, ty)?;
+        }
+    }
+    Ok(())
+}
+
+impl SelectedRewriter for Encryptor<'_> {
+    #[inline]
+    fn location(&mut self) -> &mut Location {
+        &mut self.loc
+    }
+
+    #[inline]
+    fn selected_child(
+        &mut self,
+        v: Value<'_>,
+        node: &SelectorNode,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<EntryType> {
+        self.child(v, node, out, depth)
+    }
+}
+
 /// A walk that rebuilds every container it enters and decides child by child (decryption, re-encryption).
 pub(crate) trait ChildRewriter {
     /// The location of the child being written (pushed and popped by [`rewrite_children`]).
@@ -990,52 +1027,27 @@ pub fn replace_selected(
         loc: Location,
         count: usize,
     }
-    impl Walk<'_> {
-        fn container(&mut self, c: Container<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-            if depth > MAX_DEPTH {
-                return Err(too_deep());
-            }
-            if c.is_object() {
-                let mut w = ContainerWriter::object_like(out, &c)?;
-                for (i, pair) in c.pairs().enumerate() {
-                    crate::check_interrupts_every(i);
-                    let (k, v) = pair?;
-                    let ty = match node.key(k) {
-                        Some(n) => {
-                            let mark = self.loc.push_key_bytes(k);
-                            let ty = self.child(v, n, out, depth);
-                            self.loc.truncate(mark);
-                            ty?
-                        }
-                        None => copy_value(out, &v)?,
-                    };
-                    w.done(out, ty)?;
-                }
-            } else {
-                let mut w = ContainerWriter::array(out, c.len())?;
-                for (i, e) in c.elements().enumerate() {
-                    crate::check_interrupts_every(i);
-                    let v = e?;
-                    let ty = match node.index(i) {
-                        Some(n) => {
-                            let mark = self.loc.push_index(i);
-                            let ty = self.child(v, n, out, depth);
-                            self.loc.truncate(mark);
-                            ty?
-                        }
-                        None => copy_value(out, &v)?,
-                    };
-                    w.done(out, ty)?;
-                }
-            }
-            Ok(())
+    impl SelectedRewriter for Walk<'_> {
+        fn location(&mut self) -> &mut Location {
+            &mut self.loc
         }
 
+        fn selected_child(
+            &mut self,
+            v: Value<'_>,
+            node: &SelectorNode,
+            out: &mut Vec<u8>,
+            depth: usize,
+        ) -> Result<EntryType> {
+            self.child(v, node, out, depth)
+        }
+    }
+    impl Walk<'_> {
         fn child(&mut self, v: Value<'_>, node: &SelectorNode, out: &mut Vec<u8>, depth: usize) -> Result<EntryType> {
             let selected = match &v {
                 _ if node.is_selected() => true,
                 Value::Object(c) | Value::Array(c) if node.fits(c.is_object(), c.is_array()) => {
-                    self.container(*c, node, out, depth + 1)?;
+                    rewrite_selected(self, *c, node, out, depth + 1)?;
                     return Ok(T_CONTAINER);
                 }
                 Value::Null => false,
@@ -1070,7 +1082,7 @@ pub fn replace_selected(
         count: 0,
     };
     new_datum_buffer(out);
-    w.container(root, selector.root(), out, 0)?;
+    rewrite_selected(&mut w, root, selector.root(), out, 0)?;
     set_varlena_header(out)?;
     Ok(w.count)
 }
