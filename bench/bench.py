@@ -253,7 +253,20 @@ NOTES = """Notes on the targets not met (issue 15), from this run, a profile of 
   87% and 72% in three runs of 2026-12-02, 80%, 78%, 82%, 80% and 81% on 2026-12-03, at 1 client 72%, 85%, 84% and 82%, at 2 clients 98%, 92%, 94% and
   97% (from the run of 10:32 on, the unprotected and protected runs alternate). With
   `synchronous_commit = off` the 1-client ratio was 95% in one 4-second pair and 69% in the next: the noise is larger
-  than the gap."""
+  than the gap.
+- The protected pgbench transaction, measured on 2026-12-03 (release build, one client, the job's own script,
+  `perf stat -e task-clock` on the backend): 84-85 us of backend CPU per plain transaction and 111-114 us per protected
+  one with synchronous commit (+27 us), 51-53 us and 57-64 us with `synchronous_commit = off` (+6-11 us); the WAL is
+  the same but for the row size (3.03 records, one write and one fdatasync per transaction; 527 vs 715 bytes). The
+  extension's own code takes about 8 us of it with cold caches after each WAL flush (about 3 us a row in the bulk
+  inserts above), the rest is the scheduler's wake-ups: 95% at one client leaves 10 us per 200 us transaction.
+- The PII guard job: these events carry a name and a street address outside the encrypted fields, so every row is
+  reported (WARNING, discarded in that session); detection and the report cost about 10 us a row here. A row with
+  nothing to report costs the detection alone (docs/pii.md).
+- Compression: the job's documents are order histories (repetitive JSON); zstd makes their encrypted JSON 6.5x (4 KB)
+  and 11.8x (64 KB) smaller, and they are stored that much smaller too (PostgreSQL's own TOAST compression cannot
+  compress ciphertext). Encrypting costs the same at 64 KB and 1.11x at 4 KB; decrypting is faster (less to
+  authenticate and decode)."""
 
 
 def fmt_ms(v):
