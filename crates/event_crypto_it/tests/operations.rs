@@ -443,7 +443,8 @@ fn the_postgres_exporter_queries_run_with_the_documented_grants_and_return_what_
             "usage_rotation",
             "scheduled_rotation",
             "retention",
-            "retire"
+            "retire",
+            "token_purge"
         ]
     );
     assert!(after["event_crypto_maintenance_action"].iter().all(|r| r["ok"] == 1));
