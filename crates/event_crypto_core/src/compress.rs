@@ -77,6 +77,8 @@ fn zstd_error(code: usize) -> Error {
 
 /// Compresses `plaintext` into `out` (cleared first) when `how` asks for it and the value is long enough; returns
 /// whether `out` holds a zstd frame shorter than `plaintext` (otherwise the value is to be sealed as it is).
+/// (The checks are inlined into every seal; the compression itself is kept out of the encryption's hot path.)
+#[inline]
 pub(crate) fn maybe_compress(how: Compression, plaintext: &[u8], out: &mut Vec<u8>) -> Result<bool> {
     let Compression::Zstd { threshold } = how else {
         return Ok(false);
@@ -84,6 +86,12 @@ pub(crate) fn maybe_compress(how: Compression, plaintext: &[u8], out: &mut Vec<u
     if plaintext.len() <= threshold || plaintext.len() > MAX_DECOMPRESSED_LEN {
         return Ok(false);
     }
+    compress_into(plaintext, out)
+}
+
+#[cold]
+#[inline(never)]
+fn compress_into(plaintext: &[u8], out: &mut Vec<u8>) -> Result<bool> {
     crate::check_interrupts();
     wipe(out);
     let bound = zstd_safe::compress_bound(plaintext.len());
