@@ -2,10 +2,10 @@
 //! replaced, everything else is copied byte for byte.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::compress::{maybe_compress, Compression};
+use crate::compress::Compression;
 use crate::envelope::{
-    compression_needs_format_2, looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyRef, Scratch, SealKey,
-    FLAG_COMPRESSED,
+    compression_needs_format_2, looks_like_envelope, seal_json_into, Envelope, Format, KeyHandle, KeyRef, Scratch,
+    SealKey,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::jsonb::{
@@ -131,18 +131,13 @@ impl<'a> Encryptor<'a> {
             );
         }
         let nonce: [u8; NONCE_LEN] = crate::random::nonce()?;
-        let packed = maybe_compress(self.compression, &self.plaintext, &mut self.packed)?;
-        let (payload, flags) = if packed {
-            (&self.packed, FLAG_COMPRESSED)
-        } else {
-            (&self.plaintext, 0)
-        };
-        seal_into(
+        let packed = seal_json_into(
             &self.key,
             &self.loc,
             self.context,
-            payload,
-            flags,
+            &self.plaintext,
+            self.compression,
+            &mut self.packed,
             &nonce,
             &mut self.scratch,
             out,

@@ -390,6 +390,32 @@ pub fn compression_needs_format_2() -> Error {
         .with_hint("Set event_crypto.envelope_format = 2, or encrypt with compress => 'none'.")
 }
 
+/// [`seal_into`] of a value's JSON text, zstd-compressed first (into `packed`) when `compression` asks for it and
+/// that makes it smaller ([`crate::compress::maybe_compress`]); returns whether the envelope holds it compressed
+/// ([`FLAG_COMPRESSED`]). How encryption and re-encryption seal a value. The caller has checked the key.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn seal_json_into(
+    key: &SealKey<'_>,
+    location: &Location,
+    context: Option<&[u8]>,
+    json: &[u8],
+    compression: crate::compress::Compression,
+    packed: &mut Vec<u8>,
+    nonce: &[u8; NONCE_LEN],
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Result<bool> {
+    let compressed = crate::compress::maybe_compress(compression, json, packed)?;
+    let (payload, flags) = if compressed {
+        (&packed[..], FLAG_COMPRESSED)
+    } else {
+        (json, 0)
+    };
+    seal_into(key, location, context, payload, flags, nonce, scratch, out)?;
+    Ok(compressed)
+}
+
 /// [`seal`], appending the envelope text to `out` (no allocation once the buffers have grown). The caller has
 /// checked the key ([`SealKey::check`]). `extra_flags`: 0, or [`FLAG_COMPRESSED`] (format 2) when `plaintext` is
 /// a zstd frame.

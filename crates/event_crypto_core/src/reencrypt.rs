@@ -3,13 +3,13 @@
 //! a document uses, without decrypting anything.
 
 use crate::aead::{Cipher, NONCE_LEN};
-use crate::compress::{maybe_compress, Compression, DEFAULT_THRESHOLD};
+use crate::compress::{Compression, DEFAULT_THRESHOLD};
 use crate::document::{
     key_label, may_hold_envelope, rewrite_children, root_envelope, ChildRewriter, KeyLookup, KeySource,
 };
 use crate::envelope::{
-    looks_like_envelope, seal_into, Envelope, Format, KeyHandle, KeyNames, KeyRef, Scratch, SealKey, FLAG_COMPRESSED,
-    PREFIX_V1, PREFIX_V2,
+    looks_like_envelope, seal_json_into, Envelope, Format, KeyHandle, KeyNames, KeyRef, Scratch, SealKey, PREFIX_V1,
+    PREFIX_V2,
 };
 use crate::error::{Error, Result};
 use crate::jsonb::{
@@ -212,22 +212,20 @@ impl<'a, K: KeySource + NewestKey> Reencryptor<'a, K> {
                     version: newest.version,
                 };
                 let pt = &env.blob()[range];
-                let packed = &mut self.packed;
-                key.check()
-                    .and_then(|()| maybe_compress(compression, pt, packed))
-                    .and_then(|p| {
-                        let (payload, flags) = if p { (&packed[..], FLAG_COMPRESSED) } else { (pt, 0) };
-                        seal_into(
-                            &key,
-                            &self.loc,
-                            self.context,
-                            payload,
-                            flags,
-                            &nonce,
-                            &mut self.scratch,
-                            out,
-                        )
-                    })
+                key.check().and_then(|()| {
+                    seal_json_into(
+                        &key,
+                        &self.loc,
+                        self.context,
+                        pt,
+                        compression,
+                        &mut self.packed,
+                        &nonce,
+                        &mut self.scratch,
+                        out,
+                    )
+                    .map(|_| ())
+                })
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
